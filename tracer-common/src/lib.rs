@@ -1,0 +1,234 @@
+//! Types and constants shared by leaktrace's eBPF programs and its user space.
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, with explicit padding and a compile-time size
+//! check, because both sides read the same bytes out of BPF maps. Map names and their default
+//! limits live here and only here: user space never spells a map name as a string literal.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Outstanding heap allocations: [`AllocKey`] -> [`AllocInfo`].
+pub const MAP_ALLOCS: &str = "ALLOCS";
+/// Live totals per allocation stack: [`StackKey`] -> [`StackTotals`].
+pub const MAP_STACK_TOTALS: &str = "STACK_TOTALS";
+/// Native stacks (frame-pointer unwound) captured with `bpf_get_stackid`.
+pub const MAP_STACKS: &str = "STACKS";
+/// Per-thread request between an allocator's entry and its return: tid -> [`Pending`].
+pub const MAP_PENDING: &str = "PENDING";
+/// Per-CPU loss and activity counters, indexed by [`Counter`].
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Ring buffer of [`MapEvent`]s (mmap family), which user space turns into address ranges.
+pub const MAP_EVENTS: &str = "EVENTS";
+
+/// Default capacity of [`MAP_ALLOCS`] (`--max-allocs`).
+pub const DEFAULT_MAX_ALLOCS: u32 = 1_000_000;
+/// Default capacity of [`MAP_STACK_TOTALS`].
+pub const DEFAULT_MAX_STACK_TOTALS: u32 = 65_536;
+/// Default capacity of [`MAP_STACKS`] (distinct native stacks).
+pub const DEFAULT_MAX_STACKS: u32 = 16_384;
+/// Capacity of [`MAP_PENDING`]: threads that can be inside an allocator at once.
+pub const MAX_PENDING: u32 = 16_384;
+/// Size of [`MAP_EVENTS`] in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Frames kept per native stack (the kernel's PERF_MAX_STACK_DEPTH).
+pub const MAX_NATIVE_FRAMES: usize = 127;
+
+/// Which allocator call produced an allocation. Stored as `u32` in the maps.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AllocKind {
+    Malloc = 0,
+    Calloc = 1,
+    Realloc = 2,
+    ReallocArray = 3,
+    PosixMemalign = 4,
+    AlignedAlloc = 5,
+    Valloc = 6,
+    Pvalloc = 7,
+    Mmap = 8,
+    Mremap = 9,
+    Memalign = 10,
+    /// Used only in [`Pending`]: `free`, `munmap` and friends never allocate.
+    Other = 15,
+}
+
+impl AllocKind {
+    pub const ALL: [AllocKind; 11] = [
+        AllocKind::Malloc,
+        AllocKind::Calloc,
+        AllocKind::Realloc,
+        AllocKind::ReallocArray,
+        AllocKind::PosixMemalign,
+        AllocKind::AlignedAlloc,
+        AllocKind::Valloc,
+        AllocKind::Pvalloc,
+        AllocKind::Mmap,
+        AllocKind::Mremap,
+        AllocKind::Memalign,
+    ];
+
+    pub fn from_u32(v: u32) -> Option<AllocKind> {
+        Self::ALL.iter().copied().find(|k| *k as u32 == v)
+    }
+
+    /// The name of the C function, as shown as the leaf frame of a stack.
+    pub fn function_name(self) -> &'static str {
+        match self {
+            AllocKind::Malloc => "malloc",
+            AllocKind::Calloc => "calloc",
+            AllocKind::Realloc => "realloc",
+            AllocKind::ReallocArray => "reallocarray",
+            AllocKind::PosixMemalign => "posix_memalign",
+            AllocKind::AlignedAlloc => "aligned_alloc",
+            AllocKind::Valloc => "valloc",
+            AllocKind::Pvalloc => "pvalloc",
+            AllocKind::Mmap => "mmap",
+            AllocKind::Mremap => "mremap",
+            AllocKind::Memalign => "memalign",
+            AllocKind::Other => "?",
+        }
+    }
+}
+
+/// Indexes into [`MAP_COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Allocations recorded.
+    AllocsSeen = 0,
+    /// Frees of a tracked pointer.
+    FreesSeen = 1,
+    /// Allocation not tracked because [`MAP_ALLOCS`] was full.
+    AllocMapFull = 2,
+    /// Allocation tracked without a native stack (`bpf_get_stackid` failed, not a collision).
+    StackError = 3,
+    /// Stack-map hash collision or full stack map: the allocation has no native stack.
+    StackCollision = 4,
+    /// `free` of a pointer not tracked (allocated before attach, or untracked).
+    FreeUnknown = 5,
+    /// An allocator entry whose return was never seen (longjmp, thread killed, ...).
+    MissedReturn = 6,
+    /// Allocator entry not tracked because [`MAP_PENDING`] was full.
+    PendingFull = 7,
+    /// Per-stack totals not updated because [`MAP_STACK_TOTALS`] was full.
+    StackTotalsFull = 8,
+    /// mmap-family event lost because the ring buffer was full.
+    EventsLost = 9,
+    /// calloc/reallocarray whose element count times size overflows.
+    SizeOverflow = 10,
+    /// Allocator call made from inside another traced allocator call (not double counted).
+    Nested = 11,
+}
+
+/// Number of slots in [`MAP_COUNTERS`].
+pub const COUNTER_SLOTS: u32 = 12;
+
+/// Key of [`MAP_ALLOCS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+const _: () = assert!(size_of::<AllocKey>() == 16);
+
+/// Identifies an allocation stack: the native stack id plus the return address into the
+/// allocator's caller (frame-pointer unwinding from a function's first instruction misses that
+/// frame, so the probe reads it from `[sp]` itself), and which allocator was called.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackKey {
+    pub tgid: u32,
+    /// Id in [`MAP_STACKS`], or negative when no stack could be captured.
+    pub stack_id: i32,
+    /// Return address into the caller of the allocator, 0 if unreadable.
+    pub caller: u64,
+    /// [`AllocKind`] as u32.
+    pub kind: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<StackKey>() == 24);
+
+/// Value of [`MAP_ALLOCS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocInfo {
+    pub size: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at the allocation.
+    pub ts_ns: u64,
+    pub stack: StackKey,
+}
+const _: () = assert!(size_of::<AllocInfo>() == 40);
+
+/// Value of [`MAP_STACK_TOTALS`]. Updated with atomic adds from every CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackTotals {
+    /// Bytes allocated from this stack and not yet freed.
+    pub live_bytes: i64,
+    /// Allocations from this stack not yet freed.
+    pub live_allocs: i64,
+    /// Bytes ever allocated from this stack while tracing.
+    pub total_bytes: u64,
+    /// Allocations ever made from this stack while tracing.
+    pub total_allocs: u64,
+}
+const _: () = assert!(size_of::<StackTotals>() == 32);
+
+/// Value of [`MAP_PENDING`]: what an allocator was asked for, kept from entry to return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Pending {
+    /// Stack pointer at entry. The matching return sees `sp + 8`; a call made from inside the
+    /// allocator sees a smaller stack pointer, which is how nesting is detected.
+    pub sp: u64,
+    pub size: u64,
+    /// realloc/reallocarray/mremap: old address; posix_memalign: the out-pointer.
+    pub arg: u64,
+    /// mremap: old length.
+    pub arg2: u64,
+    pub ts_ns: u64,
+    pub stack: StackKey,
+}
+const _: () = assert!(size_of::<Pending>() == 64);
+
+/// What a [`MapEvent`] reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapEventKind {
+    /// An anonymous mapping `[addr, addr+len)` was created.
+    Map = 1,
+    /// `[addr, addr+len)` was unmapped (may cover parts of several mappings).
+    Unmap = 2,
+    /// The mapping at `old_addr` of `old_len` bytes now lives at `addr` with `len` bytes.
+    Remap = 3,
+}
+
+/// Ring-buffer record for the mmap family. Address ranges are kept in user space, where
+/// partial unmaps can split them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MapEvent {
+    pub kind: u32,
+    pub _pad: u32,
+    pub addr: u64,
+    pub len: u64,
+    pub old_addr: u64,
+    pub old_len: u64,
+    pub ts_ns: u64,
+    pub stack: StackKey,
+}
+const _: () = assert!(size_of::<MapEvent>() == 72);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain-old-data, `#[repr(C)]`, no implicit padding (checked by the size asserts).
+    unsafe impl aya::Pod for AllocKey {}
+    unsafe impl aya::Pod for StackKey {}
+    unsafe impl aya::Pod for AllocInfo {}
+    unsafe impl aya::Pod for StackTotals {}
+    unsafe impl aya::Pod for Pending {}
+    unsafe impl aya::Pod for MapEvent {}
+}

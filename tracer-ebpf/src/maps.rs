@@ -1,0 +1,211 @@
+//! Maps and the small helpers every probe family shares.
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{tracing::StackIdContext, ProbeContext},
+};
+use tracer_common::{
+    AllocInfo, AllocKey, Counter, Pending, StackKey, StackTotals, COUNTER_SLOTS,
+    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DEFAULT_MAX_STACK_TOTALS, EVENTS_BYTES, MAX_PENDING,
+};
+
+// The names of these statics are the map names user space looks up (tracer_common::MAP_*).
+#[map]
+pub static ALLOCS: HashMap<AllocKey, AllocInfo> =
+    HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static STACK_TOTALS: HashMap<StackKey, StackTotals> =
+    HashMap::with_max_entries(DEFAULT_MAX_STACK_TOTALS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_MAX_STACKS, 0);
+
+#[map]
+pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(MAX_PENDING, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+const EEXIST: i32 = 17;
+const ENOMEM: i32 = 12;
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot; uprobe programs do not nest on one CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn tgid_of(pid_tgid: u64) -> u32 {
+    (pid_tgid >> 32) as u32
+}
+
+#[inline(always)]
+pub fn stack_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: `regs` points at the probed task's saved registers for the program's lifetime.
+    unsafe { (*ctx.regs).rsp }
+}
+
+/// Starts tracking an allocator call on this thread, unless it is made from inside another
+/// tracked allocator call (glibc's malloc calls mmap, reallocarray tail-calls realloc, ...).
+#[inline(always)]
+pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let sp = stack_pointer(ctx);
+    // SAFETY: the value is copied out before the map can change under it.
+    if let Some(outer) = unsafe { PENDING.get(&pid_tgid) } {
+        // A deeper stack pointer (or the same one, for a tail call) means we are inside the
+        // outer call, which accounts for this memory itself.
+        if sp <= outer.sp {
+            count(Counter::Nested);
+            return;
+        }
+        count(Counter::MissedReturn);
+    }
+    // At the first instruction(s) of the function `[sp]` holds the return address: the
+    // caller's frame, which frame-pointer unwinding from here would skip.
+    // SAFETY: bpf_probe_read_user tolerates any address.
+    let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(e) if e == -EEXIST || e == -ENOMEM => {
+            count(Counter::StackCollision);
+            -1
+        }
+        Err(_) => {
+            count(Counter::StackError);
+            -1
+        }
+    };
+    let pending = Pending {
+        sp,
+        size,
+        arg,
+        arg2,
+        // SAFETY: plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        stack: StackKey {
+            tgid: tgid_of(pid_tgid),
+            stack_id,
+            caller,
+            kind,
+            _pad: 0,
+        },
+    };
+    if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
+        count(Counter::PendingFull);
+    }
+}
+
+/// Takes this thread's pending call if `ret_sp` is its matching return.
+#[inline(always)]
+pub fn take_pending(pid_tgid: u64, ret_sp: u64) -> Option<Pending> {
+    // SAFETY: copied out before removal.
+    let pending = *unsafe { PENDING.get(&pid_tgid) }?;
+    let expected = pending.sp.wrapping_add(8);
+    if ret_sp < expected {
+        // Return of a nested call made by the allocator itself.
+        return None;
+    }
+    let _ = PENDING.remove(&pid_tgid);
+    if ret_sp > expected {
+        count(Counter::MissedReturn);
+        return None;
+    }
+    Some(pending)
+}
+
+#[inline(always)]
+fn add_totals(stack: &StackKey, bytes: u64, allocs: i64) {
+    let mut slot = STACK_TOTALS.get_ptr_mut(stack);
+    if slot.is_none() {
+        let _ = STACK_TOTALS.insert(stack, &StackTotals::default(), BPF_NOEXIST as u64);
+        slot = STACK_TOTALS.get_ptr_mut(stack);
+    }
+    let Some(totals) = slot else {
+        count(Counter::StackTotalsFull);
+        return;
+    };
+    // SAFETY: `totals` points into the map value, which stays valid for this program run;
+    // the fields are 8-byte aligned and shared between CPUs, hence atomics.
+    // The bpfel target has no `Atomic*::fetch_add`; the intrinsic lowers to BPF's atomic add.
+    unsafe {
+        atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*totals).live_bytes,
+            (bytes as i64).wrapping_mul(allocs),
+        );
+        atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*totals).live_allocs,
+            allocs,
+        );
+        if allocs > 0 {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                &raw mut (*totals).total_bytes,
+                bytes,
+            );
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                &raw mut (*totals).total_allocs,
+                1,
+            );
+        }
+    }
+}
+
+/// Records a live heap block.
+#[inline(always)]
+pub fn record(addr: u64, size: u64, pending: &Pending) {
+    let key = AllocKey {
+        tgid: pending.stack.tgid,
+        _pad: 0,
+        addr,
+    };
+    // A block we still hold at this address was freed behind our back: retire it first.
+    forget_key(&key);
+    let info = AllocInfo {
+        size,
+        ts_ns: pending.ts_ns,
+        stack: pending.stack,
+    };
+    if ALLOCS.insert(&key, &info, 0).is_err() {
+        count(Counter::AllocMapFull);
+        return;
+    }
+    add_totals(&pending.stack, size, 1);
+    count(Counter::AllocsSeen);
+}
+
+/// Stops tracking the block at `key`; returns whether it was tracked.
+#[inline(always)]
+pub fn forget_key(key: &AllocKey) -> bool {
+    // SAFETY: copied out before removal.
+    let Some(info) = (unsafe { ALLOCS.get(key) }).copied() else {
+        return false;
+    };
+    if ALLOCS.remove(key).is_err() {
+        // Another CPU freed it first.
+        return false;
+    }
+    add_totals(&info.stack, info.size, -1);
+    count(Counter::FreesSeen);
+    true
+}
+
+#[inline(always)]
+pub fn forget(tgid: u32, addr: u64) -> bool {
+    forget_key(&AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    })
+}

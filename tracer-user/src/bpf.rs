@@ -1,0 +1,239 @@
+//! Loading leaktrace's eBPF object, attaching it to one process, and reading its maps.
+//!
+//! Dropping a [`Tracer`] detaches every probe (aya closes the perf links); the kernel does the
+//! same if leaktrace is killed, because the links are file descriptors of this process.
+
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{uprobe::UProbeAttachLocation, uprobe::UProbeScope, UProbe},
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{
+    AllocInfo, AllocKey, Counter, MapEvent, StackKey, StackTotals, COUNTER_SLOTS, MAP_ALLOCS,
+    MAP_COUNTERS, MAP_EVENTS, MAP_STACKS, MAP_STACK_TOTALS,
+};
+
+use crate::elf::{probe_offset, ElfFile};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+/// The allocator functions probed, their entry program, and whether the return is needed.
+/// Functions that alias one another (glibc's `memalign` is `aligned_alloc`) are attached once.
+pub const PROBES: &[(&str, &str, bool)] = &[
+    ("malloc", "malloc_enter", true),
+    ("calloc", "calloc_enter", true),
+    ("realloc", "realloc_enter", true),
+    ("reallocarray", "reallocarray_enter", true),
+    ("posix_memalign", "posix_memalign_enter", true),
+    ("memalign", "memalign_enter", true),
+    ("aligned_alloc", "aligned_alloc_enter", true),
+    ("valloc", "valloc_enter", true),
+    ("pvalloc", "pvalloc_enter", true),
+    ("free", "free_enter", false),
+    ("mmap", "mmap_enter", true),
+    ("munmap", "munmap_enter", false),
+    ("mremap", "mremap_enter", true),
+];
+const RETURN_PROGRAM: &str = "alloc_return";
+/// Functions without which tracing makes no sense.
+const REQUIRED: &[&str] = &["malloc", "free"];
+
+/// Map sizes, from the command line.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_allocs: u32,
+}
+
+/// One attached probe, for the progress line and the docs.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    pub function: &'static str,
+    /// Bytes past the function's start where the probe sits (see [`probe_offset`]).
+    pub offset: u64,
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    events: RingBuf<aya::maps::MapData>,
+}
+
+/// Every counter, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters(pub [u64; COUNTER_SLOTS as usize]);
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    /// Allocations that were made but could not be tracked.
+    pub fn dropped(&self) -> u64 {
+        self.get(Counter::AllocMapFull)
+            + self.get(Counter::PendingFull)
+            + self.get(Counter::EventsLost)
+            + self.get(Counter::MissedReturn)
+    }
+
+    pub const NAMES: [(Counter, &'static str); COUNTER_SLOTS as usize] = [
+        (Counter::AllocsSeen, "allocs_seen"),
+        (Counter::FreesSeen, "frees_seen"),
+        (Counter::AllocMapFull, "alloc_map_full"),
+        (Counter::StackError, "stack_unwind_failed"),
+        (Counter::StackCollision, "stack_map_collision_or_full"),
+        (Counter::FreeUnknown, "free_of_untracked_pointer"),
+        (Counter::MissedReturn, "missed_return"),
+        (Counter::PendingFull, "pending_map_full"),
+        (Counter::StackTotalsFull, "stack_totals_map_full"),
+        (Counter::EventsLost, "mmap_events_lost"),
+        (Counter::SizeOverflow, "size_overflow"),
+        (Counter::Nested, "nested_allocator_calls"),
+    ];
+}
+
+impl Tracer {
+    pub fn load(limits: Limits) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_ALLOCS, limits.max_allocs)
+            .load(OBJECT)
+            .context("failed to load leaktrace's eBPF programs into the kernel")?;
+        for (name, program) in ebpf.programs_mut() {
+            let probe: &mut UProbe = program.try_into()?;
+            probe
+                .load()
+                .with_context(|| format!("the kernel rejected eBPF program `{name}`"))?;
+        }
+        let events = RingBuf::try_from(
+            ebpf.take_map(MAP_EVENTS)
+                .ok_or_else(|| anyhow!("eBPF object has no map {MAP_EVENTS}"))?,
+        )?;
+        Ok(Self { ebpf, events })
+    }
+
+    /// Attaches every allocator probe in `module` (as seen from this process, e.g. through
+    /// `/proc/PID/root`) to process `pid` only.
+    pub fn attach(&mut self, pid: u32, module: &Path) -> Result<Vec<Attached>> {
+        let elf = ElfFile::open(module)?;
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?,
+        );
+        let mut seen_offsets = Vec::new();
+        let mut attached = Vec::new();
+        for &(function, program, needs_return) in PROBES {
+            let Some(f) = elf.function(function) else {
+                if REQUIRED.contains(&function) {
+                    anyhow::bail!(
+                        "`{}` has no `{function}` symbol: it is not the allocator this process uses",
+                        module.display()
+                    );
+                }
+                continue;
+            };
+            if seen_offsets.contains(&f.file_offset) {
+                continue;
+            }
+            seen_offsets.push(f.file_offset);
+            // A uretprobe replaces the return address at [sp] when the function is entered, so
+            // an entry probe placed past the first instruction would read the trampoline
+            // instead of the caller: only entry-only probes (free, munmap) are moved.
+            let offset = if needs_return {
+                0
+            } else {
+                probe_offset(&f.head)
+            };
+            let target = PathBuf::from(module);
+            self.attach_one(program, f.file_offset + offset, &target, scope)
+                .with_context(|| {
+                    format!(
+                        "failed to attach uprobe `{function}` in `{}`",
+                        module.display()
+                    )
+                })?;
+            if needs_return {
+                // The return probe must sit on the function's first byte.
+                self.attach_one(RETURN_PROGRAM, f.file_offset, &target, scope)
+                    .with_context(|| {
+                        format!(
+                            "failed to attach uretprobe `{function}` in `{}`",
+                            module.display()
+                        )
+                    })?;
+            }
+            attached.push(Attached { function, offset });
+        }
+        Ok(attached)
+    }
+
+    fn attach_one(
+        &mut self,
+        program: &str,
+        file_offset: u64,
+        target: &Path,
+        scope: UProbeScope,
+    ) -> Result<()> {
+        let probe: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("eBPF object has no program {program}"))?
+            .try_into()?;
+        probe.attach(
+            UProbeAttachLocation::AbsoluteOffset(file_offset),
+            target,
+            scope,
+        )?;
+        Ok(())
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(MAP_COUNTERS)?)?;
+        let mut out = Counters::default();
+        for (i, slot) in out.0.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Live totals per stack, as the kernel keeps them.
+    pub fn stack_totals(&self) -> Result<Vec<(StackKey, StackTotals)>> {
+        let map: HashMap<&MapData, StackKey, StackTotals> =
+            HashMap::try_from(self.map(MAP_STACK_TOTALS)?)?;
+        // Entries can vanish between listing and reading: skip those errors.
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Every outstanding allocation.
+    pub fn allocs(&self) -> Result<Vec<(AllocKey, AllocInfo)>> {
+        let map: HashMap<&MapData, AllocKey, AllocInfo> = HashMap::try_from(self.map(MAP_ALLOCS)?)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Instruction pointers of a native stack, innermost first.
+    pub fn stack(&self, stack_id: i32) -> Option<Vec<u64>> {
+        let id = u32::try_from(stack_id).ok()?;
+        let map = StackTraceMap::try_from(self.map(MAP_STACKS).ok()?).ok()?;
+        let trace = map.get(&id, 0).ok()?;
+        Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+
+    /// Drains the mmap-family events.
+    pub fn drain_events(&mut self, mut f: impl FnMut(MapEvent)) {
+        while let Some(item) = self.events.next() {
+            if item.len() >= size_of::<MapEvent>() {
+                // SAFETY: the kernel side writes exactly one MapEvent per record; read unaligned.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<MapEvent>()) };
+                f(event);
+            }
+        }
+    }
+}

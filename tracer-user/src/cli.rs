@@ -1,0 +1,135 @@
+//! The command line.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tracer_common::DEFAULT_MAX_ALLOCS;
+
+use crate::{
+    report::Format,
+    session::{self, AttachOptions},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "leaktrace",
+    version,
+    about = "Find the allocations that survive in a live process, with eBPF: no restart, no code change.",
+    after_help = "Exit codes: 0 report written; 1 error; 2 bad command line; 3 the target exited while traced (report written)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to a running process and report its surviving allocations on exit.
+    Attach(AttachArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// Process to trace.
+    pub pid: u32,
+    /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub duration: Option<Duration>,
+    /// Seconds between live tables.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = seconds)]
+    pub interval: Duration,
+    /// Leave out allocations younger than this at the end (in-flight requests are not leaks).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds_or_zero)]
+    pub min_age: Duration,
+    /// Stacks shown in each table.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+    /// Report file (default: leaktrace-PID.svg).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Report format (default: from the output's extension, else svg).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Outstanding allocations tracked at most; beyond it allocations are counted as dropped.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_allocs: u32,
+}
+
+fn parse_seconds(s: &str, allow_zero: bool) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) || v > 1e9 {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, false)
+}
+
+fn seconds_or_zero(s: &str) -> Result<Duration, String> {
+    parse_seconds(s, true)
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Attach(a) => {
+            let output = a
+                .output
+                .unwrap_or_else(|| PathBuf::from(format!("leaktrace-{}.svg", a.pid)));
+            let format = a
+                .format
+                .or_else(|| Format::from_path(&output))
+                .unwrap_or(Format::Svg);
+            session::attach(AttachOptions {
+                pid: a.pid,
+                duration: a.duration,
+                interval: a.interval,
+                min_age: a.min_age,
+                top: a.top,
+                output,
+                format,
+                max_allocs: a.max_allocs,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_attach_with_defaults() {
+        let cli = Cli::try_parse_from(["leaktrace", "attach", "42"]).unwrap();
+        let Command::Attach(a) = cli.command;
+        assert_eq!(a.pid, 42);
+        assert_eq!(a.interval, Duration::from_secs(5));
+        assert_eq!(a.min_age, Duration::from_secs(1));
+        assert_eq!(a.max_allocs, DEFAULT_MAX_ALLOCS);
+        assert!(a.duration.is_none());
+    }
+
+    #[test]
+    fn rejects_bad_numbers() {
+        assert!(Cli::try_parse_from(["leaktrace", "attach", "42", "--duration", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["leaktrace", "attach", "42", "--interval", "0"]).is_err());
+        assert!(Cli::try_parse_from(["leaktrace", "attach", "x"]).is_err());
+        let ok = Cli::try_parse_from([
+            "leaktrace",
+            "attach",
+            "1",
+            "--min-age",
+            "0",
+            "--duration",
+            "2.5",
+        ]);
+        let Command::Attach(a) = ok.unwrap().command;
+        assert_eq!(a.duration, Some(Duration::from_millis(2500)));
+        assert_eq!(a.min_age, Duration::ZERO);
+    }
+}

@@ -1,0 +1,20 @@
+//! leaktrace: attach to a live process and flamegraph its surviving allocations.
+//!
+//! The binary is a thin layer over [`run`]; the modules below are usable on their own. Pure
+//! logic (parsing, aggregation, rendering) has no privileged I/O and is unit-tested without a
+//! kernel; everything that touches the kernel is in [`bpf`].
+
+pub mod aggregate;
+pub mod bpf;
+pub mod cli;
+pub mod elf;
+pub mod error;
+pub mod preflight;
+pub mod procmaps;
+pub mod regions;
+pub mod report;
+pub mod session;
+pub mod symbolize;
+pub mod target;
+
+pub use cli::{run, Cli};

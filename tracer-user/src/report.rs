@@ -1,0 +1,356 @@
+//! The report: the `leaktrace/v1` JSON schema and its renderings (folded stacks, SVG).
+
+use std::{collections::BTreeMap, io::Write};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "leaktrace/v1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameKind {
+    Native,
+    Python,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Frame {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub module: Option<String>,
+    pub kind: FrameKind,
+}
+
+impl Frame {
+    pub fn native(function: impl Into<String>, module: Option<String>) -> Self {
+        Frame {
+            function: function.into(),
+            file: None,
+            line: None,
+            module,
+            kind: FrameKind::Native,
+        }
+    }
+
+    /// `function (file:line)`, the form inferno's palettes and py-spy use.
+    pub fn label(&self) -> String {
+        let function = self.function.replace(';', ":");
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => format!("{function} ({file}:{line})"),
+            (Some(file), None) => format!("{function} ({file})"),
+            _ => function,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub pids: Vec<u32>,
+    pub exe: String,
+    pub python: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub live_bytes: u64,
+    pub live_allocs: u64,
+    pub allocs_seen: u64,
+    pub frees_seen: u64,
+    /// Allocations that could not be tracked (map full, lost events, missed returns).
+    pub dropped: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StackReport {
+    /// Outermost call first, allocation site last.
+    pub frames: Vec<Frame>,
+    pub live_bytes: u64,
+    pub live_allocs: u64,
+    pub oldest_age_s: f64,
+    pub growth_bytes_per_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: String,
+    pub target: Target,
+    pub mode: String,
+    pub duration_s: f64,
+    pub totals: Totals,
+    pub stacks: Vec<StackReport>,
+    // Additions to v1 (fields are only ever added).
+    /// Allocations younger than this were left out.
+    #[serde(default)]
+    pub min_age_s: f64,
+    /// False when anything was lost: the numbers are then lower bounds.
+    #[serde(default = "yes")]
+    pub complete: bool,
+    /// Every loss and activity counter from the kernel side, by name.
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+    /// Things the reader must know (target exited early, stacks truncated, ...).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Svg,
+    Folded,
+    Json,
+}
+
+impl Format {
+    /// The format implied by a file name, if its extension names one.
+    pub fn from_path(path: &std::path::Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "svg" => Some(Format::Svg),
+            "folded" | "txt" | "collapsed" => Some(Format::Folded),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+impl Report {
+    /// `frame;frame;frame BYTES` lines, outermost first, sorted for deterministic output.
+    pub fn folded(&self) -> String {
+        let mut lines: Vec<String> = self
+            .stacks
+            .iter()
+            .filter(|s| s.live_bytes > 0)
+            .map(|s| {
+                let path: Vec<String> = s.frames.iter().map(Frame::label).collect();
+                format!("{} {}", path.join(";"), s.live_bytes)
+            })
+            .collect();
+        lines.sort();
+        let mut out = lines.join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn write_json(&self, w: impl Write) -> Result<()> {
+        serde_json::to_writer_pretty(w, self).context("cannot write the JSON report")
+    }
+
+    pub fn write_svg(&self, mut w: impl Write) -> Result<()> {
+        let folded = self.folded();
+        let title = format!(
+            "Surviving allocations: {} in {} allocations (pid {})",
+            human_bytes(self.totals.live_bytes),
+            self.totals.live_allocs,
+            self.target
+                .pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        if folded.is_empty() {
+            // inferno refuses an empty profile; say plainly that nothing survived.
+            write!(
+                w,
+                r#"<?xml version="1.0" standalone="no"?>
+<svg version="1.1" width="1200" height="60" xmlns="http://www.w3.org/2000/svg">
+<text x="600" y="24" text-anchor="middle" font-family="Verdana" font-size="17">{}</text>
+<text x="600" y="48" text-anchor="middle" font-family="Verdana" font-size="12">No allocation older than {} s was alive at the end of tracing.</text>
+</svg>
+"#,
+                xml_escape(&title),
+                self.min_age_s
+            )?;
+            return Ok(());
+        }
+        let mut opts = inferno::flamegraph::Options::default();
+        opts.title = title;
+        opts.subtitle = (!self.complete)
+            .then(|| "Some allocations were not tracked: numbers are lower bounds".to_string());
+        opts.count_name = "bytes".to_string();
+        opts.colors =
+            inferno::flamegraph::Palette::Basic(inferno::flamegraph::color::BasicPalette::Mem);
+        inferno::flamegraph::from_lines(&mut opts, folded.lines(), &mut w)
+            .context("cannot render the flamegraph")
+    }
+
+    pub fn write(&self, format: Format, w: impl Write) -> Result<()> {
+        match format {
+            Format::Json => self.write_json(w),
+            Format::Svg => self.write_svg(w),
+            Format::Folded => {
+                let mut w = w;
+                w.write_all(self.folded().as_bytes())?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `12.3 MiB`, for people.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample() -> Report {
+        let f = |function: &str, file: Option<&str>, line: Option<u32>| Frame {
+            function: function.into(),
+            file: file.map(Into::into),
+            line,
+            module: Some("fixture".into()),
+            kind: FrameKind::Native,
+        };
+        Report {
+            schema: SCHEMA.into(),
+            target: Target {
+                pids: vec![42],
+                exe: "/usr/bin/fixture".into(),
+                python: None,
+            },
+            mode: "exact".into(),
+            duration_s: 3.5,
+            totals: Totals {
+                live_bytes: 4_096_000 + 3700,
+                live_allocs: 1001,
+                allocs_seen: 3001,
+                frees_seen: 2000,
+                dropped: 0,
+            },
+            stacks: vec![
+                StackReport {
+                    frames: vec![
+                        f("main", Some("fixture.c"), Some(40)),
+                        f("leak_here", Some("fixture.c"), Some(12)),
+                        f("malloc", None, None),
+                    ],
+                    live_bytes: 4_096_000,
+                    live_allocs: 1000,
+                    oldest_age_s: 2.0,
+                    growth_bytes_per_s: Some(1000.0),
+                },
+                StackReport {
+                    frames: vec![
+                        f("main", Some("fixture.c"), Some(41)),
+                        f("calloc_here;odd", Some("fixture.c"), Some(20)),
+                        f("calloc", None, None),
+                    ],
+                    live_bytes: 3700,
+                    live_allocs: 1,
+                    oldest_age_s: 1.5,
+                    growth_bytes_per_s: None,
+                },
+            ],
+            min_age_s: 1.0,
+            complete: true,
+            counters: BTreeMap::from([("allocs_seen".into(), 3001)]),
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn folded_is_outermost_first_sorted_and_escaped() {
+        assert_eq!(
+            sample().folded(),
+            "main (fixture.c:40);leak_here (fixture.c:12);malloc 4096000\n\
+             main (fixture.c:41);calloc_here:odd (fixture.c:20);calloc 3700\n"
+        );
+    }
+
+    #[test]
+    fn json_round_trips_and_has_the_v1_fields() {
+        let report = sample();
+        let mut buf = Vec::new();
+        report.write_json(&mut buf).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["schema"], "leaktrace/v1");
+        assert_eq!(v["target"]["pids"][0], 42);
+        assert!(v["target"]["python"].is_null());
+        for key in [
+            "live_bytes",
+            "live_allocs",
+            "allocs_seen",
+            "frees_seen",
+            "dropped",
+        ] {
+            assert!(v["totals"][key].is_u64(), "totals.{key}");
+        }
+        let frame = &v["stacks"][0]["frames"][1];
+        assert_eq!(frame["function"], "leak_here");
+        assert_eq!(frame["line"], 12);
+        assert_eq!(frame["kind"], "native");
+        assert!(v["stacks"][1]["growth_bytes_per_s"].is_null());
+        let back: Report = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn svg_renders_with_bytes() {
+        let mut buf = Vec::new();
+        sample().write_svg(&mut buf).unwrap();
+        let svg = String::from_utf8(buf).unwrap();
+        assert!(svg.contains("<svg"));
+        assert!(svg.contains("leak_here (fixture.c:12)"));
+        assert!(svg.contains("bytes"));
+    }
+
+    #[test]
+    fn empty_svg_says_nothing_survived() {
+        let mut report = sample();
+        report.stacks.clear();
+        let mut buf = Vec::new();
+        report.write_svg(&mut buf).unwrap();
+        assert!(String::from_utf8(buf)
+            .unwrap()
+            .contains("No allocation older than 1 s"));
+    }
+
+    #[test]
+    fn formats_from_extension() {
+        use std::path::Path;
+        assert_eq!(
+            Format::from_path(Path::new("a/leaks.svg")),
+            Some(Format::Svg)
+        );
+        assert_eq!(Format::from_path(Path::new("x.JSON")), Some(Format::Json));
+        assert_eq!(
+            Format::from_path(Path::new("x.folded")),
+            Some(Format::Folded)
+        );
+        assert_eq!(Format::from_path(Path::new("x")), None);
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(4_096_000), "3.9 MiB");
+    }
+}

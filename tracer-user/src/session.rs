@@ -1,0 +1,435 @@
+//! One tracing session: attach, poll, print, and write the report on the way out.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io::{Seek, Write},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tracer_common::{AllocKind, Counter, MapEvent, MapEventKind, StackKey};
+
+use crate::{
+    aggregate::{self, LiveAlloc, Resolved, Series},
+    bpf::{Counters, Limits, Tracer},
+    error::{exit, user},
+    preflight,
+    regions::Regions,
+    report::{human_bytes, Format, Frame, Report, StackReport, Target, Totals, SCHEMA},
+    symbolize::Resolver,
+    target::TargetProcess,
+};
+
+/// Settings of `leaktrace attach`.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    pub pid: u32,
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub min_age: Duration,
+    pub top: usize,
+    pub output: PathBuf,
+    pub format: Format,
+    pub max_allocs: u32,
+}
+
+/// Why tracing stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Duration,
+    Signal(&'static str),
+    TargetExited,
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Opens the report file up front, so an unwritable path fails before attaching.
+fn open_output(path: &PathBuf) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| {
+            user(format!(
+                "cannot write the report to `{}` ({e}): choose a writable path with --output",
+                path.display()
+            ))
+        })
+}
+
+struct Session {
+    opts: AttachOptions,
+    target: TargetProcess,
+    tracer: Tracer,
+    resolver: Resolver,
+    regions: Regions,
+    series: Series,
+    started: Instant,
+}
+
+pub fn attach(opts: AttachOptions) -> Result<i32> {
+    preflight::check_privileges()?;
+    for warning in preflight::check_kernel(std::path::Path::new("/sys"))? {
+        eprintln!("leaktrace: warning: {warning}");
+    }
+    let target = TargetProcess::discover(opts.pid)?;
+    let mut out = open_output(&opts.output)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        // Handle signals from here on, so Ctrl-C while attaching still detaches cleanly.
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
+
+        eprintln!(
+            "leaktrace: attaching to pid {} ({}), allocator in {} ...",
+            target.pid, target.exe, target.allocator
+        );
+        let t0 = Instant::now();
+        let mut tracer = Tracer::load(Limits {
+            max_allocs: opts.max_allocs,
+        })?;
+        let attached = tracer.attach(target.pid, &target.allocator_host_path)?;
+        let mut resolver = Resolver::new();
+        let _ = resolver.refresh(target.pid);
+        let probes: Vec<String> = attached
+            .iter()
+            .map(|a| match a.offset {
+                0 => a.function.to_string(),
+                off => format!("{}+{off}", a.function),
+            })
+            .collect();
+        eprintln!(
+            "leaktrace: attached {} probes in {} ms: {}",
+            attached.len(),
+            t0.elapsed().as_millis(),
+            probes.join(" ")
+        );
+        eprintln!(
+            "leaktrace: tracing {}; report every {} s; Ctrl-C to stop and write `{}`",
+            match opts.duration {
+                Some(d) => format!("for {} s", d.as_secs_f64()),
+                None => "until Ctrl-C".to_string(),
+            },
+            opts.interval.as_secs_f64(),
+            opts.output.display()
+        );
+
+        let mut session = Session {
+            opts: opts.clone(),
+            target,
+            tracer,
+            resolver,
+            regions: Regions::default(),
+            series: Series::default(),
+            started: Instant::now(),
+        };
+        session.sample()?;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut next_report = session.started + opts.interval;
+        let stop = loop {
+            tokio::select! {
+                _ = sigint.recv() => break Stop::Signal("SIGINT"),
+                _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
+                _ = sighup.recv() => break Stop::Signal("SIGHUP"),
+                _ = tick.tick() => {
+                    session.drain();
+                    if opts.duration.is_some_and(|d| session.started.elapsed() >= d) {
+                        break Stop::Duration;
+                    }
+                    if !session.target.is_alive() {
+                        break Stop::TargetExited;
+                    }
+                    if Instant::now() >= next_report {
+                        next_report += opts.interval;
+                        let _ = session.resolver.refresh(session.target.pid);
+                        session.sample()?;
+                        session.print_table()?;
+                    }
+                }
+            }
+        };
+        session.finish(stop, &mut out)
+    })
+}
+
+impl Session {
+    fn drain(&mut self) {
+        let regions = &mut self.regions;
+        self.tracer.drain_events(|e: MapEvent| {
+            let tgid = e.stack.tgid;
+            match e.kind {
+                k if k == MapEventKind::Map as u32 => {
+                    regions.map(tgid, e.addr, e.len, e.stack, e.ts_ns)
+                }
+                k if k == MapEventKind::Unmap as u32 => {
+                    regions.unmap(tgid, e.addr, e.len);
+                }
+                k if k == MapEventKind::Remap as u32 => regions.remap(
+                    tgid,
+                    (e.old_addr, e.old_len),
+                    (e.addr, e.len),
+                    e.stack,
+                    e.ts_ns,
+                ),
+                _ => {}
+            }
+        });
+    }
+
+    /// Live bytes per stack right now: the kernel's totals plus tracked mappings.
+    fn live_by_stack(&self) -> Result<HashMap<StackKey, (u64, u64)>> {
+        let mut live: HashMap<StackKey, (u64, u64)> = HashMap::new();
+        for (key, totals) in self.tracer.stack_totals()? {
+            let e = live.entry(key).or_default();
+            e.0 += totals.live_bytes.max(0) as u64;
+            e.1 += totals.live_allocs.max(0) as u64;
+        }
+        for (r, count) in self.regions.pieces() {
+            let e = live.entry(r.stack).or_default();
+            e.0 += r.len();
+            e.1 += count;
+        }
+        Ok(live)
+    }
+
+    fn sample(&mut self) -> Result<()> {
+        let t = self.started.elapsed().as_secs_f64();
+        let live = self.live_by_stack()?;
+        self.series
+            .push(t, live.into_iter().map(|(k, (bytes, _))| (k, bytes)));
+        Ok(())
+    }
+
+    /// Frames of a stack, outermost first, allocator last.
+    fn frames(&mut self, key: &StackKey) -> Vec<Frame> {
+        let pid = key.tgid;
+        let kind = AllocKind::from_u32(key.kind).unwrap_or(AllocKind::Other);
+        let mut frames = vec![Frame::native(
+            kind.function_name(),
+            Some(self.target.allocator_module()),
+        )];
+        // ips[0] is the probed instruction (the allocator itself); the rest are return
+        // addresses. Frame-pointer unwinding from a function's entry skips its caller, whose
+        // return address the probe read from [sp] (unless the kernel already added it).
+        let ips = self.tracer.stack(key.stack_id).unwrap_or_default();
+        let rest = ips.get(1..).unwrap_or_default();
+        let mut returns: Vec<u64> = Vec::with_capacity(rest.len() + 1);
+        if key.caller != 0 && rest.first() != Some(&key.caller) {
+            returns.push(key.caller);
+        }
+        returns.extend_from_slice(rest);
+        for ip in returns {
+            // Without frame pointers the unwinder wanders into data: stop at the first address
+            // outside executable code.
+            let in_code = self
+                .resolver
+                .maps(pid)
+                .and_then(|m| m.find(ip))
+                .is_some_and(|m| m.executable);
+            if !in_code {
+                break;
+            }
+            frames.push(self.resolver.frame(pid, ip, true));
+        }
+        frames.reverse();
+        frames
+    }
+
+    fn print_table(&mut self) -> Result<()> {
+        let counters = self.tracer.counters()?;
+        let live = self.live_by_stack()?;
+        let (bytes, allocs) = live.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
+        let mut rows: Vec<(StackKey, (u64, u64))> =
+            live.into_iter().filter(|(_, v)| v.0 > 0).collect();
+        rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "[{:>6.1}s] live {} in {} allocations | seen {} allocs, {} frees | dropped {}",
+            self.started.elapsed().as_secs_f64(),
+            human_bytes(bytes),
+            allocs,
+            counters.get(Counter::AllocsSeen),
+            counters.get(Counter::FreesSeen),
+            counters.dropped()
+        )?;
+        for (key, (bytes, count)) in rows.into_iter().take(self.opts.top) {
+            let frames = self.frames(&key);
+            writeln!(
+                out,
+                "  {:>10} {:>8}  {}",
+                human_bytes(bytes),
+                count,
+                short_stack(&frames)
+            )?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    fn finish(mut self, stop: Stop, out: &mut File) -> Result<i32> {
+        let now_ns = monotonic_ns();
+        self.drain();
+        if stop != Stop::TargetExited {
+            let _ = self.resolver.refresh(self.target.pid);
+        }
+        self.sample()?;
+        let counters = self.tracer.counters()?;
+        let heap = self.tracer.allocs()?;
+        let min_age_ns = self.opts.min_age.as_nanos() as u64;
+        let live = heap
+            .iter()
+            .map(|(_, info)| LiveAlloc {
+                stack: info.stack,
+                size: info.size,
+                ts_ns: info.ts_ns,
+                count: 1,
+            })
+            .chain(self.regions.pieces().map(|(r, count)| LiveAlloc {
+                stack: r.stack,
+                size: r.len(),
+                ts_ns: r.ts_ns,
+                count,
+            }));
+        let groups = aggregate::group(live, now_ns, min_age_ns);
+        let mut keys: Vec<StackKey> = groups.keys().copied().collect();
+        keys.sort();
+        let resolved: Vec<Resolved> = keys
+            .iter()
+            .map(|k| Resolved {
+                frames: self.frames(k),
+                agg: groups[k],
+                growth: self.series.growth(k),
+            })
+            .collect();
+        let stacks = aggregate::merge(resolved, now_ns);
+        let report = self.report(stop, &counters, stacks);
+        // Detach before the (possibly slow) rendering: the target runs free again.
+        let Session {
+            opts,
+            target,
+            tracer,
+            ..
+        } = self;
+        drop(tracer);
+
+        out.set_len(0)?;
+        out.rewind()?;
+        report
+            .write(opts.format, &mut *out)
+            .with_context(|| format!("cannot write `{}`", opts.output.display()))?;
+        out.flush()?;
+        print_summary(&opts, &target, &report, stop);
+        Ok(match stop {
+            Stop::TargetExited => exit::TARGET_EXITED,
+            _ => exit::OK,
+        })
+    }
+
+    fn report(&self, stop: Stop, counters: &Counters, stacks: Vec<StackReport>) -> Report {
+        let mut notes = Vec::new();
+        let dropped = counters.dropped();
+        if dropped > 0 {
+            notes.push(format!(
+                "{dropped} allocations were not tracked (map full or lost events): the numbers are lower bounds; raise --max-allocs"
+            ));
+        }
+        if let Stop::TargetExited = stop {
+            notes.push(format!(
+                "process {} exited after {:.1} s of tracing: the report shows what was live just before it exited",
+                self.target.pid,
+                self.started.elapsed().as_secs_f64()
+            ));
+        }
+        let stack_lost = counters.get(Counter::StackCollision) + counters.get(Counter::StackError);
+        if stack_lost > 0 {
+            notes.push(format!(
+                "{stack_lost} allocations have no native stack (stack map full or collided): they show only their direct caller"
+            ));
+        }
+        Report {
+            schema: SCHEMA.to_string(),
+            target: Target {
+                pids: vec![self.target.pid],
+                exe: self.target.exe.clone(),
+                python: None,
+            },
+            mode: "exact".to_string(),
+            duration_s: self.started.elapsed().as_secs_f64(),
+            totals: Totals {
+                live_bytes: stacks.iter().map(|s| s.live_bytes).sum(),
+                live_allocs: stacks.iter().map(|s| s.live_allocs).sum(),
+                allocs_seen: counters.get(Counter::AllocsSeen),
+                frees_seen: counters.get(Counter::FreesSeen),
+                dropped,
+            },
+            stacks,
+            min_age_s: self.opts.min_age.as_secs_f64(),
+            complete: dropped == 0,
+            counters: Counters::NAMES
+                .iter()
+                .map(|(c, name)| (name.to_string(), counters.get(*c)))
+                .collect::<BTreeMap<_, _>>(),
+            notes,
+        }
+    }
+}
+
+fn print_summary(opts: &AttachOptions, target: &TargetProcess, report: &Report, stop: Stop) {
+    let why = match stop {
+        Stop::Duration => "duration reached".to_string(),
+        Stop::Signal(s) => format!("{s} received"),
+        Stop::TargetExited => format!("process {} exited", target.pid),
+    };
+    println!(
+            "leaktrace: stopped ({why}); detached. {} live in {} allocations older than {} s; {} allocs and {} frees seen; dropped {}",
+            human_bytes(report.totals.live_bytes),
+            report.totals.live_allocs,
+            report.min_age_s,
+            report.totals.allocs_seen,
+            report.totals.frees_seen,
+            report.totals.dropped,
+        );
+    for s in report.stacks.iter().take(opts.top) {
+        println!(
+            "  {:>10} {:>8}  {}",
+            human_bytes(s.live_bytes),
+            s.live_allocs,
+            short_stack(&s.frames)
+        );
+    }
+    for note in &report.notes {
+        eprintln!("leaktrace: note: {note}");
+    }
+    eprintln!(
+        "leaktrace: wrote `{}` ({} stacks)",
+        opts.output.display(),
+        report.stacks.len()
+    );
+}
+
+/// The innermost few frames above the allocator, innermost first: `leak_here (f.c:12) < main`.
+fn short_stack(frames: &[Frame]) -> String {
+    let mut parts: Vec<String> = frames.iter().rev().take(4).map(Frame::label).collect();
+    if frames.len() > 4 {
+        parts.push("...".into());
+    }
+    parts.join(" < ")
+}

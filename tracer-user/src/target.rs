@@ -1,0 +1,131 @@
+//! Finding what to trace in a process: is it alive, which allocator does it use.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::{
+    elf::ElfFile,
+    error::user,
+    procmaps::{is_libc_name, ProcMaps},
+};
+
+/// A process being traced.
+#[derive(Clone, Debug)]
+pub struct TargetProcess {
+    pub pid: u32,
+    /// The executable as the target sees it.
+    pub exe: String,
+    /// The file whose allocator is probed, as the target sees it.
+    pub allocator: String,
+    /// The same file as this process can open it (through `/proc/PID/root`).
+    pub allocator_host_path: PathBuf,
+    /// Start time in clock ticks since boot: tells a PID reused by another process apart.
+    start_time: u64,
+}
+
+/// The fields of `/proc/PID/stat` that matter here: state and start time.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    // The command name is in parentheses and may itself contain spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3 of the full line, starttime field 22.
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn read_stat(pid: u32) -> Option<(char, u64)> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+impl TargetProcess {
+    pub fn discover(pid: u32) -> Result<Self> {
+        if pid == std::process::id() {
+            return Err(user(
+                "refusing to trace leaktrace itself: give the PID of the process to trace",
+            ));
+        }
+        let Some((state, start_time)) = read_stat(pid) else {
+            return Err(user(format!(
+                "no process with PID {pid}: check the PID (ps -ef, pgrep -f) and that it still runs"
+            )));
+        };
+        if matches!(state, 'Z' | 'X') {
+            return Err(user(format!(
+                "process {pid} has already exited: nothing to trace"
+            )));
+        }
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let maps = ProcMaps::read(pid).map_err(|e| {
+            user(format!(
+                "cannot read /proc/{pid}/maps ({e}): run leaktrace as root"
+            ))
+        })?;
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let host = |p: &str| root.join(p.trim_start_matches('/'));
+        let allocator = if let Some(libc) = maps.find_file(is_libc_name) {
+            libc.path.clone().expect("file mappings have paths")
+        } else if !exe.is_empty()
+            && ElfFile::open(&host(&exe)).is_ok_and(|e| e.function("malloc").is_some())
+        {
+            // A statically linked program carries its allocator in the executable.
+            exe.clone()
+        } else if maps.iter().next().is_none() {
+            return Err(user(format!(
+                "process {pid} has no user memory (a kernel thread?): give the PID of a user-space process"
+            )));
+        } else {
+            return Err(user(format!(
+                "libc not found in process {pid} ({exe}): leaktrace traces the C library's allocator, and this process maps none"
+            )));
+        };
+        Ok(Self {
+            pid,
+            exe,
+            allocator_host_path: host(&allocator),
+            allocator,
+            start_time,
+        })
+    }
+
+    /// Whether the process still runs (and the PID was not reused).
+    pub fn is_alive(&self) -> bool {
+        matches!(read_stat(self.pid), Some((state, start)) if start == self.start_time && !matches!(state, 'Z' | 'X'))
+    }
+
+    pub fn allocator_module(&self) -> String {
+        Path::new(&self.allocator)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.allocator.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_names() {
+        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000000 200 18446744073709551615";
+        assert_eq!(parse_stat(stat), Some(('S', 987654)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn discovers_this_test_process_parent_and_rejects_bad_pids() {
+        let me = TargetProcess::discover(std::process::id()).unwrap_err();
+        assert!(me.to_string().contains("itself"));
+        let none = TargetProcess::discover(u32::MAX - 1).unwrap_err();
+        assert!(none.to_string().contains("no process with PID"), "{none}");
+        // The test harness's parent (cargo) is a real glibc process.
+        let ppid = std::os::unix::process::parent_id();
+        let t = TargetProcess::discover(ppid).expect("parent process is traceable");
+        assert_eq!(t.allocator_module(), "libc.so.6");
+        assert!(t.allocator_host_path.exists());
+        assert!(t.is_alive());
+    }
+}
