@@ -1,1 +1,422 @@
+//! Issue "Core": attach to real processes and check the surviving allocations exactly.
 
+use std::{process::Command, time::Duration};
+
+use leaktrace_tests::*;
+
+const SIGINT: i32 = 2;
+const SIGUSR1: i32 = 10;
+const SIGTERM: i32 = 15;
+const T: Duration = Duration::from_secs(60);
+
+/// Starts the C fixture and waits for it to be ready.
+fn start_fixture(extra: &[&str]) -> Proc {
+    let fixture = Proc::spawn(&mut Command::new(fixture("allocs", extra)));
+    fixture.stdout.wait_for("ready", T);
+    fixture
+}
+
+/// The one stack allocated by `leaf` from `caller`, with its exact bytes and count.
+fn site(report: &Value, caller: &str, leaf: &[&str]) -> (u64, u64, u64) {
+    let stacks = stacks_from(report, caller, leaf);
+    assert_eq!(
+        stacks.len(),
+        1,
+        "expected one stack {leaf:?} <- {caller}, got {}:\n{:#}",
+        stacks.len(),
+        report["stacks"]
+    );
+    let s = stacks[0];
+    let frames = s["frames"].as_array().unwrap();
+    let line = frames[frames.len() - 2]["line"].as_u64().unwrap_or(0);
+    (
+        s["live_bytes"].as_u64().unwrap(),
+        s["live_allocs"].as_u64().unwrap(),
+        line,
+    )
+}
+
+fn check_fixture_report(report: &Value) {
+    assert_eq!(report["schema"], "leaktrace/v1");
+    assert_eq!(report["mode"], "exact");
+    let src = "allocs.c";
+    assert_eq!(
+        site(report, "leak_here", &["malloc"]),
+        (1000 * 4096, 1000, line_of(src, "SITE:leak_here"))
+    );
+    assert_eq!(
+        site(report, "calloc_leak_here", &["calloc"]),
+        (3700, 1, line_of(src, "SITE:calloc_leak_here"))
+    );
+    // realloc(NULL,100) -> 1000 -> 50000 -> 70000: one block of the last size, at the last call.
+    assert_eq!(
+        site(report, "realloc_chain_here", &["realloc"]),
+        (70000, 1, line_of(src, "SITE:realloc_chain_here"))
+    );
+    assert_eq!(
+        site(report, "memalign_leak_here", &["posix_memalign"]),
+        (12345, 1, line_of(src, "SITE:memalign_leak_here"))
+    );
+    // glibc's aligned_alloc and memalign are one function: either name is right.
+    assert_eq!(
+        site(report, "memalign_leak_here", &["aligned_alloc", "memalign"]),
+        (8192, 1, line_of(src, "SITE:aligned_leak_here"))
+    );
+    // 10 pages mapped, 2 unmapped from the middle: 8 pages in one (split) mapping.
+    assert_eq!(
+        site(report, "mmap_leak_here", &["mmap"]),
+        (8 * 4096, 1, line_of(src, "SITE:mmap_leak_here"))
+    );
+    for freed in ["churn_here", "cross_thread_here"] {
+        let live = stacks_from(report, freed, &["malloc"]);
+        assert!(
+            live.is_empty(),
+            "{freed} freed everything but shows {live:#?}"
+        );
+    }
+    // Nothing else lives in realloc_chain_here: realloc(q, 0) freed q, and the earlier
+    // blocks of the chain moved.
+    let chain: Vec<_> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| functions(s).iter().any(|f| f == "realloc_chain_here"))
+        .collect();
+    assert_eq!(chain.len(), 1, "{chain:#?}");
+    let counters = &report["counters"];
+    assert_eq!(
+        counters["size_overflow"], 1,
+        "calloc(SIZE_MAX/2, 4) is counted"
+    );
+    assert_eq!(report["totals"]["dropped"], 0);
+    assert_eq!(report["complete"], true);
+    assert!(report["totals"]["allocs_seen"].as_u64().unwrap() >= 2000);
+    assert!(report["totals"]["frees_seen"].as_u64().unwrap() >= 1010);
+    // Stacks come sorted by live bytes.
+    let bytes: Vec<u64> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["live_bytes"].as_u64().unwrap())
+        .collect();
+    assert!(bytes.windows(2).all(|w| w[0] >= w[1]), "{bytes:?}");
+}
+
+/// Runs the fixture under a tracer stopped by `stop`; returns the report and the tracer.
+fn trace_fixture(extra: &[&str], out: &str, stop: i32) -> (Value, Proc, Proc) {
+    require_root();
+    let fixture = start_fixture(extra);
+    let out = out_path(out);
+    let mut tracer = attach(
+        fixture.pid(),
+        &["--interval", "1", "-o", out.to_str().unwrap()],
+    );
+    fixture.signal(SIGUSR1);
+    fixture.stdout.wait_for("done", T);
+    // Let every allocation pass the default --min-age of 1 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    tracer.signal(stop);
+    let code = tracer.wait(T);
+    assert_eq!(code, 0, "stderr:\n{}", tracer.stderr.text());
+    (read_json(&out), tracer, fixture)
+}
+
+#[test]
+fn c_fixture_live_bytes_per_call_site_are_exact() {
+    let (report, tracer, mut fixture) = trace_fixture(&[], "fixture.json", SIGINT);
+    check_fixture_report(&report);
+    assert!(tracer.stderr.text().contains("SIGINT") || tracer.stdout.text().contains("SIGINT"));
+    // The periodic table showed the leak while tracing.
+    assert!(
+        tracer.stdout.text().contains("leak_here"),
+        "{}",
+        tracer.stdout.text()
+    );
+    assert!(
+        fixture.is_running(),
+        "the target survives tracing and detaching"
+    );
+    assert_eq!(report["target"]["pids"][0], fixture.pid());
+}
+
+#[test]
+fn sigterm_detaches_and_writes_the_report() {
+    let (report, tracer, mut fixture) = trace_fixture(&[], "fixture-term.json", SIGTERM);
+    check_fixture_report(&report);
+    assert!(
+        tracer.stdout.text().contains("SIGTERM received"),
+        "{}",
+        tracer.stdout.text()
+    );
+    assert!(fixture.is_running());
+}
+
+#[test]
+fn statically_linked_target_is_traced_through_its_own_malloc() {
+    let (report, _tracer, _fixture) = trace_fixture(&["-static"], "fixture-static.json", SIGINT);
+    check_fixture_report(&report);
+}
+
+#[test]
+fn folded_and_svg_outputs() {
+    require_root();
+    let fixture = start_fixture(&[]);
+    let folded = out_path("fixture.folded");
+    let svg = out_path("fixture.svg");
+    let mut t1 = attach(
+        fixture.pid(),
+        &["-o", folded.to_str().unwrap(), "--min-age", "0"],
+    );
+    let mut t2 = attach(
+        fixture.pid(),
+        &["-o", svg.to_str().unwrap(), "--min-age", "0"],
+    );
+    fixture.signal(SIGUSR1);
+    fixture.stdout.wait_for("done", T);
+    std::thread::sleep(Duration::from_millis(300));
+    t1.signal(SIGINT);
+    t2.signal(SIGINT);
+    assert_eq!(t1.wait(T), 0, "{}", t1.stderr.text());
+    assert_eq!(t2.wait(T), 0, "{}", t2.stderr.text());
+    let text = std::fs::read_to_string(&folded).unwrap();
+    let leak_line = line_of("allocs.c", "SITE:leak_here");
+    let want = format!(
+        ";leak_here ({}:{leak_line});malloc 4096000",
+        root().join("tests/fixtures/allocs.c").display()
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.ends_with(&want) && l.contains(";main (")),
+        "no line ending with {want:?} in:\n{text}"
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.starts_with("<?xml") && svg.contains("leak_here"),
+        "{}",
+        &svg[..svg.len().min(500)]
+    );
+    assert!(svg.contains("bytes"));
+}
+
+#[test]
+fn python_module_level_list_leak_grows_and_is_reported() {
+    require_root();
+    let script = root().join("tests/fixtures/list_leak.py");
+    let py = Proc::spawn(Command::new(python()).arg(&script));
+    py.stdout.wait_for("ready", T);
+    let out = out_path("python-list.json");
+    let mut tracer = attach(
+        py.pid(),
+        &[
+            "--interval",
+            "0.5",
+            "--min-age",
+            "0.2",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    py.signal(SIGUSR1);
+    py.stdout.wait_for("done 2000", T);
+    std::thread::sleep(Duration::from_millis(500));
+    tracer.signal(SIGINT);
+    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
+    let report = read_json(&out);
+    let leaked = 2000 * 10240;
+    let live = report["totals"]["live_bytes"].as_u64().unwrap();
+    assert!(live >= leaked, "live {live} < leaked {leaked}");
+    // The list's 2000 objects come from one allocation path, which grew while traced.
+    let top = &report["stacks"][0];
+    assert!(top["live_allocs"].as_u64().unwrap() >= 2000, "{top:#}");
+    assert!(top["live_bytes"].as_u64().unwrap() >= leaked, "{top:#}");
+    assert_eq!(functions(top).last().unwrap(), "malloc");
+    let growth = top["growth_bytes_per_s"].as_f64().expect("growth measured");
+    assert!(growth > 1e6, "the leak grows ~8 MB/s, measured {growth}");
+    // The live tables printed while tracing grew too.
+    let tables: Vec<String> = tracer
+        .stdout
+        .text()
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .map(str::to_string)
+        .collect();
+    assert!(tables.len() >= 3, "{tables:?}");
+}
+
+#[test]
+fn target_exiting_mid_trace_still_writes_the_report() {
+    require_root();
+    let mut fixture = start_fixture(&[]);
+    let out = out_path("exited.json");
+    let mut tracer = attach(
+        fixture.pid(),
+        &["--min-age", "0", "-o", out.to_str().unwrap()],
+    );
+    fixture.signal(SIGUSR1);
+    fixture.stdout.wait_for("done", T);
+    std::thread::sleep(Duration::from_millis(300));
+    fixture.signal(SIGTERM);
+    fixture.wait(T);
+    assert_eq!(
+        tracer.wait(T),
+        3,
+        "exit code 3 says the target exited; {}",
+        tracer.stderr.text()
+    );
+    let report = read_json(&out);
+    assert_eq!(site(&report, "leak_here", &["malloc"]).0, 4096000);
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("exited"), "{notes}");
+    assert!(tracer.stderr.text().contains("exited"));
+}
+
+/// Runs leaktrace expecting a one-line error; returns it.
+fn expect_error(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("leaktrace runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, no backtrace: {stderr}");
+    assert!(lines[0].starts_with("leaktrace: error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn error_no_such_pid() {
+    require_root();
+    let err = expect_error(Command::new(leaktrace_bin()).args(["attach", "999999999"]));
+    assert!(err.contains("no process with PID 999999999"), "{err}");
+}
+
+#[test]
+fn error_not_root() {
+    require_root();
+    let fixture = start_fixture(&[]);
+    let err = expect_error(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(leaktrace_bin())
+            .args([
+                "attach",
+                &fixture.pid().to_string(),
+                "-o",
+                "/tmp/leaktrace-not-root.svg",
+            ]),
+    );
+    assert!(err.contains("needs root or CAP_BPF+CAP_PERFMON"), "{err}");
+}
+
+#[test]
+fn error_output_not_writable() {
+    require_root();
+    let fixture = start_fixture(&[]);
+    let pid = fixture.pid().to_string();
+    let err = expect_error(Command::new(leaktrace_bin()).args([
+        "attach",
+        &pid,
+        "-o",
+        "/nonexistent-dir/r.svg",
+    ]));
+    assert!(
+        err.contains("cannot write the report to `/nonexistent-dir/r.svg`"),
+        "{err}"
+    );
+    let dir = out_path("a-directory");
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = expect_error(Command::new(leaktrace_bin()).args([
+        "attach",
+        &pid,
+        "-o",
+        dir.to_str().unwrap(),
+    ]));
+    assert!(err.contains("cannot write the report"), "{err}");
+}
+
+#[test]
+fn error_no_libc_in_target() {
+    require_root();
+    // Static and stripped: no shared libc, no malloc symbol to probe.
+    let fixture = start_fixture(&["-static", "-s"]);
+    let err =
+        expect_error(Command::new(leaktrace_bin()).args(["attach", &fixture.pid().to_string()]));
+    assert!(err.contains("libc not found in process"), "{err}");
+    // A kernel thread has no user memory at all.
+    let err = expect_error(Command::new(leaktrace_bin()).args(["attach", "2"]));
+    assert!(err.contains("kernel thread"), "{err}");
+}
+
+#[test]
+fn error_bad_command_line_is_usage() {
+    let out = Command::new(leaktrace_bin())
+        .args(["attach", "notapid"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// BPF link ids and program ids held open by process `pid`, from its fdinfo.
+fn bpf_objects_of(pid: u32) -> (Vec<u64>, Vec<u64>) {
+    let (mut links, mut progs) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(text) = std::fs::read_to_string(entry.unwrap().path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let mut kv = line.split(':').map(str::trim);
+            match (kv.next(), kv.next().and_then(|v| v.parse::<u64>().ok())) {
+                (Some("link_id"), Some(id)) => links.push(id),
+                (Some("prog_id"), Some(id)) if text.contains("link_id") => progs.push(id),
+                _ => {}
+            }
+        }
+    }
+    (links, progs)
+}
+
+/// Whether bpftool still sees a link or program with this id.
+fn bpf_object_exists(kind: &str, id: u64) -> bool {
+    Command::new("bpftool")
+        .args([kind, "show", "id", &id.to_string()])
+        .output()
+        .expect("bpftool is installed by ./dev setup")
+        .status
+        .success()
+}
+
+#[test]
+fn no_probe_survives_exit_even_after_sigkill() {
+    require_root();
+    let mut fixture = start_fixture(&[]);
+    for (sig, name) in [(SIGINT, "SIGINT"), (9, "SIGKILL")] {
+        let out = out_path(&format!("killed-{name}.json"));
+        let mut tracer = attach(fixture.pid(), &["-o", out.to_str().unwrap()]);
+        let (links, progs) = bpf_objects_of(tracer.pid());
+        assert!(
+            links.len() >= 20,
+            "{name}: expected a link per probe, got {links:?}"
+        );
+        assert!(links.iter().all(|id| bpf_object_exists("link", *id)));
+        tracer.signal(sig);
+        tracer.wait(T);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while links.iter().any(|id| bpf_object_exists("link", *id))
+            || progs.iter().any(|id| bpf_object_exists("prog", *id))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: links {links:?} / programs {progs:?} remain"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // The target runs on undisturbed after both tracers are gone.
+    fixture.signal(SIGUSR1);
+    fixture.stdout.wait_for("done", T);
+    assert!(fixture.is_running());
+}

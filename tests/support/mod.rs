@@ -1,1 +1,268 @@
+//! Shared pieces of leaktrace's integration tests: build fixtures, start real processes
+//! (killed by PID on drop), run the real `leaktrace` binary, read its reports.
+//!
+//! These tests load eBPF programs and need root; they fail (never skip) without it.
 
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
+/// The `leaktrace` binary under test: `$LEAKTRACE_BIN`, else `target/debug/leaktrace`.
+pub fn leaktrace_bin() -> PathBuf {
+    let bin = std::env::var_os("LEAKTRACE_BIN")
+        .map_or_else(|| target_dir().join("debug/leaktrace"), PathBuf::from);
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build` first (./dev test does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests attach eBPF programs: run them as root (sudo ./dev test)"
+    );
+}
+
+/// Compiles `tests/fixtures/NAME.c` once per test binary with the given extra flags.
+pub fn fixture(name: &str, extra: &[&str]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
+    let key = format!("{name}{}", extra.join(""));
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap();
+    if let Some((_, p)) = built.iter().find(|(k, _)| *k == key) {
+        return p.clone();
+    }
+    let dir = target_dir().join("fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(key.replace(['-', ' ', '/'], "_"));
+    let src = root().join(format!("tests/fixtures/{name}.c"));
+    let status = Command::new("cc")
+        .args([
+            "-O0",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-pthread",
+            "-w",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&src)
+        .args(extra)
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "compiling {} failed", src.display());
+    built.push((key, out.clone()));
+    out
+}
+
+/// 1-based line of the line in `tests/fixtures/FILE` that contains `marker`.
+pub fn line_of(file: &str, marker: &str) -> u64 {
+    let text = std::fs::read_to_string(root().join("tests/fixtures").join(file)).unwrap();
+    let hits: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(marker))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(hits.len(), 1, "marker {marker} must appear once in {file}");
+    hits[0] as u64
+}
+
+/// Lines a child writes to a pipe, collected by a thread.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn collect(pipe: impl std::io::Read + Send + 'static) -> Self {
+        let lines = Lines::default();
+        let sink = lines.0.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        lines
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a line contains `needle`; panics with everything seen after `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.0.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?}; got:\n{}",
+                self.text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A process this test started; killed (by its PID, SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stdout: ChildStdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        Proc {
+            child,
+            stdout: Lines::collect(stdout),
+            stderr: Lines::collect(stderr),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on a child we started and have not reaped.
+        let rc = unsafe { libc::kill(self.pid() as i32, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    /// Waits for exit; returns the exit code (or 128+signal).
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Give the pipe readers a moment to collect the last lines.
+                thread::sleep(Duration::from_millis(100));
+                use std::os::unix::process::ExitStatusExt;
+                return status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not exit within {timeout:?}; stdout:\n{}\nstderr:\n{}",
+                self.pid(),
+                self.stdout.text(),
+                self.stderr.text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `leaktrace ARGS...`, not waited for.
+pub fn leaktrace(args: &[&str]) -> Proc {
+    Proc::spawn(Command::new(leaktrace_bin()).args(args))
+}
+
+/// Starts `leaktrace attach PID ARGS...` and waits until its probes are attached.
+pub fn attach(pid: u32, args: &[&str]) -> Proc {
+    let pid = pid.to_string();
+    let mut all = vec!["attach", pid.as_str()];
+    all.extend_from_slice(args);
+    let tracer = leaktrace(&all);
+    tracer
+        .stderr
+        .wait_for("leaktrace: attached", Duration::from_secs(60));
+    tracer
+}
+
+/// A fresh path for a test's report, under target/test-out.
+pub fn out_path(name: &str) -> PathBuf {
+    let dir = target_dir().join("test-out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("report {} not written: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("report is not JSON: {e}\n{text}"))
+}
+
+/// Function names of a stack's frames, outermost first.
+pub fn functions(stack: &Value) -> Vec<String> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Stacks whose frame just above the allocator is `caller` and whose leaf is one of `leaf`.
+pub fn stacks_from<'a>(report: &'a Value, caller: &str, leaf: &[&str]) -> Vec<&'a Value> {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            let f = functions(s);
+            f.len() >= 2 && f[f.len() - 2] == caller && leaf.contains(&f[f.len() - 1].as_str())
+        })
+        .collect()
+}
+
+/// The Python interpreter tests use: pyenv's 3.11 when present, else `python3`.
+pub fn python() -> PathBuf {
+    let pyenv_root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let p = pyenv_root.join("versions/3.11.7/bin/python3");
+    if p.exists() {
+        p
+    } else {
+        PathBuf::from("python3")
+    }
+}
