@@ -154,21 +154,25 @@ mod tests {
                 stack: key(1),
                 size: 100,
                 ts_ns: 1 * s,
+                count: 1,
             },
             LiveAlloc {
                 stack: key(1),
                 size: 50,
                 ts_ns: 3 * s,
+                count: 1,
             },
             LiveAlloc {
                 stack: key(2),
                 size: 10,
                 ts_ns: 9 * s,
+                count: 1,
             }, // 1 s old at 10 s: kept
             LiveAlloc {
                 stack: key(3),
                 size: 10,
                 ts_ns: 9 * s + 1,
+                count: 1,
             }, // younger: dropped
         ];
         let g = group(allocs, 10 * s, s);
