@@ -19,6 +19,14 @@ pub const MAP_PENDING: &str = "PENDING";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Ring buffer of [`MapEvent`]s (mmap family), which user space turns into address ranges.
 pub const MAP_EVENTS: &str = "EVENTS";
+/// Python targets: tgid -> [`PyConfig`]. A process absent here gets native stacks only.
+pub const MAP_PY_TARGETS: &str = "PY_TARGETS";
+/// Python thread states: tid -> address of that thread's `PyThreadState`, kept by user space.
+pub const MAP_PY_TSTATES: &str = "PY_TSTATES";
+/// Deduplicated Python stacks: hash -> [`PyStack`].
+pub const MAP_PY_STACKS: &str = "PY_STACKS";
+/// Per-CPU scratch space where a [`PyStack`] is built before it is hashed.
+pub const MAP_PY_SCRATCH: &str = "PY_SCRATCH";
 
 /// Default capacity of [`MAP_ALLOCS`] (`--max-allocs`).
 pub const DEFAULT_MAX_ALLOCS: u32 = 1_000_000;
@@ -32,6 +40,14 @@ pub const MAX_PENDING: u32 = 16_384;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 /// Frames kept per native stack (the kernel's PERF_MAX_STACK_DEPTH).
 pub const MAX_NATIVE_FRAMES: usize = 127;
+/// Python frames kept per stack at most (`--max-python-depth` may lower it).
+pub const MAX_PY_FRAMES: usize = 128;
+/// Default capacity of [`MAP_PY_STACKS`].
+pub const DEFAULT_MAX_PY_STACKS: u32 = 16_384;
+/// Capacity of [`MAP_PY_TSTATES`] (threads of all traced Python processes).
+pub const MAX_PY_THREADS: u32 = 16_384;
+/// Capacity of [`MAP_PY_TARGETS`].
+pub const MAX_PY_TARGETS: u32 = 1024;
 
 /// Which allocator call produced an allocation. Stored as `u32` in the maps.
 #[repr(u32)]
@@ -118,10 +134,18 @@ pub enum Counter {
     SizeOverflow = 10,
     /// Allocator call made from inside another traced allocator call (not double counted).
     Nested = 11,
+    /// Allocation in a Python process on a thread with no known Python thread state.
+    PyNoThreadState = 12,
+    /// Python stack longer than the depth limit: the outermost frames were cut.
+    PyTruncated = 13,
+    /// Python stack not stored because [`MAP_PY_STACKS`] was full.
+    PyStacksFull = 14,
+    /// Python stack cut short because a frame could not be read.
+    PyReadError = 15,
 }
 
 /// Number of slots in [`MAP_COUNTERS`].
-pub const COUNTER_SLOTS: u32 = 12;
+pub const COUNTER_SLOTS: u32 = 16;
 
 /// Key of [`MAP_ALLOCS`].
 #[repr(C)]
@@ -147,8 +171,10 @@ pub struct StackKey {
     /// [`AllocKind`] as u32.
     pub kind: u32,
     pub _pad: u32,
+    /// Key in [`MAP_PY_STACKS`], 0 when there is no Python stack.
+    pub py_stack: u64,
 }
-const _: () = assert!(size_of::<StackKey>() == 24);
+const _: () = assert!(size_of::<StackKey>() == 32);
 
 /// Value of [`MAP_ALLOCS`].
 #[repr(C)]
@@ -159,7 +185,7 @@ pub struct AllocInfo {
     pub ts_ns: u64,
     pub stack: StackKey,
 }
-const _: () = assert!(size_of::<AllocInfo>() == 40);
+const _: () = assert!(size_of::<AllocInfo>() == 48);
 
 /// Value of [`MAP_STACK_TOTALS`]. Updated with atomic adds from every CPU.
 #[repr(C)]
@@ -191,7 +217,7 @@ pub struct Pending {
     pub ts_ns: u64,
     pub stack: StackKey,
 }
-const _: () = assert!(size_of::<Pending>() == 64);
+const _: () = assert!(size_of::<Pending>() == 72);
 
 /// What a [`MapEvent`] reports.
 #[repr(u32)]
@@ -219,12 +245,77 @@ pub struct MapEvent {
     pub ts_ns: u64,
     pub stack: StackKey,
 }
-const _: () = assert!(size_of::<MapEvent>() == 72);
+const _: () = assert!(size_of::<MapEvent>() == 80);
+
+/// How a CPython version links its frames, as the eBPF walker sees it.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameModel {
+    /// 3.8-3.10: `tstate->frame` is a `PyFrameObject`; `f_back`, `f_code`, `int f_lasti`.
+    FrameObject = 0,
+    /// 3.11/3.12: `tstate->cframe->current_frame` is a `_PyInterpreterFrame`; `previous`,
+    /// code, and a pointer to the current instruction.
+    CFrame = 1,
+    /// 3.13+: `tstate->current_frame` is a `_PyInterpreterFrame`.
+    CurrentFrame = 2,
+}
+
+/// Sentinel offset for a field a version does not have.
+pub const NO_FIELD: u64 = u64::MAX;
+
+/// Value of [`MAP_PY_TARGETS`]: what the eBPF walker needs to know about one interpreter.
+/// Offsets are bytes into the named structure.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyConfig {
+    /// [`FrameModel`] as u32.
+    pub model: u32,
+    /// Frames recorded at most (<= [`MAX_PY_FRAMES`]).
+    pub max_depth: u32,
+    /// `PyThreadState`: `frame` (FrameObject), `cframe` (CFrame) or `current_frame`.
+    pub tstate_frame: u64,
+    /// `_PyCFrame.current_frame` (CFrame model only).
+    pub cframe_current_frame: u64,
+    /// Frame: code object (`f_code` / `f_executable`).
+    pub frame_code: u64,
+    /// Frame: the calling frame (`f_back` / `previous`).
+    pub frame_back: u64,
+    /// Frame: instruction position (`f_lasti` / `prev_instr` / `instr_ptr`); 8 bytes are read.
+    pub frame_instr: u64,
+    /// Frame: `owner` byte, or [`NO_FIELD`].
+    pub frame_owner: u64,
+    /// `owner` value of frames that belong to the C stack (skipped), when `frame_owner` is set.
+    pub owner_cstack: u64,
+}
+const _: () = assert!(size_of::<PyConfig>() == 64);
+
+/// One Python frame as recorded in the kernel: the code object's address and the raw
+/// instruction position (an `int f_lasti`, or an instruction pointer), decoded in user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyFrame {
+    pub code: u64,
+    pub instr: u64,
+}
+
+/// Value of [`MAP_PY_STACKS`]: innermost frame first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PyStack {
+    pub len: u32,
+    /// 1 when frames beyond `max_depth` were cut.
+    pub truncated: u32,
+    pub frames: [PyFrame; MAX_PY_FRAMES],
+}
+const _: () = assert!(size_of::<PyStack>() == 8 + 16 * MAX_PY_FRAMES);
 
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: plain-old-data, `#[repr(C)]`, no implicit padding (checked by the size asserts).
+    unsafe impl aya::Pod for PyConfig {}
+    unsafe impl aya::Pod for PyFrame {}
+    unsafe impl aya::Pod for PyStack {}
     unsafe impl aya::Pod for AllocKey {}
     unsafe impl aya::Pod for StackKey {}
     unsafe impl aya::Pod for AllocInfo {}

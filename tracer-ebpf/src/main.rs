@@ -16,6 +16,7 @@ mod alloc;
 mod free;
 mod maps;
 mod mmap;
+mod python;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -101,6 +101,7 @@ pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) {
             caller,
             kind,
             _pad: 0,
+            py_stack: crate::python::python_stack(pid_tgid),
         },
     };
     if PENDING.insert(&pid_tgid, &pending, 0).is_err() {

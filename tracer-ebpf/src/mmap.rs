@@ -79,6 +79,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
         caller: 0,
         kind: AllocKind::Other as u32,
         _pad: 0,
+        py_stack: 0,
     };
     emit(MapEventKind::Unmap, addr, len, 0, 0, 0, &stack);
     0

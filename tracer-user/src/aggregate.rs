@@ -143,6 +143,7 @@ mod tests {
             caller: 0,
             kind: 0,
             _pad: 0,
+            py_stack: 0,
         }
     }
 

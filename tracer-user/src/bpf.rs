@@ -93,6 +93,10 @@ impl Counters {
         (Counter::EventsLost, "mmap_events_lost"),
         (Counter::SizeOverflow, "size_overflow"),
         (Counter::Nested, "nested_allocator_calls"),
+        (Counter::PyNoThreadState, "python_thread_unknown"),
+        (Counter::PyTruncated, "python_stack_truncated"),
+        (Counter::PyStacksFull, "python_stack_map_full"),
+        (Counter::PyReadError, "python_frame_unreadable"),
     ];
 }
 

@@ -37,11 +37,20 @@ pub fn user(message: impl Into<String>) -> anyhow::Error {
     })
 }
 
-/// The one line printed for an error: its context chain joined, newlines folded.
+/// Longest text kept from one cause (a verifier log can be megabytes).
+const MAX_CAUSE_CHARS: usize = 600;
+
+/// The one line printed for an error: its context chain joined, newlines folded, each cause
+/// cut to a readable length.
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
-        let s = cause.to_string().replace('\n', " ");
+        let mut s = cause.to_string().replace('\n', " ");
+        if s.chars().count() > MAX_CAUSE_CHARS {
+            let total = s.len();
+            s = s.chars().take(MAX_CAUSE_CHARS).collect();
+            s.push_str(&format!("... ({total} bytes in all)"));
+        }
         if !parts.iter().any(|p| p.contains(&s)) {
             parts.push(s);
         }
@@ -71,5 +80,14 @@ mod tests {
         );
         assert_eq!(code_of(&err), exit::FAILED);
         assert_eq!(code_of(&anyhow::anyhow!("x")), exit::FAILED);
+    }
+
+    #[test]
+    fn one_line_cuts_huge_causes() {
+        let err = anyhow::anyhow!("{}", "verifier says\n".repeat(10_000)).context("load failed");
+        let line = one_line(&err);
+        assert!(line.len() < 800, "{}", line.len());
+        assert!(line.starts_with("load failed: verifier says verifier says"));
+        assert!(line.ends_with("(140000 bytes in all)"), "{line}");
     }
 }

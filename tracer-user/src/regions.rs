@@ -142,6 +142,7 @@ mod tests {
             caller: 0,
             kind: 8,
             _pad: 0,
+            py_stack: 0,
         }
     }
 

@@ -1,0 +1,141 @@
+//! Walking the current thread's Python frames at an allocation.
+//!
+//! User space publishes, per traced interpreter, the offsets of the few fields the walk needs
+//! ([`PyConfig`]) and, per thread, the address of its `PyThreadState` (refreshed as threads
+//! come and go). Here we follow the frame chain from the thread state, record (code object,
+//! instruction position) per frame, and store the stack once under its hash. Names, files and
+//! lines are resolved in user space.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_probe_read_user,
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use tracer_common::{
+    Counter, FrameModel, PyConfig, PyFrame, PyStack, DEFAULT_MAX_PY_STACKS, MAX_PY_FRAMES,
+    MAX_PY_TARGETS, MAX_PY_THREADS, NO_FIELD,
+};
+
+use crate::maps::count;
+
+#[map]
+pub static PY_TARGETS: HashMap<u32, PyConfig> = HashMap::with_max_entries(MAX_PY_TARGETS, 0);
+
+#[map]
+pub static PY_TSTATES: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PY_THREADS, 0);
+
+#[map]
+pub static PY_STACKS: HashMap<u64, PyStack> =
+    HashMap::with_max_entries(DEFAULT_MAX_PY_STACKS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static PY_SCRATCH: PerCpuArray<PyStack> = PerCpuArray::with_max_entries(1, 0);
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user tolerates any address.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+#[inline(always)]
+fn read_u8(addr: u64) -> Option<u8> {
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_user(addr as *const u8) }.ok()
+}
+
+/// The first frame of a thread.
+#[inline(always)]
+fn top_frame(cfg: &PyConfig, tstate: u64) -> Option<u64> {
+    const CFRAME: u32 = FrameModel::CFrame as u32;
+    let first = read_u64(tstate.wrapping_add(cfg.tstate_frame))?;
+    if cfg.model == CFRAME {
+        if first == 0 {
+            return Some(0);
+        }
+        return read_u64(first.wrapping_add(cfg.cframe_current_frame));
+    }
+    Some(first)
+}
+
+/// Key of the current thread's Python stack in [`PY_STACKS`], or 0 when there is none.
+#[inline(always)]
+pub fn python_stack(pid_tgid: u64) -> u64 {
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    // SAFETY: values are copied out of the maps.
+    let Some(cfg) = (unsafe { PY_TARGETS.get(&tgid) }).copied() else {
+        return 0;
+    };
+    let Some(tstate) = (unsafe { PY_TSTATES.get(&tid) }).copied() else {
+        count(Counter::PyNoThreadState);
+        return 0;
+    };
+    walk(&cfg, tstate)
+}
+
+#[inline(never)]
+fn walk(cfg: &PyConfig, tstate: u64) -> u64 {
+    let Some(scratch) = PY_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU.
+    let scratch = unsafe { &mut *scratch };
+    let Some(mut frame) = top_frame(cfg, tstate) else {
+        count(Counter::PyReadError);
+        return 0;
+    };
+    let max = if (cfg.max_depth as usize) < MAX_PY_FRAMES {
+        cfg.max_depth as usize
+    } else {
+        MAX_PY_FRAMES
+    };
+    // The frame index is the loop counter on every path, so the verifier can prune states
+    // from one iteration to the next; a C-stack shim frame is recorded with code 0 (user space
+    // skips it) rather than skipped here, which would make the index path-dependent.
+    let mut len: usize = 0;
+    let mut hash = FNV_OFFSET;
+    for i in 0..MAX_PY_FRAMES {
+        if frame == 0 || i >= max {
+            break;
+        }
+        let (Some(code), Some(instr), Some(back)) = (
+            read_u64(frame.wrapping_add(cfg.frame_code)),
+            read_u64(frame.wrapping_add(cfg.frame_instr)),
+            read_u64(frame.wrapping_add(cfg.frame_back)),
+        ) else {
+            count(Counter::PyReadError);
+            break;
+        };
+        let shim = cfg.frame_owner != NO_FIELD
+            && read_u8(frame.wrapping_add(cfg.frame_owner)).map(u64::from)
+                == Some(cfg.owner_cstack);
+        let code = if shim { 0 } else { code };
+        scratch.frames[i] = PyFrame { code, instr };
+        hash = (hash ^ code).wrapping_mul(FNV_PRIME);
+        hash = (hash ^ instr).wrapping_mul(FNV_PRIME);
+        len = i + 1;
+        frame = back;
+    }
+    if len == 0 {
+        return 0;
+    }
+    let truncated = frame != 0 && len >= max;
+    if truncated {
+        count(Counter::PyTruncated);
+    }
+    // 0 means "no Python stack".
+    let key = hash | 1;
+    if PY_STACKS.get_ptr(&key).is_none() {
+        scratch.len = len as u32;
+        scratch.truncated = truncated as u32;
+        if PY_STACKS.insert(&key, scratch, 0).is_err() {
+            count(Counter::PyStacksFull);
+            return 0;
+        }
+    }
+    key
+}
