@@ -198,5 +198,49 @@ int main(void) {
         STATE_BITS(o.state.ascii = 1, w);
         P("unicode_ascii_bit", lowest_bit(w));
     }
+
+#if PY_MINOR_VERSION == 13
+    /* Where each entry sits inside _Py_DebugOffsets (the start of _PyRuntime), and the
+     * relations the Rust parser relies on to fill fields the struct lacks. */
+    P("debug.cookie", offsetof(_Py_DebugOffsets, cookie));
+    P("debug.version", offsetof(_Py_DebugOffsets, version));
+    P("debug.free_threaded", offsetof(_Py_DebugOffsets, free_threaded));
+    P("debug.runtime_state.size", offsetof(_Py_DebugOffsets, runtime_state.size));
+    P("debug.runtime_state.interpreters_head", offsetof(_Py_DebugOffsets, runtime_state.interpreters_head));
+    P("debug.interpreter_state.size", offsetof(_Py_DebugOffsets, interpreter_state.size));
+    P("debug.interpreter_state.next", offsetof(_Py_DebugOffsets, interpreter_state.next));
+    P("debug.interpreter_state.threads_head", offsetof(_Py_DebugOffsets, interpreter_state.threads_head));
+    P("debug.interpreter_state.ceval_gil", offsetof(_Py_DebugOffsets, interpreter_state.ceval_gil));
+    P("debug.interpreter_state.gil_runtime_state", offsetof(_Py_DebugOffsets, interpreter_state.gil_runtime_state));
+    P("debug.interpreter_state.gil_runtime_state_locked", offsetof(_Py_DebugOffsets, interpreter_state.gil_runtime_state_locked));
+    P("debug.interpreter_state.gil_runtime_state_holder", offsetof(_Py_DebugOffsets, interpreter_state.gil_runtime_state_holder));
+    P("debug.thread_state.size", offsetof(_Py_DebugOffsets, thread_state.size));
+    P("debug.thread_state.next", offsetof(_Py_DebugOffsets, thread_state.next));
+    P("debug.thread_state.interp", offsetof(_Py_DebugOffsets, thread_state.interp));
+    P("debug.thread_state.current_frame", offsetof(_Py_DebugOffsets, thread_state.current_frame));
+    P("debug.thread_state.thread_id", offsetof(_Py_DebugOffsets, thread_state.thread_id));
+    P("debug.thread_state.native_thread_id", offsetof(_Py_DebugOffsets, thread_state.native_thread_id));
+    P("debug.interpreter_frame.size", offsetof(_Py_DebugOffsets, interpreter_frame.size));
+    P("debug.interpreter_frame.previous", offsetof(_Py_DebugOffsets, interpreter_frame.previous));
+    P("debug.interpreter_frame.executable", offsetof(_Py_DebugOffsets, interpreter_frame.executable));
+    P("debug.interpreter_frame.instr_ptr", offsetof(_Py_DebugOffsets, interpreter_frame.instr_ptr));
+    P("debug.interpreter_frame.owner", offsetof(_Py_DebugOffsets, interpreter_frame.owner));
+    P("debug.code_object.size", offsetof(_Py_DebugOffsets, code_object.size));
+    P("debug.code_object.filename", offsetof(_Py_DebugOffsets, code_object.filename));
+    P("debug.code_object.name", offsetof(_Py_DebugOffsets, code_object.name));
+    P("debug.code_object.qualname", offsetof(_Py_DebugOffsets, code_object.qualname));
+    P("debug.code_object.linetable", offsetof(_Py_DebugOffsets, code_object.linetable));
+    P("debug.code_object.firstlineno", offsetof(_Py_DebugOffsets, code_object.firstlineno));
+    P("debug.code_object.co_code_adaptive", offsetof(_Py_DebugOffsets, code_object.co_code_adaptive));
+    P("debug.pyobject.ob_type", offsetof(_Py_DebugOffsets, pyobject.ob_type));
+    P("debug.bytes_object.ob_size", offsetof(_Py_DebugOffsets, bytes_object.ob_size));
+    P("debug.bytes_object.ob_sval", offsetof(_Py_DebugOffsets, bytes_object.ob_sval));
+    P("debug.unicode_object.state", offsetof(_Py_DebugOffsets, unicode_object.state));
+    P("debug.unicode_object.length", offsetof(_Py_DebugOffsets, unicode_object.length));
+    P("debug.unicode_object.asciiobject_size", offsetof(_Py_DebugOffsets, unicode_object.asciiobject_size));
+    P("debug.sizeof", sizeof(_Py_DebugOffsets));
+    P("debug.main_minus_head", offsetof(_PyRuntimeState, interpreters.main) - offsetof(_PyRuntimeState, interpreters.head));
+    P("debug.compact_minus_ascii", sizeof(PyCompactUnicodeObject) - sizeof(PyASCIIObject));
+#endif
     return 0;
 }

@@ -15,8 +15,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    AllocInfo, AllocKey, Counter, MapEvent, StackKey, StackTotals, COUNTER_SLOTS, MAP_ALLOCS,
-    MAP_COUNTERS, MAP_EVENTS, MAP_STACKS, MAP_STACK_TOTALS,
+    AllocInfo, AllocKey, Counter, MapEvent, PyConfig, PyStack, StackKey, StackTotals,
+    COUNTER_SLOTS, MAP_ALLOCS, MAP_COUNTERS, MAP_EVENTS, MAP_PY_STACKS, MAP_PY_TARGETS,
+    MAP_PY_TSTATES, MAP_STACKS, MAP_STACK_TOTALS,
 };
 
 use crate::elf::{probe_offset, ElfFile};
@@ -228,6 +229,40 @@ impl Tracer {
         let map = StackTraceMap::try_from(self.map(MAP_STACKS).ok()?).ok()?;
         let trace = map.get(&id, 0).ok()?;
         Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
+    }
+
+    /// Turns on Python stack walking for process `tgid`.
+    pub fn set_python(&mut self, tgid: u32, config: &PyConfig) -> Result<()> {
+        let mut map: HashMap<&mut MapData, u32, PyConfig> =
+            HashMap::try_from(self.map_mut(MAP_PY_TARGETS)?)?;
+        map.insert(tgid, config, 0)?;
+        Ok(())
+    }
+
+    /// Publishes thread states: `add` (tid, tstate) pairs, and forgets `remove` tids.
+    pub fn update_tstates(&mut self, add: &[(u32, u64)], remove: &[u32]) -> Result<()> {
+        let mut map: HashMap<&mut MapData, u32, u64> =
+            HashMap::try_from(self.map_mut(MAP_PY_TSTATES)?)?;
+        for tid in remove {
+            let _ = map.remove(tid);
+        }
+        for (tid, tstate) in add {
+            map.insert(tid, tstate, 0)?;
+        }
+        Ok(())
+    }
+
+    /// A recorded Python stack.
+    pub fn py_stack(&self, key: u64) -> Option<PyStack> {
+        let map: HashMap<&MapData, u64, PyStack> =
+            HashMap::try_from(self.map(MAP_PY_STACKS).ok()?).ok()?;
+        map.get(&key, 0).ok()
     }
 
     /// Drains the mmap-family events.

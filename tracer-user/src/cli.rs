@@ -54,6 +54,15 @@ pub struct AttachArgs {
     /// Outstanding allocations tracked at most; beyond it allocations are counted as dropped.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,
+    /// Do not walk Python frames (native stacks only).
+    #[arg(long)]
+    pub no_python: bool,
+    /// In stacks with Python frames, leave out native frames.
+    #[arg(long)]
+    pub no_native: bool,
+    /// Python frames recorded per stack at most (the outermost are cut and counted).
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub max_python_depth: u32,
 }
 
 fn parse_seconds(s: &str, allow_zero: bool) -> Result<Duration, String> {
@@ -94,6 +103,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                 output,
                 format,
                 max_allocs: a.max_allocs,
+                python: !a.no_python,
+                native: !a.no_native,
+                max_python_depth: a.max_python_depth,
             })
         }
     }

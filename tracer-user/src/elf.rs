@@ -20,9 +20,13 @@ pub struct Function {
     pub head: Vec<u8>,
 }
 
-/// The function symbols of one ELF file.
+/// The symbols of one ELF file that leaktrace needs.
 pub struct ElfFile {
     functions: HashMap<String, Function>,
+    /// Data symbols (`_PyRuntime`, `PyCode_Type`, ...): name -> virtual address.
+    objects: HashMap<String, u64>,
+    /// PT_LOAD segments: (vaddr, memsz, file offset, filesz).
+    segments: Vec<(u64, u64, u64, u64)>,
 }
 
 impl ElfFile {
@@ -44,19 +48,28 @@ impl ElfFile {
         let file = object::File::parse(data)?;
         let segments: Vec<(u64, u64, u64, u64)> = file
             .segments()
+            .filter(|s| s.size() > 0)
             .map(|s| {
                 let (off, filesz) = s.file_range();
                 (s.address(), s.size(), off, filesz)
             })
             .collect();
         let mut functions = HashMap::new();
+        let mut objects = HashMap::new();
         // Dynamic symbols first (they are what a stripped library still has), then the full
         // symbol table where it exists (local functions of static interpreters).
         for sym in file.dynamic_symbols().chain(file.symbols()) {
-            if sym.kind() != SymbolKind::Text || sym.address() == 0 || sym.is_undefined() {
+            if sym.address() == 0 || sym.is_undefined() {
                 continue;
             }
             let Ok(name) = sym.name() else { continue };
+            if sym.kind() == SymbolKind::Data {
+                objects.entry(name.to_string()).or_insert(sym.address());
+                continue;
+            }
+            if sym.kind() != SymbolKind::Text {
+                continue;
+            }
             if name.is_empty() || functions.contains_key(name) {
                 continue;
             }
@@ -88,11 +101,30 @@ impl ElfFile {
                 },
             );
         }
-        Ok(Self { functions })
+        Ok(Self {
+            functions,
+            objects,
+            segments,
+        })
     }
 
     pub fn function(&self, name: &str) -> Option<&Function> {
         self.functions.get(name)
+    }
+
+    /// Virtual address of a data symbol.
+    pub fn object(&self, name: &str) -> Option<u64> {
+        self.objects.get(name).copied()
+    }
+
+    /// The load bias of this file in a process, from one of its mappings (`start` is where the
+    /// file's bytes at `offset` were mapped): runtime address = bias + virtual address.
+    pub fn load_bias(&self, start: u64, offset: u64) -> Option<u64> {
+        let &(vaddr, _, seg_off, _) = self
+            .segments
+            .iter()
+            .find(|(_, _, off, filesz)| offset >= *off && offset < off + filesz.max(&1))?;
+        start.checked_sub(vaddr + (offset - seg_off))
     }
 }
 

@@ -11,6 +11,8 @@ pub mod elf;
 pub mod error;
 pub mod preflight;
 pub mod procmaps;
+pub mod pyruntime;
+pub mod python;
 pub mod regions;
 pub mod report;
 pub mod session;

@@ -4,6 +4,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
     io::{Seek, Write},
+    path::Path,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -17,6 +18,7 @@ use crate::{
     bpf::{Counters, Limits, Tracer},
     error::{exit, user},
     preflight,
+    pyruntime::{Interpreter, NotPython},
     regions::Regions,
     report::{human_bytes, Format, Frame, Report, StackReport, Target, Totals, SCHEMA},
     symbolize::Resolver,
@@ -34,6 +36,11 @@ pub struct AttachOptions {
     pub output: PathBuf,
     pub format: Format,
     pub max_allocs: u32,
+    /// Walk Python frames when the target is a supported CPython.
+    pub python: bool,
+    /// Keep native frames in stacks that have Python frames.
+    pub native: bool,
+    pub max_python_depth: u32,
 }
 
 /// Why tracing stopped.
@@ -78,6 +85,11 @@ struct Session {
     regions: Regions,
     series: Series,
     started: Instant,
+    python: Option<Interpreter>,
+    /// Threads whose state is published to the kernel.
+    py_tids: std::collections::HashSet<u32>,
+    /// Resolved Python stacks, outermost frame first.
+    py_frames: HashMap<u64, Vec<Frame>>,
 }
 
 pub fn attach(opts: AttachOptions) -> Result<i32> {
@@ -139,9 +151,14 @@ pub fn attach(opts: AttachOptions) -> Result<i32> {
             regions: Regions::default(),
             series: Series::default(),
             started: Instant::now(),
+            python: None,
+            py_tids: Default::default(),
+            py_frames: HashMap::new(),
         };
+        session.find_python()?;
         session.sample()?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks: u64 = 0;
         let mut next_report = session.started + opts.interval;
         let stop = loop {
             tokio::select! {
@@ -149,7 +166,12 @@ pub fn attach(opts: AttachOptions) -> Result<i32> {
                 _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
                 _ = sighup.recv() => break Stop::Signal("SIGHUP"),
                 _ = tick.tick() => {
+                    ticks += 1;
                     session.drain();
+                    session.refresh_threads()?;
+                    if ticks % 5 == 0 {
+                        session.resolve_new_python_stacks();
+                    }
                     if opts.duration.is_some_and(|d| session.started.elapsed() >= d) {
                         break Stop::Duration;
                     }
@@ -170,6 +192,97 @@ pub fn attach(opts: AttachOptions) -> Result<i32> {
 }
 
 impl Session {
+    /// Turns on Python frames if the target runs a supported CPython.
+    fn find_python(&mut self) -> Result<()> {
+        if !self.opts.python {
+            return Ok(());
+        }
+        let pid = self.target.pid;
+        let Some(maps) = self.resolver.maps(pid) else {
+            return Ok(());
+        };
+        match Interpreter::discover(pid, maps) {
+            Ok(interp) => {
+                self.tracer
+                    .set_python(pid, &interp.config(self.opts.max_python_depth))?;
+                eprintln!(
+                    "leaktrace: Python {} in `{}`: recording Python frames",
+                    interp.version(),
+                    interp.module
+                );
+                self.python = Some(interp);
+                self.refresh_threads()?;
+            }
+            Err(NotPython::Absent) => {
+                eprintln!(
+                    "leaktrace: pid {pid} is not a Python process: tracing native stacks only"
+                )
+            }
+            Err(NotPython::Unsupported(why)) => {
+                eprintln!("leaktrace: warning: {why}: tracing native stacks only")
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the target's current Python threads to the kernel.
+    fn refresh_threads(&mut self) -> Result<()> {
+        let Some(interp) = self.python.as_mut() else {
+            return Ok(());
+        };
+        let threads = interp.threads();
+        if threads.is_empty() && !self.target.is_alive() {
+            return Ok(());
+        }
+        let now: std::collections::HashSet<u32> = threads.iter().map(|t| t.0).collect();
+        let gone: Vec<u32> = self.py_tids.difference(&now).copied().collect();
+        self.tracer.update_tstates(&threads, &gone)?;
+        self.py_tids = now;
+        Ok(())
+    }
+
+    /// Resolves Python stacks seen since the last call, while the target is alive to be read.
+    fn resolve_new_python_stacks(&mut self) {
+        if self.python.is_none() {
+            return;
+        }
+        let Ok(totals) = self.tracer.stack_totals() else {
+            return;
+        };
+        for (key, _) in totals {
+            if key.py_stack != 0 && !self.py_frames.contains_key(&key.py_stack) {
+                self.python_frames(key.py_stack);
+            }
+        }
+    }
+
+    /// The Python frames of a recorded stack, outermost first (cached).
+    fn python_frames(&mut self, key: u64) -> Vec<Frame> {
+        if let Some(frames) = self.py_frames.get(&key) {
+            return frames.clone();
+        }
+        let (Some(interp), Some(stack)) = (self.python.as_mut(), self.tracer.py_stack(key)) else {
+            return Vec::new();
+        };
+        let len = (stack.len as usize).min(stack.frames.len());
+        let mut frames: Vec<Frame> = stack.frames[..len]
+            .iter()
+            .filter_map(|f| interp.frame(*f))
+            .collect();
+        if stack.truncated != 0 {
+            frames.push(Frame {
+                function: "[truncated: raise --max-python-depth]".to_string(),
+                file: None,
+                line: None,
+                module: None,
+                kind: crate::report::FrameKind::Python,
+            });
+        }
+        frames.reverse();
+        self.py_frames.insert(key, frames.clone());
+        frames
+    }
+
     fn drain(&mut self) {
         let regions = &mut self.regions;
         self.tracer.drain_events(|e: MapEvent| {
@@ -210,6 +323,7 @@ impl Session {
     }
 
     fn sample(&mut self) -> Result<()> {
+        self.resolve_new_python_stacks();
         let t = self.started.elapsed().as_secs_f64();
         let live = self.live_by_stack()?;
         self.series
@@ -217,8 +331,39 @@ impl Session {
         Ok(())
     }
 
-    /// Frames of a stack, outermost first, allocator last.
+    /// Frames of a stack, outermost first, allocator last: Python frames where the
+    /// interpreter was, native frames at the leaf.
     fn frames(&mut self, key: &StackKey) -> Vec<Frame> {
+        let native = self.native_frames(key);
+        let python = if key.py_stack != 0 {
+            self.python_frames(key.py_stack)
+        } else {
+            Vec::new()
+        };
+        if python.is_empty() {
+            return native.into_iter().rev().collect();
+        }
+        // Native frames from the leaf outward: the allocator and its caller, then whatever is
+        // not the interpreter itself (a C extension), up to the first interpreter frame.
+        let interp_module = self.python.as_ref().and_then(|i| {
+            Path::new(&i.module)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        });
+        let mut leaf = Vec::new();
+        if self.opts.native {
+            for (i, f) in native.into_iter().enumerate() {
+                if i >= 2 && f.module.is_some() && f.module == interp_module {
+                    break;
+                }
+                leaf.push(f);
+            }
+        }
+        python.into_iter().chain(leaf.into_iter().rev()).collect()
+    }
+
+    /// Native frames of a stack, innermost (the allocator) first.
+    fn native_frames(&mut self, key: &StackKey) -> Vec<Frame> {
         let pid = key.tgid;
         let kind = AllocKind::from_u32(key.kind).unwrap_or(AllocKind::Other);
         let mut frames = vec![Frame::native(
@@ -248,7 +393,6 @@ impl Session {
             }
             frames.push(self.resolver.frame(pid, ip, true));
         }
-        frames.reverse();
         frames
     }
 
@@ -369,7 +513,7 @@ impl Session {
             target: Target {
                 pids: vec![self.target.pid],
                 exe: self.target.exe.clone(),
-                python: None,
+                python: self.python.as_ref().map(Interpreter::version),
             },
             mode: "exact".to_string(),
             duration_s: self.started.elapsed().as_secs_f64(),

@@ -1,0 +1,470 @@
+//! A live CPython interpreter inside a traced process: where it is, how its threads map to
+//! kernel thread ids, and what its code objects are called. Every read of the target's memory
+//! is bounded.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    os::unix::fs::FileExt,
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use tracer_common::{FrameModel, PyConfig, PyFrame, MAX_PY_FRAMES, NO_FIELD};
+
+use crate::{
+    elf::ElfFile,
+    procmaps::ProcMaps,
+    python::{
+        layout::{layout_for, Layout},
+        linetable, version,
+    },
+    report::{Frame, FrameKind},
+};
+
+/// Longest string read from the target (names, file names).
+const MAX_STR_CHARS: u64 = 4096;
+/// Longest line table read from the target.
+const MAX_LINETABLE_BYTES: u64 = 1 << 20;
+/// Threads walked per interpreter at most.
+const MAX_THREADS: usize = 4096;
+/// Interpreters walked at most.
+const MAX_INTERPRETERS: usize = 64;
+/// Bytes of glibc's `struct pthread` searched for the kernel thread id (3.8-3.10).
+const PTHREAD_SCAN_BYTES: usize = 2048;
+
+/// Reads another process's memory through `/proc/PID/mem`.
+pub struct Memory {
+    file: File,
+}
+
+impl Memory {
+    pub fn open(pid: u32) -> Result<Self> {
+        let file = File::open(format!("/proc/{pid}/mem"))
+            .with_context(|| format!("cannot open /proc/{pid}/mem"))?;
+        Ok(Self { file })
+    }
+
+    pub fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let mut buf = vec![0; len];
+        self.file.read_exact_at(&mut buf, addr).ok()?;
+        Some(buf)
+    }
+
+    pub fn u64(&self, addr: u64) -> Option<u64> {
+        let mut b = [0; 8];
+        self.file.read_exact_at(&mut b, addr).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    pub fn u32(&self, addr: u64) -> Option<u32> {
+        let mut b = [0; 4];
+        self.file.read_exact_at(&mut b, addr).ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+}
+
+/// The interpreter found in a process.
+pub struct Interpreter {
+    pub pid: u32,
+    pub major: u32,
+    pub minor: u32,
+    /// The file holding the interpreter (libpython or the executable), as the target sees it.
+    pub module: String,
+    layout: Layout,
+    runtime: u64,
+    code_type: Option<u64>,
+    mem: Memory,
+    /// Offset of the kernel tid in glibc's `struct pthread` (3.8-3.10), once found.
+    pthread_tid_offset: Option<u64>,
+    code_cache: HashMap<u64, Option<CodeInfo>>,
+}
+
+/// What a code object says about itself.
+#[derive(Clone, Debug)]
+struct CodeInfo {
+    name: String,
+    file: String,
+    firstlineno: u32,
+    linetable: Vec<u8>,
+}
+
+/// Why a process gets native stacks only.
+#[derive(Debug)]
+pub enum NotPython {
+    /// No interpreter in the process.
+    Absent,
+    /// An interpreter this version of leaktrace cannot read.
+    Unsupported(String),
+}
+
+impl Interpreter {
+    /// Finds the interpreter mapped in `pid`, if any.
+    pub fn discover(pid: u32, maps: &ProcMaps) -> std::result::Result<Interpreter, NotPython> {
+        let root = Path::new("/proc").join(pid.to_string()).join("root");
+        // libpython first (pyenv, most distributions), else an executable that embeds it.
+        let candidates: Vec<&crate::procmaps::Mapping> = {
+            let mut libs: Vec<_> = maps
+                .iter()
+                .filter(|m| m.is_file())
+                .filter(|m| {
+                    let name = Path::new(m.path.as_deref().unwrap_or(""))
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("");
+                    name.starts_with("libpython3") || name.starts_with("python3")
+                })
+                .collect();
+            libs.sort_by_key(|m| !m.path.as_deref().unwrap_or("").contains("libpython"));
+            libs
+        };
+        let mut seen = HashSet::new();
+        for m in candidates {
+            let path = m.path.clone().expect("file mapping");
+            if !seen.insert(path.clone()) {
+                continue;
+            }
+            let host = root.join(path.trim_start_matches('/'));
+            let Ok(elf) = ElfFile::open(&host) else {
+                continue;
+            };
+            let Some(runtime_vaddr) = elf.object("_PyRuntime") else {
+                continue;
+            };
+            let (major, minor) = match version::detect(&host) {
+                Ok(Some(v)) => v,
+                _ => {
+                    return Err(NotPython::Unsupported(format!(
+                        "found a Python interpreter in `{path}` but could not tell its version"
+                    )));
+                }
+            };
+            let layout = match layout_for(major, minor) {
+                Ok(l) => l,
+                Err(e) => return Err(NotPython::Unsupported(e.to_string())),
+            };
+            // The mapping of the file with the lowest offset gives the load bias.
+            let first = maps
+                .iter()
+                .filter(|x| x.path.as_deref() == Some(path.as_str()))
+                .min_by_key(|x| x.offset)
+                .expect("the file is mapped");
+            let Some(bias) = elf.load_bias(first.start, first.offset) else {
+                continue;
+            };
+            let mem = Memory::open(pid).map_err(|e| NotPython::Unsupported(e.to_string()))?;
+            let mut interp = Interpreter {
+                pid,
+                major,
+                minor,
+                module: path,
+                layout,
+                runtime: bias + runtime_vaddr,
+                code_type: elf.object("PyCode_Type").map(|a| bias + a),
+                mem,
+                pthread_tid_offset: None,
+                code_cache: HashMap::new(),
+            };
+            // 3.13+ describes its own layout at the start of _PyRuntime: prefer it.
+            if minor >= 13 {
+                if let Some(bytes) = interp.mem.read(interp.runtime, 4096) {
+                    if let Some(l) = crate::python::layout::parse_debug_offsets(&bytes) {
+                        interp.layout = l;
+                    }
+                }
+            }
+            return Ok(interp);
+        }
+        Err(NotPython::Absent)
+    }
+
+    pub fn version(&self) -> String {
+        format!("{}.{}", self.major, self.minor)
+    }
+
+    /// The walker's settings for this interpreter.
+    pub fn config(&self, max_depth: u32) -> PyConfig {
+        let l = &self.layout;
+        let opt = |v: u64| if Layout::has(v) { v } else { NO_FIELD };
+        let max_depth = max_depth.min(MAX_PY_FRAMES as u32);
+        match self.minor {
+            ..=10 => PyConfig {
+                model: FrameModel::FrameObject as u32,
+                max_depth,
+                tstate_frame: l.tstate_frame,
+                cframe_current_frame: NO_FIELD,
+                frame_code: l.frame_code,
+                frame_back: l.frame_back,
+                frame_instr: l.frame_lasti,
+                frame_owner: NO_FIELD,
+                owner_cstack: 0,
+            },
+            11 | 12 => PyConfig {
+                model: FrameModel::CFrame as u32,
+                max_depth,
+                tstate_frame: l.tstate_cframe,
+                cframe_current_frame: l.cframe_current_frame,
+                frame_code: l.iframe_code,
+                frame_back: l.iframe_previous,
+                frame_instr: l.iframe_instr,
+                frame_owner: opt(l.iframe_owner),
+                owner_cstack: l.owner_cstack,
+            },
+            _ => PyConfig {
+                model: FrameModel::CurrentFrame as u32,
+                max_depth,
+                tstate_frame: l.tstate_current_frame,
+                cframe_current_frame: NO_FIELD,
+                frame_code: l.iframe_code,
+                frame_back: l.iframe_previous,
+                frame_instr: l.iframe_instr,
+                frame_owner: opt(l.iframe_owner),
+                owner_cstack: l.owner_cstack,
+            },
+        }
+    }
+
+    /// Every Python thread state with its kernel thread id. Empty before the interpreter has
+    /// started (e.g. right after `leaktrace run` started the process).
+    pub fn threads(&mut self) -> Vec<(u32, u64)> {
+        let l = self.layout;
+        let mut out = Vec::new();
+        let Some(mut interp) = self.mem.u64(self.runtime + l.runtime_interpreters_head) else {
+            return out;
+        };
+        let mut tstates = Vec::new();
+        for _ in 0..MAX_INTERPRETERS {
+            if interp == 0 {
+                break;
+            }
+            let mut t = self.mem.u64(interp + l.interp_threads_head).unwrap_or(0);
+            for _ in 0..MAX_THREADS {
+                if t == 0 {
+                    break;
+                }
+                tstates.push(t);
+                t = self.mem.u64(t + l.tstate_next).unwrap_or(0);
+            }
+            interp = self.mem.u64(interp + l.interp_next).unwrap_or(0);
+        }
+        if Layout::has(l.tstate_native_thread_id) {
+            for t in tstates {
+                if let Some(tid) = self.mem.u64(t + l.tstate_native_thread_id) {
+                    if tid != 0 && tid <= u32::MAX as u64 {
+                        out.push((tid as u32, t));
+                    }
+                }
+            }
+            return out;
+        }
+        // 3.8-3.10 only know the pthread_t, the address of glibc's `struct pthread`, which
+        // holds the kernel tid at an offset that depends on the glibc build: find it once as
+        // the offset where every thread's struct holds one of the process's tids.
+        let pthreads: Vec<(u64, u64)> = tstates
+            .iter()
+            .filter_map(|&t| Some((t, self.mem.u64(t + l.tstate_thread_id)?)))
+            .filter(|&(_, p)| p != 0)
+            .collect();
+        let tids = task_ids(self.pid);
+        if self.pthread_tid_offset.is_none() && !pthreads.is_empty() {
+            self.pthread_tid_offset = find_tid_offset(&self.mem, &pthreads, &tids);
+        }
+        if let Some(off) = self.pthread_tid_offset {
+            for (t, p) in pthreads {
+                if let Some(tid) = self.mem.u32(p + off) {
+                    if tids.contains(&tid) {
+                        out.push((tid, t));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A Python frame for a recorded (code, instruction) pair.
+    pub fn frame(&mut self, f: PyFrame) -> Option<Frame> {
+        if f.code == 0 {
+            // A C-stack shim frame (3.12+).
+            return None;
+        }
+        let info = match self.code_cache.get(&f.code) {
+            Some(info) => info.clone(),
+            None => {
+                let info = self.read_code(f.code);
+                self.code_cache.insert(f.code, info.clone());
+                info
+            }
+        };
+        let Some(info) = info else {
+            return Some(Frame {
+                function: format!("<unreadable code object {:#x}>", f.code),
+                file: None,
+                line: None,
+                module: None,
+                kind: FrameKind::Python,
+            });
+        };
+        let line = self.byte_offset(f).and_then(|off| {
+            linetable::line_number(
+                self.major,
+                self.minor,
+                info.firstlineno as i32,
+                &info.linetable,
+                off as i64,
+            )
+        });
+        Some(Frame {
+            function: info.name,
+            file: Some(info.file),
+            line: line.or(Some(info.firstlineno)),
+            module: None,
+            kind: FrameKind::Python,
+        })
+    }
+
+    /// Byte offset into the code's bytecode of the instruction a frame is at.
+    fn byte_offset(&self, f: PyFrame) -> Option<u64> {
+        let l = &self.layout;
+        if self.minor <= 10 {
+            let lasti = f.instr as u32 as i32;
+            return Some(if lasti < 0 {
+                0
+            } else {
+                lasti as u64 * l.frame_lasti_scale.max(1)
+            });
+        }
+        let start = f.code.checked_add(l.code_code_adaptive)?;
+        let off = f.instr.checked_sub(start)?;
+        // 3.13's instr_ptr is the instruction being executed or, in a caller, the one after
+        // its call returns; step back one code unit so the call's own line is reported.
+        if self.minor >= 13 {
+            return Some(off.saturating_sub(2));
+        }
+        Some(off)
+    }
+
+    fn read_code(&self, code: u64) -> Option<CodeInfo> {
+        let l = &self.layout;
+        if let Some(ty) = self.code_type {
+            if self.mem.u64(code + l.object_type)? != ty {
+                return None;
+            }
+        }
+        let name_field = if Layout::has(l.code_qualname) {
+            l.code_qualname
+        } else {
+            l.code_name
+        };
+        let name = self.read_str(self.mem.u64(code + name_field)?)?;
+        let file = self.read_str(self.mem.u64(code + l.code_filename)?)?;
+        let firstlineno = self.mem.u32(code + l.code_firstlineno)?;
+        let table = self.mem.u64(code + l.code_linetable)?;
+        let linetable = self.read_bytes(table).unwrap_or_default();
+        Some(CodeInfo {
+            name,
+            file,
+            firstlineno,
+            linetable,
+        })
+    }
+
+    fn read_bytes(&self, obj: u64) -> Option<Vec<u8>> {
+        let l = &self.layout;
+        let size = self.mem.u64(obj + l.bytes_size)?;
+        if size > MAX_LINETABLE_BYTES {
+            return None;
+        }
+        self.mem.read(obj + l.bytes_sval, size as usize)
+    }
+
+    fn read_str(&self, obj: u64) -> Option<String> {
+        let l = &self.layout;
+        let len = self.mem.u64(obj + l.unicode_length)?.min(MAX_STR_CHARS);
+        let state = self.mem.u32(obj + l.unicode_state)? as u64;
+        let kind = (state >> l.unicode_kind_shift) & l.unicode_kind_mask;
+        let compact = (state >> l.unicode_compact_bit) & 1 == 1;
+        let ascii = (state >> l.unicode_ascii_bit) & 1 == 1;
+        if !compact || !matches!(kind, 1 | 2 | 4) {
+            return None;
+        }
+        let data = obj
+            + if ascii {
+                l.unicode_ascii_data
+            } else {
+                l.unicode_compact_data
+            };
+        let raw = self.mem.read(data, (len * kind) as usize)?;
+        Some(match kind {
+            1 => raw.iter().map(|&b| b as char).collect(),
+            2 => String::from_utf16_lossy(
+                &raw.chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => raw
+                .chunks_exact(4)
+                .map(|c| {
+                    char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .unwrap_or('\u{fffd}')
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Kernel thread ids of a process.
+fn task_ids(pid: u32) -> HashSet<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The offset in `struct pthread` at which every given thread holds a tid of the process.
+fn find_tid_offset(mem: &Memory, pthreads: &[(u64, u64)], tids: &HashSet<u32>) -> Option<u64> {
+    let blobs: Vec<Vec<u8>> = pthreads
+        .iter()
+        .filter_map(|&(_, p)| mem.read(p, PTHREAD_SCAN_BYTES))
+        .collect();
+    if blobs.is_empty() {
+        return None;
+    }
+    find_offset_in(&blobs, tids)
+}
+
+/// Pure part of [`find_tid_offset`]: the first 4-byte-aligned offset where every blob holds a
+/// distinct value from `tids`.
+pub fn find_offset_in(blobs: &[Vec<u8>], tids: &HashSet<u32>) -> Option<u64> {
+    let len = blobs.iter().map(Vec::len).min()?;
+    (0..len.saturating_sub(3)).step_by(4).find_map(|off| {
+        let mut values = HashSet::new();
+        let all = blobs.iter().all(|b| {
+            let v = u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]);
+            tids.contains(&v) && values.insert(v)
+        });
+        all.then_some(off as u64)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_tid_offset_shared_by_every_thread() {
+        let mut a = vec![0u8; 64];
+        let mut b = vec![0u8; 64];
+        // A decoy: only thread a has a tid-looking value at 8.
+        a[8..12].copy_from_slice(&100u32.to_le_bytes());
+        a[40..44].copy_from_slice(&100u32.to_le_bytes());
+        b[40..44].copy_from_slice(&101u32.to_le_bytes());
+        let tids: HashSet<u32> = [100, 101].into();
+        assert_eq!(find_offset_in(&[a.clone(), b], &tids), Some(40));
+        // Two threads may not claim the same tid.
+        let mut c = vec![0u8; 64];
+        c[40..44].copy_from_slice(&100u32.to_le_bytes());
+        assert_eq!(find_offset_in(&[a, c], &tids), None);
+    }
+}
