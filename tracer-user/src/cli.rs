@@ -27,12 +27,30 @@ pub struct Cli {
 pub enum Command {
     /// Attach to a running process and report its surviving allocations on exit.
     Attach(AttachArgs),
+    /// Start a command and trace it from its first allocation.
+    Run(RunArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct AttachArgs {
     /// Process to trace.
     pub pid: u32,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Options shared by `attach` and `run`.
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub duration: Option<Duration>,
@@ -45,7 +63,7 @@ pub struct AttachArgs {
     /// Stacks shown in each table.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
-    /// Report file (default: leaktrace-PID.svg).
+    /// Report file (default: leaktrace-PID.svg in the current directory).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Report format (default: from the output's extension, else svg).
@@ -83,31 +101,36 @@ fn seconds_or_zero(s: &str) -> Result<Duration, String> {
     parse_seconds(s, true)
 }
 
+impl TraceArgs {
+    fn options(self, pid: u32) -> AttachOptions {
+        let output = self
+            .output
+            .unwrap_or_else(|| PathBuf::from(format!("leaktrace-{pid}.svg")));
+        let format = self
+            .format
+            .or_else(|| Format::from_path(&output))
+            .unwrap_or(Format::Svg);
+        AttachOptions {
+            pid,
+            duration: self.duration,
+            interval: self.interval,
+            min_age: self.min_age,
+            top: self.top,
+            output,
+            format,
+            max_allocs: self.max_allocs,
+            python: !self.no_python,
+            native: !self.no_native,
+            max_python_depth: self.max_python_depth,
+        }
+    }
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Attach(a) => {
-            let output = a
-                .output
-                .unwrap_or_else(|| PathBuf::from(format!("leaktrace-{}.svg", a.pid)));
-            let format = a
-                .format
-                .or_else(|| Format::from_path(&output))
-                .unwrap_or(Format::Svg);
-            session::attach(AttachOptions {
-                pid: a.pid,
-                duration: a.duration,
-                interval: a.interval,
-                min_age: a.min_age,
-                top: a.top,
-                output,
-                format,
-                max_allocs: a.max_allocs,
-                python: !a.no_python,
-                native: !a.no_native,
-                max_python_depth: a.max_python_depth,
-            })
-        }
+        Command::Attach(a) => session::attach(a.trace.options(a.pid)),
+        Command::Run(r) => session::run_command(|pid| r.trace.options(pid), &r.command),
     }
 }
 
@@ -118,8 +141,10 @@ mod tests {
     #[test]
     fn parses_attach_with_defaults() {
         let cli = Cli::try_parse_from(["leaktrace", "attach", "42"]).unwrap();
-        let Command::Attach(a) = cli.command;
-        assert_eq!(a.pid, 42);
+        let Command::Attach(AttachArgs { pid, trace: a }) = cli.command else {
+            panic!("attach")
+        };
+        assert_eq!(pid, 42);
         assert_eq!(a.interval, Duration::from_secs(5));
         assert_eq!(a.min_age, Duration::from_secs(1));
         assert_eq!(a.max_allocs, DEFAULT_MAX_ALLOCS);
@@ -143,5 +168,29 @@ mod tests {
         let Command::Attach(a) = ok.unwrap().command;
         assert_eq!(a.duration, Some(Duration::from_millis(2500)));
         assert_eq!(a.min_age, Duration::ZERO);
+    }
+
+    #[test]
+    fn parses_run_with_its_command() {
+        let cli = Cli::try_parse_from([
+            "leaktrace",
+            "run",
+            "--duration",
+            "3",
+            "--",
+            "python3",
+            "-c",
+            "x",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(r.command, ["python3", "-c", "x"]);
+        assert_eq!(r.trace.duration, Some(Duration::from_secs(3)));
+        assert!(
+            Cli::try_parse_from(["leaktrace", "run"]).is_err(),
+            "a command is required"
+        );
     }
 }

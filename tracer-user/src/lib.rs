@@ -16,6 +16,7 @@ pub mod python;
 pub mod regions;
 pub mod report;
 pub mod session;
+pub mod spawn;
 pub mod symbolize;
 pub mod target;
 

@@ -89,6 +89,96 @@ struct CodeInfo {
     linetable: Vec<u8>,
 }
 
+/// A file that holds a CPython interpreter, parsed once.
+pub struct InterpFile {
+    elf: ElfFile,
+    runtime_vaddr: u64,
+    major: u32,
+    minor: u32,
+    layout: Layout,
+}
+
+/// Files examined for an interpreter, by path as the target sees them.
+#[derive(Default)]
+pub struct InterpFiles {
+    files: HashMap<String, Option<std::sync::Arc<InterpFile>>>,
+}
+
+impl InterpFiles {
+    /// The interpreter in `path` (opened as `host`), `None` if it holds none; an interpreter
+    /// of a version leaktrace cannot read is an error.
+    pub fn get(
+        &mut self,
+        path: &str,
+        host: &Path,
+    ) -> std::result::Result<Option<std::sync::Arc<InterpFile>>, NotPython> {
+        if let Some(f) = self.files.get(path) {
+            return Ok(f.clone());
+        }
+        let Some((elf, runtime_vaddr)) = ElfFile::open(host)
+            .ok()
+            .and_then(|e| e.object("_PyRuntime").map(|r| (e, r)))
+        else {
+            self.files.insert(path.to_string(), None);
+            return Ok(None);
+        };
+        let (major, minor) = match version::detect(host) {
+            Ok(Some(v)) => v,
+            _ => {
+                return Err(NotPython::Unsupported(format!(
+                    "found a Python interpreter in `{path}` but could not tell its version"
+                )));
+            }
+        };
+        let layout = layout_for(major, minor).map_err(|e| NotPython::Unsupported(e.to_string()))?;
+        let file = std::sync::Arc::new(InterpFile {
+            elf,
+            runtime_vaddr,
+            major,
+            minor,
+            layout,
+        });
+        self.files.insert(path.to_string(), Some(file.clone()));
+        Ok(Some(file))
+    }
+
+    /// Parses, ahead of time, the files a program about to start would hold its interpreter
+    /// in: the executable and the libpython the dynamic loader resolves for it.
+    pub fn prepare_for(&mut self, exe: &Path) {
+        let exe_s = exe.to_string_lossy().into_owned();
+        let _ = self.get(&exe_s, exe);
+        for lib in loader_libraries(exe) {
+            if Path::new(&lib)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libpython3"))
+            {
+                let _ = self.get(&lib, Path::new(&lib));
+            }
+        }
+    }
+}
+
+/// The shared libraries the dynamic loader resolves for `exe`, without running any of its code
+/// (what `ldd` does: `LD_TRACE_LOADED_OBJECTS=1`).
+fn loader_libraries(exe: &Path) -> Vec<String> {
+    let Ok(out) = std::process::Command::new(exe)
+        .env("LD_TRACE_LOADED_OBJECTS", "1")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("=>").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .filter(|p| p.starts_with('/'))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Why a process gets native stacks only.
 #[derive(Debug)]
 pub enum NotPython {
@@ -99,49 +189,34 @@ pub enum NotPython {
 }
 
 impl Interpreter {
-    /// Finds the interpreter mapped in `pid`, if any.
-    pub fn discover(pid: u32, maps: &ProcMaps) -> std::result::Result<Interpreter, NotPython> {
+    /// Finds the interpreter mapped in `pid`, if any, parsing candidate files through `files`.
+    pub fn discover(
+        pid: u32,
+        maps: &ProcMaps,
+        files: &mut InterpFiles,
+    ) -> std::result::Result<Interpreter, NotPython> {
         let root = Path::new("/proc").join(pid.to_string()).join("root");
         // libpython first (pyenv, most distributions), else an executable that embeds it.
-        let candidates: Vec<&crate::procmaps::Mapping> = {
-            let mut libs: Vec<_> = maps
-                .iter()
-                .filter(|m| m.is_file())
-                .filter(|m| {
-                    let name = Path::new(m.path.as_deref().unwrap_or(""))
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or("");
-                    name.starts_with("libpython3") || name.starts_with("python3")
-                })
-                .collect();
-            libs.sort_by_key(|m| !m.path.as_deref().unwrap_or("").contains("libpython"));
-            libs
-        };
+        let mut candidates: Vec<&crate::procmaps::Mapping> = maps
+            .iter()
+            .filter(|m| m.is_file())
+            .filter(|m| {
+                let name = Path::new(m.path.as_deref().unwrap_or(""))
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("");
+                name.starts_with("libpython3") || name.starts_with("python3")
+            })
+            .collect();
+        candidates.sort_by_key(|m| !m.path.as_deref().unwrap_or("").contains("libpython"));
         let mut seen = HashSet::new();
         for m in candidates {
             let path = m.path.clone().expect("file mapping");
             if !seen.insert(path.clone()) {
                 continue;
             }
-            let host = root.join(path.trim_start_matches('/'));
-            let Ok(elf) = ElfFile::open(&host) else {
+            let Some(file) = files.get(&path, &root.join(path.trim_start_matches('/')))? else {
                 continue;
-            };
-            let Some(runtime_vaddr) = elf.object("_PyRuntime") else {
-                continue;
-            };
-            let (major, minor) = match version::detect(&host) {
-                Ok(Some(v)) => v,
-                _ => {
-                    return Err(NotPython::Unsupported(format!(
-                        "found a Python interpreter in `{path}` but could not tell its version"
-                    )));
-                }
-            };
-            let layout = match layout_for(major, minor) {
-                Ok(l) => l,
-                Err(e) => return Err(NotPython::Unsupported(e.to_string())),
             };
             // The mapping of the file with the lowest offset gives the load bias.
             let first = maps
@@ -149,24 +224,24 @@ impl Interpreter {
                 .filter(|x| x.path.as_deref() == Some(path.as_str()))
                 .min_by_key(|x| x.offset)
                 .expect("the file is mapped");
-            let Some(bias) = elf.load_bias(first.start, first.offset) else {
+            let Some(bias) = file.elf.load_bias(first.start, first.offset) else {
                 continue;
             };
             let mem = Memory::open(pid).map_err(|e| NotPython::Unsupported(e.to_string()))?;
             let mut interp = Interpreter {
                 pid,
-                major,
-                minor,
+                major: file.major,
+                minor: file.minor,
                 module: path,
-                layout,
-                runtime: bias + runtime_vaddr,
-                code_type: elf.object("PyCode_Type").map(|a| bias + a),
+                layout: file.layout,
+                runtime: bias + file.runtime_vaddr,
+                code_type: file.elf.object("PyCode_Type").map(|a| bias + a),
                 mem,
                 pthread_tid_offset: None,
                 code_cache: HashMap::new(),
             };
             // 3.13+ describes its own layout at the start of _PyRuntime: prefer it.
-            if minor >= 13 {
+            if file.minor >= 13 {
                 if let Some(bytes) = interp.mem.read(interp.runtime, 4096) {
                     if let Some(l) = crate::python::layout::parse_debug_offsets(&bytes) {
                         interp.layout = l;

@@ -90,15 +90,57 @@ struct Session {
     py_tids: std::collections::HashSet<u32>,
     /// Resolved Python stacks, outermost frame first.
     py_frames: HashMap<u64, Vec<Frame>>,
+    /// Set when leaktrace started the target itself (`run`).
+    child: Option<u32>,
+    /// No more looking for an interpreter (found one, or found one we cannot read).
+    python_search_done: bool,
+    /// Files examined for an interpreter.
+    interp_files: crate::pyruntime::InterpFiles,
 }
 
 pub fn attach(opts: AttachOptions) -> Result<i32> {
+    preflight_checks()?;
+    let target = TargetProcess::discover(opts.pid)?;
+    trace(target, opts, None)
+}
+
+fn preflight_checks() -> Result<()> {
     preflight::check_privileges()?;
     for warning in preflight::check_kernel(std::path::Path::new("/sys"))? {
         eprintln!("leaktrace: warning: {warning}");
     }
-    let target = TargetProcess::discover(opts.pid)?;
-    let mut out = open_output(&opts.output)?;
+    Ok(())
+}
+
+/// `leaktrace run -- COMMAND`: starts the command stopped before it executes anything,
+/// attaches, lets it go, and traces it until it exits (or --duration, or a signal).
+/// Returns the command's exit status when it exited while traced.
+pub fn run_command(options: impl FnOnce(u32) -> AttachOptions, argv: &[String]) -> Result<i32> {
+    preflight_checks()?;
+    let (pid, exe) = crate::spawn::spawn_stopped(argv)?;
+    let opts = options(pid);
+    let target = match TargetProcess::for_new_command(pid, &exe) {
+        Ok(t) => t,
+        Err(e) => {
+            crate::spawn::kill_and_reap(pid);
+            return Err(e);
+        }
+    };
+    trace(target, opts, Some(pid))
+}
+
+/// Traces `target` until a stop condition; `child` is set when leaktrace started the target
+/// (stopped, to be continued once attached).
+fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Result<i32> {
+    let mut out = match open_output(&opts.output) {
+        Ok(out) => out,
+        Err(e) => {
+            if let Some(pid) = child {
+                crate::spawn::kill_and_reap(pid);
+            }
+            return Err(e);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,10 +156,22 @@ pub fn attach(opts: AttachOptions) -> Result<i32> {
             target.pid, target.exe, target.allocator
         );
         let t0 = Instant::now();
-        let mut tracer = Tracer::load(Limits {
+        let attached = Tracer::load(Limits {
             max_allocs: opts.max_allocs,
-        })?;
-        let attached = tracer.attach(target.pid, &target.allocator_host_path)?;
+        })
+        .and_then(|mut tracer| {
+            let probes = tracer.attach(target.pid, &target.allocator_host_path)?;
+            Ok((tracer, probes))
+        });
+        let (tracer, attached) = match attached {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(pid) = child {
+                    crate::spawn::kill_and_reap(pid);
+                }
+                return Err(e);
+            }
+        };
         let mut resolver = Resolver::new();
         let _ = resolver.refresh(target.pid);
         let probes: Vec<String> = attached
@@ -137,6 +191,7 @@ pub fn attach(opts: AttachOptions) -> Result<i32> {
             "leaktrace: tracing {}; report every {} s; Ctrl-C to stop and write `{}`",
             match opts.duration {
                 Some(d) => format!("for {} s", d.as_secs_f64()),
+                None if child.is_some() => "until the command exits".to_string(),
                 None => "until Ctrl-C".to_string(),
             },
             opts.interval.as_secs_f64(),
@@ -154,8 +209,21 @@ pub fn attach(opts: AttachOptions) -> Result<i32> {
             python: None,
             py_tids: Default::default(),
             py_frames: HashMap::new(),
+            child,
+            python_search_done: false,
+            interp_files: Default::default(),
         };
-        session.find_python()?;
+        if let Some(pid) = child {
+            if opts.python {
+                session
+                    .interp_files
+                    .prepare_for(Path::new(&session.target.exe));
+            }
+            crate::spawn::resume(pid);
+            session.follow_python_start().await?;
+        } else {
+            session.find_python()?;
+        }
         session.sample()?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut ticks: u64 = 0;
@@ -168,6 +236,11 @@ pub fn attach(opts: AttachOptions) -> Result<i32> {
                 _ = tick.tick() => {
                     ticks += 1;
                     session.drain();
+                    if ticks % 5 == 0 && session.python.is_none() && !session.python_search_done {
+                        // `run`: the interpreter is mapped some time after exec.
+                        let _ = session.resolver.refresh(session.target.pid);
+                        session.find_python()?;
+                    }
                     session.refresh_threads()?;
                     if ticks % 5 == 0 {
                         session.resolve_new_python_stacks();
@@ -194,14 +267,14 @@ pub fn attach(opts: AttachOptions) -> Result<i32> {
 impl Session {
     /// Turns on Python frames if the target runs a supported CPython.
     fn find_python(&mut self) -> Result<()> {
-        if !self.opts.python {
+        if !self.opts.python || self.python_search_done {
             return Ok(());
         }
         let pid = self.target.pid;
         let Some(maps) = self.resolver.maps(pid) else {
             return Ok(());
         };
-        match Interpreter::discover(pid, maps) {
+        match Interpreter::discover(pid, maps, &mut self.interp_files) {
             Ok(interp) => {
                 self.tracer
                     .set_python(pid, &interp.config(self.opts.max_python_depth))?;
@@ -211,16 +284,46 @@ impl Session {
                     interp.module
                 );
                 self.python = Some(interp);
+                self.python_search_done = true;
                 self.refresh_threads()?;
             }
+            // A command started by `run` maps its interpreter some time after exec.
+            Err(NotPython::Absent) if self.child.is_some() => {}
             Err(NotPython::Absent) => {
+                self.python_search_done = true;
                 eprintln!(
                     "leaktrace: pid {pid} is not a Python process: tracing native stacks only"
                 )
             }
             Err(NotPython::Unsupported(why)) => {
+                self.python_search_done = true;
                 eprintln!("leaktrace: warning: {why}: tracing native stacks only")
             }
+        }
+        Ok(())
+    }
+
+    /// `run`: right after the command starts, looks for its interpreter every few milliseconds
+    /// until the main thread's state is published, so that the first Python code already has
+    /// Python stacks (CPython creates that state early in Py_Initialize, well before it runs any
+    /// of the program's code). Gives up quietly after a few seconds (not Python, or slow start:
+    /// the 500 ms search in the main loop goes on).
+    async fn follow_python_start(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.opts.python && Instant::now() < deadline && self.target.is_alive() {
+            if self.python.is_none() {
+                let _ = self.resolver.refresh(self.target.pid);
+                self.find_python()?;
+                if self.python_search_done && self.python.is_none() {
+                    return Ok(());
+                }
+            } else {
+                self.refresh_threads()?;
+                if !self.py_tids.is_empty() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
         }
         Ok(())
     }
@@ -470,6 +573,7 @@ impl Session {
             opts,
             target,
             tracer,
+            child,
             ..
         } = self;
         drop(tracer);
@@ -481,6 +585,15 @@ impl Session {
             .with_context(|| format!("cannot write `{}`", opts.output.display()))?;
         out.flush()?;
         print_summary(&opts, &target, &report, stop);
+        if let Some(pid) = child {
+            if stop == Stop::TargetExited {
+                let status = crate::spawn::reap(pid);
+                eprintln!("leaktrace: the command exited with status {status}");
+                return Ok(status);
+            }
+            eprintln!("leaktrace: the command (pid {pid}) goes on running, no longer traced");
+            return Ok(exit::OK);
+        }
         Ok(match stop {
             Stop::TargetExited => exit::TARGET_EXITED,
             _ => exit::OK,
@@ -495,7 +608,12 @@ impl Session {
                 "{dropped} allocations were not tracked (map full or lost events): the numbers are lower bounds; raise --max-allocs"
             ));
         }
-        if let Stop::TargetExited = stop {
+        if let (Stop::TargetExited, Some(_)) = (stop, self.child) {
+            notes.push(
+                "the command exited: the report shows what was live just before it did (a Python program's shutdown frees most of its objects first; stop with --duration to see them)"
+                    .to_string(),
+            );
+        } else if let Stop::TargetExited = stop {
             notes.push(format!(
                 "process {} exited after {:.1} s of tracing: the report shows what was live just before it exited",
                 self.target.pid,

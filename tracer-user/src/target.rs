@@ -91,6 +91,35 @@ impl TargetProcess {
         })
     }
 
+    /// A command leaktrace forked and stopped before it ran: it will run `exe`, which either
+    /// carries its own allocator (static) or uses the same C library as leaktrace.
+    pub fn for_new_command(pid: u32, exe: &Path) -> Result<Self> {
+        let (_, start_time) = read_stat(pid).ok_or_else(|| {
+            user(format!(
+                "the command (pid {pid}) ended before it could be traced"
+            ))
+        })?;
+        let exe_str = exe.to_string_lossy().into_owned();
+        let is_static = ElfFile::open(exe).is_ok_and(|e| e.function("malloc").is_some())
+            && !has_interpreter(exe);
+        let allocator = if is_static {
+            exe_str.clone()
+        } else {
+            let own = ProcMaps::read(std::process::id())
+                .map_err(|e| user(format!("cannot read leaktrace's own maps: {e}")))?;
+            own.find_file(is_libc_name)
+                .and_then(|m| m.path.clone())
+                .ok_or_else(|| user("cannot find the C library leaktrace itself uses"))?
+        };
+        Ok(Self {
+            pid,
+            exe: exe_str,
+            allocator_host_path: PathBuf::from(&allocator),
+            allocator,
+            start_time,
+        })
+    }
+
     /// Whether the process still runs (and the PID was not reused).
     pub fn is_alive(&self) -> bool {
         matches!(read_stat(self.pid), Some((state, start)) if start == self.start_time && !matches!(state, 'Z' | 'X'))
@@ -101,6 +130,22 @@ impl TargetProcess {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| self.allocator.clone())
+    }
+}
+
+/// Whether an ELF file asks for a dynamic loader (PT_INTERP), i.e. is not static.
+fn has_interpreter(path: &Path) -> bool {
+    use object::{read::elf::ProgramHeader, Object};
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    match object::File::parse(&*data) {
+        Ok(object::File::Elf64(elf)) => elf
+            .elf_program_headers()
+            .iter()
+            .any(|ph| ph.p_type(elf.endian()) == object::elf::PT_INTERP),
+        Ok(f) => f.kind() == object::ObjectKind::Dynamic,
+        Err(_) => false,
     }
 }
 

@@ -165,7 +165,7 @@ pub fn parse_debug_offsets(bytes: &[u8]) -> Option<Layout> {
         let raw = bytes.get(at..at.checked_add(8)?)?;
         Some(u64::from_le_bytes(raw.try_into().ok()?))
     };
-    if bytes.get(..8)? != DEBUG_COOKIE {
+    if bytes.len() < entry("sizeof") || bytes.get(..8)? != DEBUG_COOKIE {
         return None;
     }
     let version = u("version")?;
