@@ -266,3 +266,78 @@ pub fn python() -> PathBuf {
         PathBuf::from("python3")
     }
 }
+
+/// Every CPython the product supports that this machine kind has: pyenv's 3.8-3.13 (shared
+/// libpython) and Debian's static 3.11. A missing one is a test failure: the machine kind
+/// guarantees them.
+pub fn interpreters() -> Vec<(String, PathBuf)> {
+    let pyenv_root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let mut out = Vec::new();
+    for v in ["3.8.18", "3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0"] {
+        let p = pyenv_root.join("versions").join(v).join("bin/python3");
+        assert!(
+            p.exists(),
+            "{} is missing: this machine kind ships pyenv {v}",
+            p.display()
+        );
+        out.push((format!("pyenv {v}"), p));
+    }
+    let debian = PathBuf::from("/usr/bin/python3.11");
+    assert!(
+        debian.exists(),
+        "Debian's static /usr/bin/python3.11 is missing"
+    );
+    out.push(("debian 3.11 (static)".to_string(), debian));
+    out
+}
+
+/// The venv `./dev setup` creates with the demo's packages (FastAPI, uvicorn).
+pub fn venv_python() -> PathBuf {
+    let p = root().join(".venv/bin/python");
+    assert!(p.exists(), "{} is missing: run ./dev setup", p.display());
+    p
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 GET on 127.0.0.1; returns the status code.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {resp:?}")))
+}
+
+/// Python frames of a stack (kind == "python"), outermost first, as (function, line).
+pub fn python_frames(stack: &Value) -> Vec<(String, u64)> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "python")
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap().to_string(),
+                f["line"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}

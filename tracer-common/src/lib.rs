@@ -286,16 +286,21 @@ pub struct PyConfig {
     pub frame_owner: u64,
     /// `owner` value of frames that belong to the C stack (skipped), when `frame_owner` is set.
     pub owner_cstack: u64,
+    /// Code object: `co_name`, read as an identity tag for the code object.
+    pub code_name: u64,
 }
-const _: () = assert!(size_of::<PyConfig>() == 64);
+const _: () = assert!(size_of::<PyConfig>() == 72);
 
-/// One Python frame as recorded in the kernel: the code object's address and the raw
-/// instruction position (an `int f_lasti`, or an instruction pointer), decoded in user space.
+/// One Python frame as recorded in the kernel: the code object's address, the raw
+/// instruction position (an `int f_lasti`, or an instruction pointer), decoded in user space,
+/// and the code object's `co_name` pointer at that moment. Code objects can be freed before
+/// user space reads them, and their address reused: a different `co_name` then tells.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PyFrame {
     pub code: u64,
     pub instr: u64,
+    pub name: u64,
 }
 
 /// Value of [`MAP_PY_STACKS`]: innermost frame first.
@@ -307,7 +312,7 @@ pub struct PyStack {
     pub truncated: u32,
     pub frames: [PyFrame; MAX_PY_FRAMES],
 }
-const _: () = assert!(size_of::<PyStack>() == 8 + 16 * MAX_PY_FRAMES);
+const _: () = assert!(size_of::<PyStack>() == 8 + 24 * MAX_PY_FRAMES);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -114,9 +114,15 @@ fn walk(cfg: &PyConfig, tstate: u64) -> u64 {
             && read_u8(frame.wrapping_add(cfg.frame_owner)).map(u64::from)
                 == Some(cfg.owner_cstack);
         let code = if shim { 0 } else { code };
-        scratch.frames[i] = PyFrame { code, instr };
+        let name = if code == 0 {
+            0
+        } else {
+            read_u64(code.wrapping_add(cfg.code_name)).unwrap_or(0)
+        };
+        scratch.frames[i] = PyFrame { code, instr, name };
         hash = (hash ^ code).wrapping_mul(FNV_PRIME);
         hash = (hash ^ instr).wrapping_mul(FNV_PRIME);
+        hash = (hash ^ name).wrapping_mul(FNV_PRIME);
         len = i + 1;
         frame = back;
     }

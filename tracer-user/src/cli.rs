@@ -165,7 +165,9 @@ mod tests {
             "--duration",
             "2.5",
         ]);
-        let Command::Attach(a) = ok.unwrap().command;
+        let Command::Attach(AttachArgs { trace: a, .. }) = ok.unwrap().command else {
+            panic!("attach")
+        };
         assert_eq!(a.duration, Some(Duration::from_millis(2500)));
         assert_eq!(a.min_age, Duration::ZERO);
     }

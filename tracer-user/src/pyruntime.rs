@@ -77,7 +77,8 @@ pub struct Interpreter {
     mem: Memory,
     /// Offset of the kernel tid in glibc's `struct pthread` (3.8-3.10), once found.
     pthread_tid_offset: Option<u64>,
-    code_cache: HashMap<u64, Option<CodeInfo>>,
+    /// Code objects read, by (address, co_name pointer).
+    code_cache: HashMap<(u64, u64), Option<CodeInfo>>,
 }
 
 /// What a code object says about itself.
@@ -273,6 +274,7 @@ impl Interpreter {
                 frame_instr: l.frame_lasti,
                 frame_owner: NO_FIELD,
                 owner_cstack: 0,
+                code_name: l.code_name,
             },
             11 | 12 => PyConfig {
                 model: FrameModel::CFrame as u32,
@@ -284,6 +286,7 @@ impl Interpreter {
                 frame_instr: l.iframe_instr,
                 frame_owner: opt(l.iframe_owner),
                 owner_cstack: l.owner_cstack,
+                code_name: l.code_name,
             },
             _ => PyConfig {
                 model: FrameModel::CurrentFrame as u32,
@@ -295,6 +298,7 @@ impl Interpreter {
                 frame_instr: l.iframe_instr,
                 frame_owner: opt(l.iframe_owner),
                 owner_cstack: l.owner_cstack,
+                code_name: l.code_name,
             },
         }
     }
@@ -362,11 +366,23 @@ impl Interpreter {
             // A C-stack shim frame (3.12+).
             return None;
         }
-        let info = match self.code_cache.get(&f.code) {
+        let key = (f.code, f.name);
+        let info = match self.code_cache.get(&key) {
             Some(info) => info.clone(),
             None => {
-                let info = self.read_code(f.code);
-                self.code_cache.insert(f.code, info.clone());
+                // Still the same code object? A freed one's address may hold another by now.
+                let same = self.mem.u64(f.code + self.layout.code_name) == Some(f.name);
+                let info = if same { self.read_code(f.code) } else { None };
+                if !same {
+                    return Some(Frame {
+                        function: "<freed code object>".to_string(),
+                        file: None,
+                        line: None,
+                        module: None,
+                        kind: FrameKind::Python,
+                    });
+                }
+                self.code_cache.insert(key, info.clone());
                 info
             }
         };

@@ -118,6 +118,9 @@ mod tests {
             Some(true)
         );
         assert!(resolve_program("no-such-program-leaktrace").is_none());
-        assert!(resolve_program("/etc/hostname").is_none(), "not executable");
+        let plain = std::env::temp_dir().join(format!("leaktrace-plain-{}", std::process::id()));
+        std::fs::write(&plain, "data").unwrap();
+        assert!(resolve_program(plain.to_str().unwrap()).is_none(), "not executable");
+        std::fs::remove_file(&plain).unwrap();
     }
 }

@@ -286,14 +286,7 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    const VERSIONS: &[(u32, &str)] = &[
-        (8, "3.8.18"),
-        (9, "3.9.18"),
-        (10, "3.10.13"),
-        (11, "3.11.7"),
-        (12, "3.12.1"),
-        (13, "3.13.0"),
-    ];
+    const MINORS: &[u32] = &[8, 9, 10, 11, 12, 13];
 
     fn repo() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -306,27 +299,46 @@ mod tests {
         PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv")
     }
 
-    /// The pyenv prefix for `full` ("3.11.7"), or `None` when it is missing and
-    /// LEAKTRACE_NO_PYENV=1 allows skipping; panics when it is missing otherwise.
-    fn prefix(full: &str) -> Option<PathBuf> {
-        let prefix = pyenv_root().join("versions").join(full);
-        if prefix.join("bin").exists() {
-            return Some(prefix);
+    /// The newest installed pyenv prefix for 3.`minor` (`versions/3.<minor>.*`), or `None`
+    /// when there is none and LEAKTRACE_NO_PYENV=1 allows skipping; panics otherwise.
+    fn prefix(minor: u32) -> Option<PathBuf> {
+        let versions = pyenv_root().join("versions");
+        let wanted = format!("3.{minor}.");
+        let found = std::fs::read_dir(&versions)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&wanted) && n[wanted.len()..].parse::<u32>().is_ok()
+                }) && p.join("bin").exists()
+            })
+            .max_by_key(|p| {
+                p.file_name().unwrap().to_str().unwrap()[wanted.len()..]
+                    .parse::<u32>()
+                    .unwrap()
+            });
+        if found.is_some() {
+            return found;
         }
         if std::env::var("LEAKTRACE_NO_PYENV").as_deref() == Ok("1") {
-            eprintln!("skipping CPython {full}: {} missing", prefix.display());
+            eprintln!(
+                "skipping CPython 3.{minor}: nothing under {}",
+                versions.display()
+            );
             return None;
         }
         panic!(
-            "CPython {full} not installed at {} (needed to verify the offsets; \
+            "CPython 3.{minor} not installed under {}/3.{minor}.* (needed to verify the offsets; \
              set LEAKTRACE_NO_PYENV=1 to skip)",
-            prefix.display()
+            versions.display()
         );
     }
 
     #[test]
     fn dispatch_and_error() {
-        for &(minor, _) in VERSIONS {
+        for &minor in MINORS {
             assert!(layout_for(3, minor).is_ok());
         }
         assert_eq!(layout_for(3, 12).unwrap(), v3_12::LAYOUT);
@@ -342,7 +354,7 @@ mod tests {
     /// Which frame-walking fields each version has, as documented.
     #[test]
     fn presence_matches_docs() {
-        for &(minor, _) in VERSIONS {
+        for &minor in MINORS {
             let l = layout_for(3, minor).unwrap();
             assert_eq!(Layout::has(l.runtime_tstate_current), minor <= 11);
             assert_eq!(Layout::has(l.interp_ceval_gil), minor >= 12);
@@ -374,8 +386,8 @@ mod tests {
     #[test]
     fn tables_match_headers() {
         let script = repo().join("tools/pyoffsets/check.sh");
-        for &(minor, full) in VERSIONS {
-            if prefix(full).is_none() {
+        for &minor in MINORS {
+            if prefix(minor).is_none() {
                 continue;
             }
             let out = Command::new("bash")
@@ -448,7 +460,7 @@ mod tests {
 
     #[test]
     fn debug_offsets_from_libpython_3_13() {
-        let Some(prefix) = prefix("3.13.0") else {
+        let Some(prefix) = prefix(13) else {
             return;
         };
         let bytes = runtime_bytes(&prefix.join("lib/libpython3.13.so.1.0"), 584);
@@ -472,7 +484,7 @@ mod tests {
     /// Older versions have no cookie.
     #[test]
     fn no_debug_offsets_before_3_13() {
-        let Some(prefix) = prefix("3.12.1") else {
+        let Some(prefix) = prefix(12) else {
             return;
         };
         let bytes = runtime_bytes(&prefix.join("lib/libpython3.12.so.1.0"), 584);
@@ -484,8 +496,8 @@ mod tests {
     /// must match what CPython reports.
     #[test]
     fn live_walk_matches_interpreter() {
-        for &(minor, full) in VERSIONS {
-            let Some(prefix) = prefix(full) else {
+        for &minor in MINORS {
+            let Some(prefix) = prefix(minor) else {
                 continue;
             };
             let layout = layout_for(3, minor).unwrap();

@@ -1,0 +1,315 @@
+//! Issue "Python stacks": every allocation attributed to the Python function and line that
+//! made it, on every interpreter of the machine, attached or started by `leaktrace run`.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use leaktrace_tests::*;
+
+const SIGINT: i32 = 2;
+const SIGUSR1: i32 = 10;
+const T: Duration = Duration::from_secs(60);
+
+/// The stack with the most live bytes.
+fn top(report: &Value) -> &Value {
+    &report["stacks"][0]
+}
+
+/// Checks the py_leak.py report: `leaky` at its line is the top stack's Python leaf, called
+/// from `main` at its line, and `churn` has nothing live.
+fn check_leak_report(report: &Value, label: &str, caller: Option<(&str, &str)>) {
+    let src = "py_leak.py";
+    let stack = top(report);
+    let py = python_frames(stack);
+    assert_eq!(
+        py.last(),
+        Some(&("leaky".to_string(), line_of(src, "SITE:leaky"))),
+        "{label}: top stack {:#}",
+        stack
+    );
+    if let Some((function, marker)) = caller {
+        assert!(
+            py.contains(&(function.to_string(), line_of(src, marker))),
+            "{label}: {function} at {marker} not in {py:?}"
+        );
+    }
+    assert!(
+        stack["live_allocs"].as_u64().unwrap() >= 1000,
+        "{label}: {stack:#}"
+    );
+    assert!(
+        stack["live_bytes"].as_u64().unwrap() >= 1000 * 10240,
+        "{label}: {stack:#}"
+    );
+    let native_leaf = functions(stack).last().unwrap().clone();
+    assert_eq!(
+        native_leaf, "malloc",
+        "{label}: native frames stay at the leaf"
+    );
+    let churning: Vec<_> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| python_frames(s).iter().any(|(f, _)| f == "churn"))
+        .collect();
+    assert!(
+        churning.is_empty(),
+        "{label}: churn freed everything: {churning:#?}"
+    );
+    assert_eq!(report["totals"]["dropped"], 0, "{label}");
+}
+
+#[test]
+fn attach_attributes_leaks_to_function_and_line_on_every_interpreter() {
+    require_root();
+    for (label, py) in interpreters() {
+        let script = root().join("tests/fixtures/py_leak.py");
+        let target = Proc::spawn(Command::new(&py).arg(&script));
+        target.stdout.wait_for("ready", T);
+        let out = out_path(&format!(
+            "py-attach-{}.json",
+            label.replace([' ', '(', ')'], "_")
+        ));
+        let mut tracer = attach(
+            target.pid(),
+            &["--interval", "1", "-o", out.to_str().unwrap()],
+        );
+        tracer.stderr.wait_for("recording Python frames", T);
+        target.signal(SIGUSR1);
+        target.stdout.wait_for("done 1000", T);
+        std::thread::sleep(Duration::from_millis(1300));
+        tracer.signal(SIGINT);
+        assert_eq!(tracer.wait(T), 0, "{label}: {}", tracer.stderr.text());
+        let report = read_json(&out);
+        let version = report["target"]["python"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            label.contains(&version) && !version.is_empty(),
+            "{label}: python = {version}"
+        );
+        check_leak_report(&report, &label, Some(("main", "SITE:main_calls_leaky")));
+    }
+}
+
+#[test]
+fn run_traces_from_the_first_allocation_on_every_interpreter() {
+    require_root();
+    for (label, py) in interpreters() {
+        let script = root().join("tests/fixtures/py_leak.py");
+        let out = out_path(&format!(
+            "py-run-{}.json",
+            label.replace([' ', '(', ')'], "_")
+        ));
+        let mut tracer = leaktrace(&[
+            "run",
+            "--duration",
+            "4",
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            py.to_str().unwrap(),
+            script.to_str().unwrap(),
+            "--now",
+        ]);
+        let ready = tracer.stdout.wait_for("ready", T);
+        let pid: i32 = ready.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(tracer.wait(T), 0, "{label}: {}", tracer.stderr.text());
+        // The command goes on running after tracing stops; end it (we started it).
+        // SAFETY: kill(2) on the command this test started.
+        unsafe { libc::kill(pid, 9) };
+        let report = read_json(&out);
+        check_leak_report(&report, &label, Some(("main", "SITE:main_calls_leaky")));
+        // From the first allocation: all 1000 objects, each with its Python stack.
+        assert_eq!(top(&report)["live_allocs"], 1000, "{label}");
+    }
+}
+
+#[test]
+fn run_reports_errors_and_exit_status() {
+    require_root();
+    let out = Command::new(leaktrace_bin())
+        .args(["run", "--", "no-such-program-leaktrace"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("command not found: `no-such-program-leaktrace`"),
+        "{err}"
+    );
+    // A command that exits on its own: its status becomes leaktrace's, the report is written.
+    let report = out_path("run-exit.json");
+    let mut t = leaktrace(&[
+        "run",
+        "-o",
+        report.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(t.wait(T), 7, "{}", t.stderr.text());
+    assert_eq!(read_json(&report)["schema"], "leaktrace/v1");
+}
+
+/// Traces a fixture started with SIGUSR1, until it prints `done`.
+fn trace_fixture(py: &Path, script: &str, out: &str) -> Value {
+    let target = Proc::spawn(Command::new(py).arg(root().join("tests/fixtures").join(script)));
+    target.stdout.wait_for("ready", T);
+    let out = out_path(out);
+    let mut tracer = attach(
+        target.pid(),
+        &["-o", out.to_str().unwrap(), "--min-age", "0.5"],
+    );
+    tracer.stderr.wait_for("recording Python frames", T);
+    target.signal(SIGUSR1);
+    target.stdout.wait_for("done", T);
+    std::thread::sleep(Duration::from_millis(800));
+    tracer.signal(SIGINT);
+    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
+    read_json(&out)
+}
+
+/// Live allocations per Python leaf function.
+fn allocs_by_leaf(report: &Value) -> std::collections::BTreeMap<String, (u64, Vec<u64>)> {
+    let mut out: std::collections::BTreeMap<String, (u64, Vec<u64>)> = Default::default();
+    for s in report["stacks"].as_array().unwrap() {
+        if let Some((f, line)) = python_frames(s).last().cloned() {
+            let e = out.entry(f).or_default();
+            e.0 += s["live_allocs"].as_u64().unwrap();
+            if !e.1.contains(&line) {
+                e.1.push(line);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn threads_get_their_own_stacks() {
+    require_root();
+    for (label, py) in interpreters() {
+        let report = trace_fixture(&py, "py_threads.py", "py-threads.json");
+        let leaves = allocs_by_leaf(&report);
+        for (function, marker) in [
+            ("leak_in_thread_a", "SITE:thread_a"),
+            ("leak_in_thread_b", "SITE:thread_b"),
+        ] {
+            let (allocs, lines) = leaves.get(function).cloned().unwrap_or_default();
+            assert!(
+                allocs >= 450,
+                "{label}: {function} has {allocs} live allocations: {leaves:?}"
+            );
+            assert_eq!(
+                lines,
+                vec![line_of("py_threads.py", marker)],
+                "{label}: {function}"
+            );
+        }
+        // No stack mixes the two threads' frames.
+        for s in report["stacks"].as_array().unwrap() {
+            let names: Vec<String> = python_frames(s).into_iter().map(|f| f.0).collect();
+            assert!(
+                !(names.contains(&"leak_in_thread_a".into())
+                    && names.contains(&"leak_in_thread_b".into())),
+                "{label}: {names:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn asyncio_leak_is_attributed_to_its_coroutine() {
+    require_root();
+    for (label, py) in interpreters() {
+        let report = trace_fixture(&py, "py_asyncio.py", "py-asyncio.json");
+        let stack = top(&report);
+        let py_frames = python_frames(stack);
+        assert_eq!(
+            py_frames.last(),
+            Some(&(
+                "leaky_coroutine".to_string(),
+                line_of("py_asyncio.py", "SITE:coroutine")
+            )),
+            "{label}: {stack:#}"
+        );
+        assert!(
+            py_frames.contains(&(
+                "worker".to_string(),
+                line_of("py_asyncio.py", "SITE:worker_awaits")
+            )),
+            "{label}: the awaiting task's coroutine is in the stack: {py_frames:?}"
+        );
+        assert!(
+            stack["live_allocs"].as_u64().unwrap() >= 1000,
+            "{label}: {stack:#}"
+        );
+    }
+}
+
+#[test]
+fn uvicorn_fastapi_endpoint_is_the_top_python_frame() {
+    require_root();
+    let py = venv_python();
+    let port = free_port();
+    let server = Proc::spawn(
+        Command::new(&py)
+            .current_dir(root().join("tests/fixtures"))
+            .args([
+                "-m",
+                "uvicorn",
+                "fastapi_leak:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+            ])
+            .arg(port.to_string())
+            .args(["--log-level", "warning"]),
+    );
+    let deadline = std::time::Instant::now() + T;
+    while http_get(port, "/ok").ok() != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "uvicorn did not start: {}",
+            server.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = out_path("uvicorn.json");
+    let mut tracer = attach(
+        server.pid(),
+        &["-o", out.to_str().unwrap(), "--min-age", "0.5"],
+    );
+    tracer.stderr.wait_for("recording Python frames", T);
+    // Bounded load: 1500 requests or 60 s, whichever comes first, on loopback only.
+    let started = std::time::Instant::now();
+    let mut ok = 0;
+    while ok < 1500 && started.elapsed() < T {
+        assert_eq!(http_get(port, "/leak").unwrap(), 200);
+        ok += 1;
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    tracer.signal(SIGINT);
+    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
+    let report = read_json(&out);
+    let stack = top(&report);
+    let frames = python_frames(stack);
+    assert_eq!(
+        frames.last(),
+        Some(&(
+            "leak_endpoint".to_string(),
+            line_of("fastapi_leak.py", "SITE:endpoint")
+        )),
+        "the endpoint is the innermost Python frame of the largest live stack: {stack:#}"
+    );
+    // Most requests' payloads are attributed there (the first requests on a new worker
+    // thread may come before the thread is published).
+    let attributed = allocs_by_leaf(&report)
+        .get("leak_endpoint")
+        .map_or(0, |e| e.0);
+    assert!(
+        attributed >= 1200,
+        "{attributed} of {ok} payloads attributed to leak_endpoint"
+    );
+}
