@@ -313,3 +313,69 @@ fn uvicorn_fastapi_endpoint_is_the_top_python_frame() {
         "{attributed} of {ok} payloads attributed to leak_endpoint"
     );
 }
+
+/// Traces py_small_leak.py; returns (report, tracer stderr).
+fn trace_small_leak(py: &Path, extra: &[&str], out: &str) -> (Value, String) {
+    let target = Proc::spawn(Command::new(py).arg(root().join("tests/fixtures/py_small_leak.py")));
+    target.stdout.wait_for("ready", T);
+    let out = out_path(out);
+    let mut args = vec!["-o", out.to_str().unwrap(), "--min-age", "0.5"];
+    args.extend_from_slice(extra);
+    let mut tracer = attach(target.pid(), &args);
+    tracer.stderr.wait_for("recording Python frames", T);
+    target.signal(SIGUSR1);
+    target.stdout.wait_for("done 5000", T);
+    std::thread::sleep(Duration::from_millis(800));
+    tracer.signal(SIGINT);
+    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
+    (read_json(&out), tracer.stderr.text())
+}
+
+#[test]
+fn pymalloc_attributes_small_objects_one_by_one() {
+    require_root();
+    let line = line_of("py_small_leak.py", "SITE:small");
+    for (label, py) in interpreters()
+        .into_iter()
+        .filter(|(l, _)| l.starts_with("pyenv"))
+    {
+        // Without --pymalloc, 100-byte objects live in pymalloc arenas: no stack holds them
+        // one by one (an arena is one mmap blamed on whoever grew it).
+        let (plain, _) = trace_small_leak(&py, &[], "small-plain.json");
+        for s in plain["stacks"].as_array().unwrap() {
+            if python_frames(s).last().map(|f| f.0.as_str()) == Some("leaky_small") {
+                assert!(s["live_allocs"].as_u64().unwrap() < 100, "{label}: {s:#}");
+            }
+        }
+        let (report, stderr) = trace_small_leak(&py, &["--pymalloc"], "small-pymalloc.json");
+        assert!(
+            stderr.contains("--pymalloc: probing _PyObject_Malloc"),
+            "{label}: {stderr}"
+        );
+        let top = &report["stacks"][0];
+        assert_eq!(
+            python_frames(top).last(),
+            Some(&("leaky_small".to_string(), line)),
+            "{label}: {top:#}"
+        );
+        assert_eq!(
+            top["live_allocs"], 5000,
+            "{label}: every object, exactly: {top:#}"
+        );
+        assert_eq!(functions(top).last().unwrap(), "PyObject_Malloc", "{label}");
+    }
+}
+
+#[test]
+fn pymalloc_on_a_stripped_interpreter_says_what_it_misses() {
+    require_root();
+    let (_, stderr) = trace_small_leak(
+        Path::new("/usr/bin/python3.11"),
+        &["--pymalloc"],
+        "small-static.json",
+    );
+    assert!(
+        stderr.contains("has no symbol table: only calls through the exported"),
+        "{stderr}"
+    );
+}

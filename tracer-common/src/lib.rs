@@ -64,12 +64,16 @@ pub enum AllocKind {
     Mmap = 8,
     Mremap = 9,
     Memalign = 10,
+    /// CPython's object allocator (`--pymalloc`).
+    PyMalloc = 11,
+    PyCalloc = 12,
+    PyRealloc = 13,
     /// Used only in [`Pending`]: `free`, `munmap` and friends never allocate.
     Other = 15,
 }
 
 impl AllocKind {
-    pub const ALL: [AllocKind; 11] = [
+    pub const ALL: [AllocKind; 14] = [
         AllocKind::Malloc,
         AllocKind::Calloc,
         AllocKind::Realloc,
@@ -81,6 +85,9 @@ impl AllocKind {
         AllocKind::Mmap,
         AllocKind::Mremap,
         AllocKind::Memalign,
+        AllocKind::PyMalloc,
+        AllocKind::PyCalloc,
+        AllocKind::PyRealloc,
     ];
 
     pub fn from_u32(v: u32) -> Option<AllocKind> {
@@ -101,6 +108,9 @@ impl AllocKind {
             AllocKind::Mmap => "mmap",
             AllocKind::Mremap => "mremap",
             AllocKind::Memalign => "memalign",
+            AllocKind::PyMalloc => "PyObject_Malloc",
+            AllocKind::PyCalloc => "PyObject_Calloc",
+            AllocKind::PyRealloc => "PyObject_Realloc",
             AllocKind::Other => "?",
         }
     }

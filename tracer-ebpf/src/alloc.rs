@@ -112,6 +112,64 @@ pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+// CPython's object allocator (`--pymalloc`). The `ctx` variants are pymalloc's own
+// functions, `_PyObject_Malloc(void *ctx, size_t n)` and friends, which every PyObject_* and
+// PyMem_* call reaches; the plain ones are the exported entry points, for stripped builds.
+
+#[uprobe]
+pub fn pymalloc_ctx_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocKind::PyMalloc as u32, arg(&ctx, 1), 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn pycalloc_ctx_enter(ctx: ProbeContext) -> u32 {
+    match mul(arg(&ctx, 1), arg(&ctx, 2)) {
+        Some(size) => enter(&ctx, AllocKind::PyCalloc as u32, size, 0, 0),
+        None => count(Counter::SizeOverflow),
+    }
+    0
+}
+
+#[uprobe]
+pub fn pyrealloc_ctx_enter(ctx: ProbeContext) -> u32 {
+    enter(
+        &ctx,
+        AllocKind::PyRealloc as u32,
+        arg(&ctx, 2),
+        arg(&ctx, 1),
+        0,
+    );
+    0
+}
+
+#[uprobe]
+pub fn pymalloc_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, AllocKind::PyMalloc as u32, arg(&ctx, 0), 0, 0);
+    0
+}
+
+#[uprobe]
+pub fn pycalloc_enter(ctx: ProbeContext) -> u32 {
+    match mul(arg(&ctx, 0), arg(&ctx, 1)) {
+        Some(size) => enter(&ctx, AllocKind::PyCalloc as u32, size, 0, 0),
+        None => count(Counter::SizeOverflow),
+    }
+    0
+}
+
+#[uprobe]
+pub fn pyrealloc_enter(ctx: ProbeContext) -> u32 {
+    enter(
+        &ctx,
+        AllocKind::PyRealloc as u32,
+        arg(&ctx, 1),
+        arg(&ctx, 0),
+        0,
+    );
+    0
+}
+
 /// Attached as a uretprobe to every allocating function; the pending entry says which.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
@@ -127,6 +185,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     const POSIX_MEMALIGN: u32 = AllocKind::PosixMemalign as u32;
     const MMAP: u32 = AllocKind::Mmap as u32;
     const MREMAP: u32 = AllocKind::Mremap as u32;
+    const PYREALLOC: u32 = AllocKind::PyRealloc as u32;
     match p.stack.kind {
         REALLOC | REALLOCARRAY => {
             // realloc(NULL, n) is malloc; realloc(p, 0) frees p and returns NULL; a failed
@@ -139,6 +198,15 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
                 record(ret, p.size, &p);
             } else if p.size == 0 && old != 0 {
                 forget(p.stack.tgid, old);
+            }
+        }
+        PYREALLOC => {
+            // PyObject_Realloc(p, 0) returns a minimal block, it does not free; NULL leaves p.
+            if ret != 0 {
+                if p.arg != 0 {
+                    forget(p.stack.tgid, p.arg);
+                }
+                record(ret, p.size, &p);
             }
         }
         POSIX_MEMALIGN => {

@@ -45,6 +45,29 @@ const RETURN_PROGRAM: &str = "alloc_return";
 /// Functions without which tracing makes no sense.
 const REQUIRED: &[&str] = &["malloc", "free"];
 
+/// `--pymalloc`: pymalloc's own functions (local symbols, in the symbol table), which every
+/// PyObject_* and PyMem_* call reaches, internal calls included. Their first argument is the
+/// allocator context.
+pub const PYMALLOC_PROBES: &[(&str, &str, bool)] = &[
+    ("_PyObject_Malloc", "pymalloc_ctx_enter", true),
+    ("_PyObject_Calloc", "pycalloc_ctx_enter", true),
+    ("_PyObject_Realloc", "pyrealloc_ctx_enter", true),
+    ("_PyObject_Free", "pyfree_ctx_enter", false),
+];
+
+/// `--pymalloc` on an interpreter without a symbol table: the exported entry points only
+/// (CPython's own internal calls bypass them).
+pub const PYMALLOC_EXPORTED_PROBES: &[(&str, &str, bool)] = &[
+    ("PyObject_Malloc", "pymalloc_enter", true),
+    ("PyObject_Calloc", "pycalloc_enter", true),
+    ("PyObject_Realloc", "pyrealloc_enter", true),
+    ("PyObject_Free", "free_enter", false),
+    ("PyMem_Malloc", "pymalloc_enter", true),
+    ("PyMem_Calloc", "pycalloc_enter", true),
+    ("PyMem_Realloc", "pyrealloc_enter", true),
+    ("PyMem_Free", "free_enter", false),
+];
+
 /// Map sizes, from the command line.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -124,14 +147,50 @@ impl Tracer {
     /// `/proc/PID/root`) to process `pid` only.
     pub fn attach(&mut self, pid: u32, module: &Path) -> Result<Vec<Attached>> {
         let elf = ElfFile::open(module)?;
+        self.attach_table(pid, module, &elf, PROBES, REQUIRED)
+    }
+
+    /// `--pymalloc`: probes CPython's object allocator in `module` (libpython or the
+    /// interpreter executable). Returns the probes and whether only the exported entry points
+    /// could be used.
+    pub fn attach_pymalloc(&mut self, pid: u32, module: &Path) -> Result<(Vec<Attached>, bool)> {
+        let elf = ElfFile::open(module)?;
+        if elf.function("_PyObject_Malloc").is_some() {
+            let probes = self.attach_table(
+                pid,
+                module,
+                &elf,
+                PYMALLOC_PROBES,
+                &["_PyObject_Malloc", "_PyObject_Free"],
+            )?;
+            return Ok((probes, false));
+        }
+        let probes = self.attach_table(
+            pid,
+            module,
+            &elf,
+            PYMALLOC_EXPORTED_PROBES,
+            &["PyObject_Malloc", "PyObject_Free"],
+        )?;
+        Ok((probes, true))
+    }
+
+    fn attach_table(
+        &mut self,
+        pid: u32,
+        module: &Path,
+        elf: &ElfFile,
+        table: &[(&'static str, &str, bool)],
+        required: &[&str],
+    ) -> Result<Vec<Attached>> {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?,
         );
         let mut seen_offsets = Vec::new();
         let mut attached = Vec::new();
-        for &(function, program, needs_return) in PROBES {
+        for &(function, program, needs_return) in table {
             let Some(f) = elf.function(function) else {
-                if REQUIRED.contains(&function) {
+                if required.contains(&function) {
                     anyhow::bail!(
                         "`{}` has no `{function}` symbol: it is not the allocator this process uses",
                         module.display()

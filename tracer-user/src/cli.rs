@@ -75,6 +75,10 @@ pub struct TraceArgs {
     /// Do not walk Python frames (native stacks only).
     #[arg(long)]
     pub no_python: bool,
+    /// Also probe CPython's object allocator (pymalloc), so objects of 512 bytes or less are
+    /// attributed one by one instead of as arenas. Costly: every Python object allocation traps.
+    #[arg(long, conflicts_with = "no_python")]
+    pub pymalloc: bool,
     /// In stacks with Python frames, leave out native frames.
     #[arg(long)]
     pub no_native: bool,
@@ -120,6 +124,7 @@ impl TraceArgs {
             format,
             max_allocs: self.max_allocs,
             python: !self.no_python,
+            pymalloc: self.pymalloc,
             native: !self.no_native,
             max_python_depth: self.max_python_depth,
         }

@@ -348,6 +348,42 @@ mod tests {
         assert_eq!(Format::from_path(Path::new("x")), None);
     }
 
+    /// Compares `actual` with `tests/data/NAME`; `LEAKTRACE_BLESS=1` rewrites the file. On a
+    /// mismatch the actual output is left next to it as `NAME.actual`.
+    fn golden(name: &str, actual: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data")
+            .join(name);
+        if std::env::var_os("LEAKTRACE_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+            return;
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (LEAKTRACE_BLESS=1 creates it)", path.display()));
+        if expected != actual {
+            let out = path.with_extension(format!(
+                "{}.actual",
+                path.extension().unwrap().to_str().unwrap()
+            ));
+            std::fs::write(&out, actual).unwrap();
+            panic!(
+                "{} differs; actual output in {}",
+                path.display(),
+                out.display()
+            );
+        }
+    }
+
+    #[test]
+    fn golden_folded_and_json() {
+        let report = sample();
+        golden("report.folded", &report.folded());
+        let mut json = Vec::new();
+        report.write_json(&mut json).unwrap();
+        golden("report.json", &String::from_utf8(json).unwrap());
+    }
+
     #[test]
     fn human_sizes() {
         assert_eq!(human_bytes(512), "512 B");

@@ -38,6 +38,8 @@ pub struct AttachOptions {
     pub max_allocs: u32,
     /// Walk Python frames when the target is a supported CPython.
     pub python: bool,
+    /// Also probe pymalloc (`--pymalloc`).
+    pub pymalloc: bool,
     /// Keep native frames in stacks that have Python frames.
     pub native: bool,
     pub max_python_depth: u32,
@@ -278,6 +280,10 @@ impl Session {
             Ok(interp) => {
                 self.tracer
                     .set_python(pid, &interp.config(self.opts.max_python_depth))?;
+                if self.opts.pymalloc {
+                    self.attach_pymalloc(&interp)?;
+                }
+                // Printed once everything is in place: scripts and tests wait for it.
                 eprintln!(
                     "leaktrace: Python {} in `{}`: recording Python frames",
                     interp.version(),
@@ -299,6 +305,27 @@ impl Session {
                 self.python_search_done = true;
                 eprintln!("leaktrace: warning: {why}: tracing native stacks only")
             }
+        }
+        Ok(())
+    }
+
+    fn attach_pymalloc(&mut self, interp: &Interpreter) -> Result<()> {
+        let host = Path::new("/proc")
+            .join(self.target.pid.to_string())
+            .join("root")
+            .join(interp.module.trim_start_matches('/'));
+        let (probes, exported_only) = self.tracer.attach_pymalloc(self.target.pid, &host)?;
+        let names: Vec<&str> = probes.iter().map(|p| p.function).collect();
+        eprintln!(
+            "leaktrace: --pymalloc: probing {} in `{}`: every Python object allocation now traps into the kernel; expect the target to run several times slower while attached",
+            names.join(" "),
+            interp.module
+        );
+        if exported_only {
+            eprintln!(
+                "leaktrace: warning: `{}` has no symbol table: only calls through the exported PyObject_*/PyMem_* functions are seen, and CPython's internal allocations bypass them",
+                interp.module
+            );
         }
         Ok(())
     }

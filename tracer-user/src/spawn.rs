@@ -120,7 +120,10 @@ mod tests {
         assert!(resolve_program("no-such-program-leaktrace").is_none());
         let plain = std::env::temp_dir().join(format!("leaktrace-plain-{}", std::process::id()));
         std::fs::write(&plain, "data").unwrap();
-        assert!(resolve_program(plain.to_str().unwrap()).is_none(), "not executable");
+        assert!(
+            resolve_program(plain.to_str().unwrap()).is_none(),
+            "not executable"
+        );
         std::fs::remove_file(&plain).unwrap();
     }
 }
