@@ -216,6 +216,7 @@ fn python_module_level_list_leak_grows_and_is_reported() {
             out.to_str().unwrap(),
         ],
     );
+    tracer.stderr.wait_for("recording Python frames", T);
     py.signal(SIGUSR1);
     py.stdout.wait_for("done 2000", T);
     std::thread::sleep(Duration::from_millis(500));
@@ -230,6 +231,8 @@ fn python_module_level_list_leak_grows_and_is_reported() {
     assert!(top["live_allocs"].as_u64().unwrap() >= 2000, "{top:#}");
     assert!(top["live_bytes"].as_u64().unwrap() >= leaked, "{top:#}");
     assert_eq!(functions(top).last().unwrap(), "malloc");
+    let leaf = python_frames(top).last().cloned();
+    assert_eq!(leaf.map(|f| f.0), Some("leaky".to_string()), "{top:#}");
     let growth = top["growth_bytes_per_s"].as_f64().expect("growth measured");
     assert!(growth > 1e6, "the leak grows ~8 MB/s, measured {growth}");
     // The live tables printed while tracing grew too.

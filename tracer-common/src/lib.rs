@@ -116,6 +116,40 @@ impl AllocKind {
     }
 }
 
+/// The attach cookie of the generic `alloc_enter` program: which allocator function it sits
+/// on and where that function's arguments are, so one program (verified once) serves them all.
+///
+/// Bits 0-7: [`AllocKind`]; 8-11: argument index of the size; 12-15: argument index of a
+/// second size factor (calloc's element size) or [`ARG_NONE`]; 16-19: argument index of a
+/// pointer (realloc's old block, posix_memalign's out-pointer) or [`ARG_NONE`]; bit 20: round
+/// the size up to whole pages (pvalloc).
+pub mod cookie {
+    use super::AllocKind;
+
+    pub const ARG_NONE: u64 = 0xf;
+    pub const PAGE_ROUND: u64 = 1 << 20;
+
+    pub const fn new(kind: AllocKind, size: u64, factor: u64, ptr: u64) -> u64 {
+        kind as u64 | (size & 0xf) << 8 | (factor & 0xf) << 12 | (ptr & 0xf) << 16
+    }
+
+    pub const fn kind(c: u64) -> u32 {
+        (c & 0xff) as u32
+    }
+
+    pub const fn size_arg(c: u64) -> u64 {
+        (c >> 8) & 0xf
+    }
+
+    pub const fn factor_arg(c: u64) -> u64 {
+        (c >> 12) & 0xf
+    }
+
+    pub const fn ptr_arg(c: u64) -> u64 {
+        (c >> 16) & 0xf
+    }
+}
+
 /// Indexes into [`MAP_COUNTERS`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,11 +1,12 @@
 //! Entry probes of the malloc family and the one return probe that completes them all.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
 };
-use tracer_common::{AllocKind, Counter, MapEventKind};
+use tracer_common::{cookie, AllocKind, Counter, MapEventKind};
 
 use crate::{
     maps::{count, enter, forget, record, take_pending},
@@ -36,137 +37,39 @@ fn mul(a: u64, b: u64) -> Option<u64> {
     (cross << 32).checked_add((big & 0xffff_ffff) * small)
 }
 
+/// Entry of every malloc-family function (malloc, calloc, realloc, reallocarray,
+/// posix_memalign, aligned_alloc, memalign, valloc, pvalloc, and pymalloc's functions with
+/// `--pymalloc`). The attach cookie says which function and where its arguments are, so this
+/// program, and the Python walk inside it, is verified once.
 #[uprobe]
-pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocKind::Malloc as u32, arg(&ctx, 0), 0, 0);
-    0
-}
-
-#[uprobe]
-pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    match mul(arg(&ctx, 0), arg(&ctx, 1)) {
-        Some(size) => enter(&ctx, AllocKind::Calloc as u32, size, 0, 0),
-        // glibc returns NULL with ENOMEM: nothing to track.
-        None => count(Counter::SizeOverflow),
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    // SAFETY: plain helper call on this program's context.
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    // The verifier forbids reading the context at a variable offset: load the arguments at
+    // constant offsets, then pick among the values.
+    let args = [arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2)];
+    let pick = |i: u64| match i {
+        0 => args[0],
+        1 => args[1],
+        2 => args[2],
+        _ => 0,
+    };
+    let mut size = pick(cookie::size_arg(c));
+    let factor = cookie::factor_arg(c);
+    if factor != cookie::ARG_NONE {
+        match mul(size, pick(factor)) {
+            Some(n) => size = n,
+            None => {
+                // glibc returns NULL with ENOMEM: nothing to track.
+                count(Counter::SizeOverflow);
+                return 0;
+            }
+        }
     }
-    0
-}
-
-#[uprobe]
-pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    enter(
-        &ctx,
-        AllocKind::Realloc as u32,
-        arg(&ctx, 1),
-        arg(&ctx, 0),
-        0,
-    );
-    0
-}
-
-#[uprobe]
-pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    match mul(arg(&ctx, 1), arg(&ctx, 2)) {
-        Some(size) => enter(&ctx, AllocKind::ReallocArray as u32, size, arg(&ctx, 0), 0),
-        None => count(Counter::SizeOverflow),
+    if c & cookie::PAGE_ROUND != 0 {
+        size = size.saturating_add(PAGE - 1) & !(PAGE - 1);
     }
-    0
-}
-
-#[uprobe]
-pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    // int posix_memalign(void **memptr, size_t alignment, size_t size)
-    enter(
-        &ctx,
-        AllocKind::PosixMemalign as u32,
-        arg(&ctx, 2),
-        arg(&ctx, 0),
-        0,
-    );
-    0
-}
-
-#[uprobe]
-pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocKind::AlignedAlloc as u32, arg(&ctx, 1), 0, 0);
-    0
-}
-
-#[uprobe]
-pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocKind::Memalign as u32, arg(&ctx, 1), 0, 0);
-    0
-}
-
-#[uprobe]
-pub fn valloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocKind::Valloc as u32, arg(&ctx, 0), 0, 0);
-    0
-}
-
-#[uprobe]
-pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
-    // pvalloc rounds the request up to whole pages.
-    let size = arg(&ctx, 0).saturating_add(PAGE - 1) & !(PAGE - 1);
-    enter(&ctx, AllocKind::Pvalloc as u32, size, 0, 0);
-    0
-}
-
-// CPython's object allocator (`--pymalloc`). The `ctx` variants are pymalloc's own
-// functions, `_PyObject_Malloc(void *ctx, size_t n)` and friends, which every PyObject_* and
-// PyMem_* call reaches; the plain ones are the exported entry points, for stripped builds.
-
-#[uprobe]
-pub fn pymalloc_ctx_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocKind::PyMalloc as u32, arg(&ctx, 1), 0, 0);
-    0
-}
-
-#[uprobe]
-pub fn pycalloc_ctx_enter(ctx: ProbeContext) -> u32 {
-    match mul(arg(&ctx, 1), arg(&ctx, 2)) {
-        Some(size) => enter(&ctx, AllocKind::PyCalloc as u32, size, 0, 0),
-        None => count(Counter::SizeOverflow),
-    }
-    0
-}
-
-#[uprobe]
-pub fn pyrealloc_ctx_enter(ctx: ProbeContext) -> u32 {
-    enter(
-        &ctx,
-        AllocKind::PyRealloc as u32,
-        arg(&ctx, 2),
-        arg(&ctx, 1),
-        0,
-    );
-    0
-}
-
-#[uprobe]
-pub fn pymalloc_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, AllocKind::PyMalloc as u32, arg(&ctx, 0), 0, 0);
-    0
-}
-
-#[uprobe]
-pub fn pycalloc_enter(ctx: ProbeContext) -> u32 {
-    match mul(arg(&ctx, 0), arg(&ctx, 1)) {
-        Some(size) => enter(&ctx, AllocKind::PyCalloc as u32, size, 0, 0),
-        None => count(Counter::SizeOverflow),
-    }
-    0
-}
-
-#[uprobe]
-pub fn pyrealloc_enter(ctx: ProbeContext) -> u32 {
-    enter(
-        &ctx,
-        AllocKind::PyRealloc as u32,
-        arg(&ctx, 1),
-        arg(&ctx, 0),
-        0,
-    );
+    enter(&ctx, cookie::kind(c), size, pick(cookie::ptr_arg(c)), 0);
     0
 }
 

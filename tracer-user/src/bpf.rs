@@ -11,35 +11,70 @@ use std::{
 use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{uprobe::UProbeAttachLocation, uprobe::UProbeScope, UProbe},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        UProbe,
+    },
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    AllocInfo, AllocKey, Counter, MapEvent, PyConfig, PyStack, StackKey, StackTotals,
-    COUNTER_SLOTS, MAP_ALLOCS, MAP_COUNTERS, MAP_EVENTS, MAP_PY_STACKS, MAP_PY_TARGETS,
-    MAP_PY_TSTATES, MAP_STACKS, MAP_STACK_TOTALS,
+    cookie, AllocInfo, AllocKey, AllocKind, Counter, MapEvent, PyConfig, PyStack, StackKey,
+    StackTotals, COUNTER_SLOTS, MAP_ALLOCS, MAP_COUNTERS, MAP_EVENTS, MAP_PY_STACKS,
+    MAP_PY_TARGETS, MAP_PY_TSTATES, MAP_STACKS, MAP_STACK_TOTALS,
 };
 
 use crate::elf::{probe_offset, ElfFile};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
 
-/// The allocator functions probed, their entry program, and whether the return is needed.
-/// Functions that alias one another (glibc's `memalign` is `aligned_alloc`) are attached once.
-pub const PROBES: &[(&str, &str, bool)] = &[
-    ("malloc", "malloc_enter", true),
-    ("calloc", "calloc_enter", true),
-    ("realloc", "realloc_enter", true),
-    ("reallocarray", "reallocarray_enter", true),
-    ("posix_memalign", "posix_memalign_enter", true),
-    ("memalign", "memalign_enter", true),
-    ("aligned_alloc", "aligned_alloc_enter", true),
-    ("valloc", "valloc_enter", true),
-    ("pvalloc", "pvalloc_enter", true),
-    ("free", "free_enter", false),
-    ("mmap", "mmap_enter", true),
-    ("munmap", "munmap_enter", false),
-    ("mremap", "mremap_enter", true),
+/// One probed function: its name, its entry program, the entry's attach cookie (for the
+/// generic `alloc_enter`), and whether the return is needed.
+pub struct Probe {
+    pub function: &'static str,
+    pub program: &'static str,
+    pub cookie: u64,
+    pub needs_return: bool,
+}
+
+const NONE: u64 = cookie::ARG_NONE;
+
+const fn alloc(function: &'static str, kind: AllocKind, size: u64, factor: u64, ptr: u64) -> Probe {
+    Probe {
+        function,
+        program: "alloc_enter",
+        cookie: cookie::new(kind, size, factor, ptr),
+        needs_return: true,
+    }
+}
+
+const fn other(function: &'static str, program: &'static str, needs_return: bool) -> Probe {
+    Probe {
+        function,
+        program,
+        cookie: 0,
+        needs_return,
+    }
+}
+
+/// The C library's allocator functions. Functions that alias one another (glibc's `memalign`
+/// is `aligned_alloc`) are attached once.
+pub const PROBES: &[Probe] = &[
+    alloc("malloc", AllocKind::Malloc, 0, NONE, NONE),
+    alloc("calloc", AllocKind::Calloc, 0, 1, NONE),
+    alloc("realloc", AllocKind::Realloc, 1, NONE, 0),
+    alloc("reallocarray", AllocKind::ReallocArray, 1, 2, 0),
+    alloc("posix_memalign", AllocKind::PosixMemalign, 2, NONE, 0),
+    alloc("memalign", AllocKind::Memalign, 1, NONE, NONE),
+    alloc("aligned_alloc", AllocKind::AlignedAlloc, 1, NONE, NONE),
+    alloc("valloc", AllocKind::Valloc, 0, NONE, NONE),
+    Probe {
+        cookie: cookie::new(AllocKind::Pvalloc, 0, NONE, NONE) | cookie::PAGE_ROUND,
+        ..alloc("pvalloc", AllocKind::Pvalloc, 0, NONE, NONE)
+    },
+    other("free", "free_enter", false),
+    other("mmap", "mmap_enter", true),
+    other("munmap", "munmap_enter", false),
+    other("mremap", "mremap_enter", true),
 ];
 const RETURN_PROGRAM: &str = "alloc_return";
 /// Functions without which tracing makes no sense.
@@ -48,30 +83,32 @@ const REQUIRED: &[&str] = &["malloc", "free"];
 /// `--pymalloc`: pymalloc's own functions (local symbols, in the symbol table), which every
 /// PyObject_* and PyMem_* call reaches, internal calls included. Their first argument is the
 /// allocator context.
-pub const PYMALLOC_PROBES: &[(&str, &str, bool)] = &[
-    ("_PyObject_Malloc", "pymalloc_ctx_enter", true),
-    ("_PyObject_Calloc", "pycalloc_ctx_enter", true),
-    ("_PyObject_Realloc", "pyrealloc_ctx_enter", true),
-    ("_PyObject_Free", "pyfree_ctx_enter", false),
+pub const PYMALLOC_PROBES: &[Probe] = &[
+    alloc("_PyObject_Malloc", AllocKind::PyMalloc, 1, NONE, NONE),
+    alloc("_PyObject_Calloc", AllocKind::PyCalloc, 1, 2, NONE),
+    alloc("_PyObject_Realloc", AllocKind::PyRealloc, 2, NONE, 1),
+    other("_PyObject_Free", "pyfree_ctx_enter", false),
 ];
 
 /// `--pymalloc` on an interpreter without a symbol table: the exported entry points only
 /// (CPython's own internal calls bypass them).
-pub const PYMALLOC_EXPORTED_PROBES: &[(&str, &str, bool)] = &[
-    ("PyObject_Malloc", "pymalloc_enter", true),
-    ("PyObject_Calloc", "pycalloc_enter", true),
-    ("PyObject_Realloc", "pyrealloc_enter", true),
-    ("PyObject_Free", "free_enter", false),
-    ("PyMem_Malloc", "pymalloc_enter", true),
-    ("PyMem_Calloc", "pycalloc_enter", true),
-    ("PyMem_Realloc", "pyrealloc_enter", true),
-    ("PyMem_Free", "free_enter", false),
+pub const PYMALLOC_EXPORTED_PROBES: &[Probe] = &[
+    alloc("PyObject_Malloc", AllocKind::PyMalloc, 0, NONE, NONE),
+    alloc("PyObject_Calloc", AllocKind::PyCalloc, 0, 1, NONE),
+    alloc("PyObject_Realloc", AllocKind::PyRealloc, 1, NONE, 0),
+    other("PyObject_Free", "free_enter", false),
+    alloc("PyMem_Malloc", AllocKind::PyMalloc, 0, NONE, NONE),
+    alloc("PyMem_Calloc", AllocKind::PyCalloc, 0, 1, NONE),
+    alloc("PyMem_Realloc", AllocKind::PyRealloc, 1, NONE, 0),
+    other("PyMem_Free", "free_enter", false),
 ];
 
 /// Map sizes, from the command line.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_allocs: u32,
+    /// Put every probe at its function's first byte (benchmarks).
+    pub probe_at_entry: bool,
 }
 
 /// One attached probe, for the progress line and the docs.
@@ -84,6 +121,7 @@ pub struct Attached {
 
 pub struct Tracer {
     ebpf: Ebpf,
+    probe_at_entry: bool,
     events: RingBuf<aya::maps::MapData>,
 }
 
@@ -140,7 +178,11 @@ impl Tracer {
             ebpf.take_map(MAP_EVENTS)
                 .ok_or_else(|| anyhow!("eBPF object has no map {MAP_EVENTS}"))?,
         )?;
-        Ok(Self { ebpf, events })
+        Ok(Self {
+            ebpf,
+            events,
+            probe_at_entry: limits.probe_at_entry,
+        })
     }
 
     /// Attaches every allocator probe in `module` (as seen from this process, e.g. through
@@ -180,7 +222,7 @@ impl Tracer {
         pid: u32,
         module: &Path,
         elf: &ElfFile,
-        table: &[(&'static str, &str, bool)],
+        table: &[Probe],
         required: &[&str],
     ) -> Result<Vec<Attached>> {
         let scope = UProbeScope::OneProcess(
@@ -188,7 +230,8 @@ impl Tracer {
         );
         let mut seen_offsets = Vec::new();
         let mut attached = Vec::new();
-        for &(function, program, needs_return) in table {
+        for probe in table {
+            let (function, needs_return) = (probe.function, probe.needs_return);
             let Some(f) = elf.function(function) else {
                 if required.contains(&function) {
                     anyhow::bail!(
@@ -205,22 +248,28 @@ impl Tracer {
             // A uretprobe replaces the return address at [sp] when the function is entered, so
             // an entry probe placed past the first instruction would read the trampoline
             // instead of the caller: only entry-only probes (free, munmap) are moved.
-            let offset = if needs_return {
+            let offset = if needs_return || self.probe_at_entry {
                 0
             } else {
                 probe_offset(&f.head)
             };
             let target = PathBuf::from(module);
-            self.attach_one(program, f.file_offset + offset, &target, scope)
-                .with_context(|| {
-                    format!(
-                        "failed to attach uprobe `{function}` in `{}`",
-                        module.display()
-                    )
-                })?;
+            self.attach_one(
+                probe.program,
+                f.file_offset + offset,
+                probe.cookie,
+                &target,
+                scope,
+            )
+            .with_context(|| {
+                format!(
+                    "failed to attach uprobe `{function}` in `{}`",
+                    module.display()
+                )
+            })?;
             if needs_return {
                 // The return probe must sit on the function's first byte.
-                self.attach_one(RETURN_PROGRAM, f.file_offset, &target, scope)
+                self.attach_one(RETURN_PROGRAM, f.file_offset, 0, &target, scope)
                     .with_context(|| {
                         format!(
                             "failed to attach uretprobe `{function}` in `{}`",
@@ -237,6 +286,7 @@ impl Tracer {
         &mut self,
         program: &str,
         file_offset: u64,
+        cookie: u64,
         target: &Path,
         scope: UProbeScope,
     ) -> Result<()> {
@@ -245,11 +295,11 @@ impl Tracer {
             .program_mut(program)
             .ok_or_else(|| anyhow!("eBPF object has no program {program}"))?
             .try_into()?;
-        probe.attach(
-            UProbeAttachLocation::AbsoluteOffset(file_offset),
-            target,
-            scope,
-        )?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+            cookie: (cookie != 0).then_some(cookie),
+        };
+        probe.attach(point, target, scope)?;
         Ok(())
     }
 

@@ -82,6 +82,9 @@ pub struct TraceArgs {
     /// In stacks with Python frames, leave out native frames.
     #[arg(long)]
     pub no_native: bool,
+    /// Put every probe on its function's first byte (benchmarks: shows what placement saves).
+    #[arg(long, hide = true)]
+    pub probe_at_entry: bool,
     /// Python frames recorded per stack at most (the outermost are cut and counted).
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
     pub max_python_depth: u32,
@@ -125,6 +128,7 @@ impl TraceArgs {
             max_allocs: self.max_allocs,
             python: !self.no_python,
             pymalloc: self.pymalloc,
+            probe_at_entry: self.probe_at_entry,
             native: !self.no_native,
             max_python_depth: self.max_python_depth,
         }

@@ -40,6 +40,8 @@ pub struct AttachOptions {
     pub python: bool,
     /// Also probe pymalloc (`--pymalloc`).
     pub pymalloc: bool,
+    /// Every probe on its function's first byte (benchmarks).
+    pub probe_at_entry: bool,
     /// Keep native frames in stacks that have Python frames.
     pub native: bool,
     pub max_python_depth: u32,
@@ -160,6 +162,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         let t0 = Instant::now();
         let attached = Tracer::load(Limits {
             max_allocs: opts.max_allocs,
+            probe_at_entry: opts.probe_at_entry,
         })
         .and_then(|mut tracer| {
             let probes = tracer.attach(target.pid, &target.allocator_host_path)?;
