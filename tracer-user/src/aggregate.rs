@@ -120,6 +120,9 @@ pub fn merge(resolved: Vec<Resolved>, now_ns: u64) -> Vec<StackReport> {
             live_allocs: agg.live_allocs,
             oldest_age_s: now_ns.saturating_sub(agg.oldest_ts_ns) as f64 / 1e9,
             growth_bytes_per_s: growth,
+            alloc_bytes: 0,
+            alloc_count: 0,
+            trend: None,
         })
         .collect();
     out.sort_by(|a, b| {

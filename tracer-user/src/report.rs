@@ -70,6 +70,16 @@ pub struct StackReport {
     pub live_allocs: u64,
     pub oldest_age_s: f64,
     pub growth_bytes_per_s: Option<f64>,
+    // Additions to v1.
+    /// Bytes allocated from this stack while traced (freed or not).
+    #[serde(default)]
+    pub alloc_bytes: u64,
+    /// Allocations made from this stack while traced (freed or not).
+    #[serde(default)]
+    pub alloc_count: u64,
+    /// `growing`, `plateaued`, `churning` or `transient`; null when not classified.
+    #[serde(default)]
+    pub trend: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -256,6 +266,9 @@ mod tests {
                     live_allocs: 1000,
                     oldest_age_s: 2.0,
                     growth_bytes_per_s: Some(1000.0),
+                    alloc_bytes: 8_192_000,
+                    alloc_count: 2000,
+                    trend: Some("growing".into()),
                 },
                 StackReport {
                     frames: vec![
@@ -267,6 +280,9 @@ mod tests {
                     live_allocs: 1,
                     oldest_age_s: 1.5,
                     growth_bytes_per_s: None,
+                    alloc_bytes: 3700,
+                    alloc_count: 1,
+                    trend: None,
                 },
             ],
             min_age_s: 1.0,

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Request throughput of the demo FastAPI app (demo/app.py, uvicorn, 127.0.0.1 only) untraced,
+# traced by leaktrace (exact mode), traced without Python frames (--no-python: what the frame
+# walk costs), and traced with --pymalloc, interleaved in one run. MODES picks a subset.
+# Load: wrk, 1 thread, 8 connections, bounded by time. Prints requests/s per mode (median of
+# ROUNDS) and the ratio to untraced. Needs root, ./dev setup, a release build, and wrk (Debian).
+# usage: bench/fastapi_overhead.sh [ROUNDS] [SECONDS] [PATH]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+SECS=${2:-8}
+URLPATH=${3:-/health}
+LT=${LEAKTRACE_BIN:-target/release/leaktrace}
+PORT=${BENCH_PORT:-8741}
+[ -x "$LT" ] || { echo "build leaktrace first: cargo build --release" >&2; exit 1; }
+[ -x .venv/bin/python ] || { echo "run ./dev setup first" >&2; exit 1; }
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+work=$(mktemp -d)
+app=""
+cleanup() { [ -n "$app" ] && kill "$app" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+start_app() {
+    (cd demo && exec ../.venv/bin/python -m uvicorn app:app --host 127.0.0.1 --port "$PORT" --log-level warning) >"$work/app.log" 2>&1 &
+    app=$!
+    until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; do
+        kill -0 "$app" || { cat "$work/app.log" >&2; exit 1; }
+        sleep 0.1
+    done
+}
+
+# One measurement; $1 = mode (untraced | exact | pymalloc). Prints requests/s.
+measure() {
+    local mode=$1 tracer="" rps
+    start_app
+    if [ "$mode" != untraced ]; then
+        local extra=() ready="recording Python frames"
+        [ "$mode" = pymalloc ] && extra=(--pymalloc)
+        [ "$mode" = nopython ] && extra=(--no-python) && ready="leaktrace: attached"
+        "$LT" attach "$app" --interval 3600 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$work/lt.err" &
+        tracer=$!
+        until grep -q "$ready" "$work/lt.err"; do
+            kill -0 "$tracer" 2>/dev/null || { cat "$work/lt.err" >&2; exit 1; }
+            sleep 0.05
+        done
+    fi
+    rps=$(wrk -t1 -c8 -d"${SECS}s" "http://127.0.0.1:$PORT$URLPATH" | awk '/Requests\/sec/ {print $2}')
+    if [ -n "$tracer" ]; then kill -INT "$tracer"; wait "$tracer" || true; fi
+    kill "$app"; wait "$app" 2>/dev/null || true; app=""
+    echo "$rps"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+MODES=${MODES:-untraced exact nopython pymalloc}
+declare -A results
+for round in $(seq "$ROUNDS"); do
+    for mode in $MODES; do
+        results[$mode]+="$(measure "$mode")"$'\n'
+    done
+    echo "round $round/$ROUNDS done" >&2
+done
+u=$(printf '%s' "${results[untraced]}" | median)
+echo "machine: $(uname -r), $(nproc) cpus; GET $URLPATH, wrk -t1 -c8, $ROUNDS interleaved rounds of ${SECS}s (median)"
+for mode in $MODES; do
+    r=$(printf '%s' "${results[$mode]}" | median)
+    printf '%-10s %10.1f req/s  (%.3f of untraced)\n' "$mode" "$r" "$(echo "$r / $u" | bc -l)"
+done
