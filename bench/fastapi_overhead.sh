@@ -17,12 +17,21 @@ PORT=${BENCH_PORT:-8741}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 work=$(mktemp -d)
 app=""
-cleanup() { [ -n "$app" ] && kill "$app" 2>/dev/null; rm -rf "$work"; }
+# measure runs in a command substitution (a subshell): PIDs to clean up go through files.
+cleanup() {
+    for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
 start_app() {
+    if curl -s "http://127.0.0.1:$PORT/" >/dev/null 2>&1; then
+        echo "port $PORT is already in use: set BENCH_PORT" >&2
+        exit 1
+    fi
     (cd demo && exec ../.venv/bin/python -m uvicorn app:app --host 127.0.0.1 --port "$PORT" --log-level warning) >"$work/app.log" 2>&1 &
     app=$!
+    echo "$app" >"$work/app.pid"
     until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; do
         kill -0 "$app" || { cat "$work/app.log" >&2; exit 1; }
         sleep 0.1
@@ -39,6 +48,7 @@ measure() {
         [ "$mode" = nopython ] && extra=(--no-python) && ready="leaktrace: attached"
         "$LT" attach "$app" --interval 3600 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$work/lt.err" &
         tracer=$!
+        echo "$tracer" >"$work/tracer.pid"
         until grep -q "$ready" "$work/lt.err"; do
             kill -0 "$tracer" 2>/dev/null || { cat "$work/lt.err" >&2; exit 1; }
             sleep 0.05
@@ -47,6 +57,7 @@ measure() {
     rps=$(wrk -t1 -c8 -d"${SECS}s" "http://127.0.0.1:$PORT$URLPATH" | awk '/Requests\/sec/ {print $2}')
     if [ -n "$tracer" ]; then kill -INT "$tracer"; wait "$tracer" || true; fi
     kill "$app"; wait "$app" 2>/dev/null || true; app=""
+    rm -f "$work/app.pid" "$work/tracer.pid"
     echo "$rps"
 }
 

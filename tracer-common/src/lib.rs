@@ -27,6 +27,8 @@ pub const MAP_PY_TSTATES: &str = "PY_TSTATES";
 pub const MAP_PY_STACKS: &str = "PY_STACKS";
 /// Per-CPU scratch space where a [`PyStack`] is built before it is hashed.
 pub const MAP_PY_SCRATCH: &str = "PY_SCRATCH";
+/// Per-CPU buffer holding the frame being read.
+pub const MAP_PY_FRAME_BUF: &str = "PY_FRAME_BUF";
 
 /// Default capacity of [`MAP_ALLOCS`] (`--max-allocs`).
 pub const DEFAULT_MAX_ALLOCS: u32 = 1_000_000;
@@ -40,6 +42,9 @@ pub const MAX_PENDING: u32 = 16_384;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 /// Frames kept per native stack (the kernel's PERF_MAX_STACK_DEPTH).
 pub const MAX_NATIVE_FRAMES: usize = 127;
+/// Bytes of a Python frame read at once by the walker: every frame field it needs must lie
+/// within them (user space checks the layout against it).
+pub const PY_FRAME_WINDOW: usize = 128;
 /// Python frames kept per stack at most (`--max-python-depth` may lower it).
 pub const MAX_PY_FRAMES: usize = 128;
 /// Default capacity of [`MAP_PY_STACKS`].

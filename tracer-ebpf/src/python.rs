@@ -8,13 +8,13 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_probe_read_user,
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
 use tracer_common::{
     Counter, FrameModel, PyConfig, PyFrame, PyStack, DEFAULT_MAX_PY_STACKS, MAX_PY_FRAMES,
-    MAX_PY_TARGETS, MAX_PY_THREADS, NO_FIELD,
+    MAX_PY_TARGETS, MAX_PY_THREADS, NO_FIELD, PY_FRAME_WINDOW,
 };
 
 use crate::maps::count;
@@ -32,6 +32,9 @@ pub static PY_STACKS: HashMap<u64, PyStack> =
 #[map]
 pub static PY_SCRATCH: PerCpuArray<PyStack> = PerCpuArray::with_max_entries(1, 0);
 
+#[map]
+pub static PY_FRAME_BUF: PerCpuArray<[u8; PY_FRAME_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
+
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
@@ -45,6 +48,48 @@ fn read_u64(addr: u64) -> Option<u64> {
 fn read_u8(addr: u64) -> Option<u8> {
     // SAFETY: as above.
     unsafe { bpf_probe_read_user(addr as *const u8) }.ok()
+}
+
+/// The u64 at `off` in a frame window. The fields are 8-byte aligned (user space checks), so
+/// the window is indexed as words: `(off / 8) % 16` is provably in bounds for the verifier.
+#[inline(always)]
+fn window_u64(buf: &[u8; PY_FRAME_WINDOW], off: u64) -> u64 {
+    let i = (off as usize >> 3) & (PY_FRAME_WINDOW / 8 - 1);
+    // SAFETY: i * 8 + 8 <= PY_FRAME_WINDOW, and map values are 8-byte aligned.
+    unsafe { *buf.as_ptr().cast::<u64>().add(i) }
+}
+
+#[inline(always)]
+fn window_u8(buf: &[u8; PY_FRAME_WINDOW], off: u64) -> u8 {
+    buf[off as usize & (PY_FRAME_WINDOW - 1)]
+}
+
+/// (code, instruction, previous frame, is a C-stack shim) of the frame at `frame`: one read
+/// of the frame's first bytes, or field by field when that read fails (a frame at the very
+/// end of a mapping).
+#[inline(always)]
+fn read_frame(
+    cfg: &PyConfig,
+    frame: u64,
+    buf: &mut [u8; PY_FRAME_WINDOW],
+) -> Option<(u64, u64, u64, bool)> {
+    let has_owner = cfg.frame_owner != NO_FIELD;
+    // SAFETY: bpf_probe_read_user_buf tolerates any source address.
+    if unsafe { bpf_probe_read_user_buf(frame as *const u8, buf) }.is_ok() {
+        let shim = has_owner && u64::from(window_u8(buf, cfg.frame_owner)) == cfg.owner_cstack;
+        return Some((
+            window_u64(buf, cfg.frame_code),
+            window_u64(buf, cfg.frame_instr),
+            window_u64(buf, cfg.frame_back),
+            shim,
+        ));
+    }
+    let code = read_u64(frame.wrapping_add(cfg.frame_code))?;
+    let instr = read_u64(frame.wrapping_add(cfg.frame_instr))?;
+    let back = read_u64(frame.wrapping_add(cfg.frame_back))?;
+    let shim = has_owner
+        && read_u8(frame.wrapping_add(cfg.frame_owner)).map(u64::from) == Some(cfg.owner_cstack);
+    Some((code, instr, back, shim))
 }
 
 /// The first frame of a thread.
@@ -84,6 +129,11 @@ fn walk(cfg: &PyConfig, tstate: u64) -> u64 {
     };
     // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU.
     let scratch = unsafe { &mut *scratch };
+    let Some(buf) = PY_FRAME_BUF.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let buf = unsafe { &mut *buf };
     let Some(mut frame) = top_frame(cfg, tstate) else {
         count(Counter::PyReadError);
         return 0;
@@ -102,17 +152,10 @@ fn walk(cfg: &PyConfig, tstate: u64) -> u64 {
         if frame == 0 || i >= max {
             break;
         }
-        let (Some(code), Some(instr), Some(back)) = (
-            read_u64(frame.wrapping_add(cfg.frame_code)),
-            read_u64(frame.wrapping_add(cfg.frame_instr)),
-            read_u64(frame.wrapping_add(cfg.frame_back)),
-        ) else {
+        let Some((code, instr, back, shim)) = read_frame(cfg, frame, buf) else {
             count(Counter::PyReadError);
             break;
         };
-        let shim = cfg.frame_owner != NO_FIELD
-            && read_u8(frame.wrapping_add(cfg.frame_owner)).map(u64::from)
-                == Some(cfg.owner_cstack);
         let code = if shim { 0 } else { code };
         let name = if code == 0 {
             0

@@ -13,7 +13,12 @@ fn main() {
     let code = match leaktrace::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("leaktrace: error: {}", one_line(&err));
+            if std::env::var_os("LEAKTRACE_FULL_ERRORS").is_some() {
+                // For bug reports: the whole chain, verifier logs included.
+                eprintln!("leaktrace: error: {err:#}");
+            } else {
+                eprintln!("leaktrace: error: {}", one_line(&err));
+            }
             match code_of(&err) {
                 exit::OK => exit::FAILED,
                 code => code,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tracer_common::{FrameModel, PyConfig, PyFrame, MAX_PY_FRAMES, NO_FIELD};
+use tracer_common::{FrameModel, PyConfig, PyFrame, MAX_PY_FRAMES, NO_FIELD, PY_FRAME_WINDOW};
 
 use crate::{
     elf::ElfFile,
@@ -249,6 +249,13 @@ impl Interpreter {
                     }
                 }
             }
+            let cfg = interp.config(MAX_PY_FRAMES as u32);
+            if !frame_fields_fit(&cfg) {
+                return Err(NotPython::Unsupported(format!(
+                    "Python {} keeps frame fields beyond the {PY_FRAME_WINDOW} bytes leaktrace reads per frame",
+                    interp.version()
+                )));
+            }
             return Ok(interp);
         }
         Err(NotPython::Absent)
@@ -260,47 +267,7 @@ impl Interpreter {
 
     /// The walker's settings for this interpreter.
     pub fn config(&self, max_depth: u32) -> PyConfig {
-        let l = &self.layout;
-        let opt = |v: u64| if Layout::has(v) { v } else { NO_FIELD };
-        let max_depth = max_depth.min(MAX_PY_FRAMES as u32);
-        match self.minor {
-            ..=10 => PyConfig {
-                model: FrameModel::FrameObject as u32,
-                max_depth,
-                tstate_frame: l.tstate_frame,
-                cframe_current_frame: NO_FIELD,
-                frame_code: l.frame_code,
-                frame_back: l.frame_back,
-                frame_instr: l.frame_lasti,
-                frame_owner: NO_FIELD,
-                owner_cstack: 0,
-                code_name: l.code_name,
-            },
-            11 | 12 => PyConfig {
-                model: FrameModel::CFrame as u32,
-                max_depth,
-                tstate_frame: l.tstate_cframe,
-                cframe_current_frame: l.cframe_current_frame,
-                frame_code: l.iframe_code,
-                frame_back: l.iframe_previous,
-                frame_instr: l.iframe_instr,
-                frame_owner: opt(l.iframe_owner),
-                owner_cstack: l.owner_cstack,
-                code_name: l.code_name,
-            },
-            _ => PyConfig {
-                model: FrameModel::CurrentFrame as u32,
-                max_depth,
-                tstate_frame: l.tstate_current_frame,
-                cframe_current_frame: NO_FIELD,
-                frame_code: l.iframe_code,
-                frame_back: l.iframe_previous,
-                frame_instr: l.iframe_instr,
-                frame_owner: opt(l.iframe_owner),
-                owner_cstack: l.owner_cstack,
-                code_name: l.code_name,
-            },
-        }
+        config_for(&self.layout, self.minor, max_depth)
     }
 
     /// Every Python thread state with its kernel thread id. Empty before the interpreter has
@@ -503,6 +470,64 @@ impl Interpreter {
     }
 }
 
+/// The walker's settings for a CPython 3.`minor` layout.
+pub fn config_for(l: &Layout, minor: u32, max_depth: u32) -> PyConfig {
+    let opt = |v: u64| if Layout::has(v) { v } else { NO_FIELD };
+    let max_depth = max_depth.min(MAX_PY_FRAMES as u32);
+    match minor {
+        ..=10 => PyConfig {
+            model: FrameModel::FrameObject as u32,
+            max_depth,
+            tstate_frame: l.tstate_frame,
+            cframe_current_frame: NO_FIELD,
+            frame_code: l.frame_code,
+            frame_back: l.frame_back,
+            frame_instr: l.frame_lasti,
+            frame_owner: NO_FIELD,
+            owner_cstack: 0,
+            code_name: l.code_name,
+        },
+        11 | 12 => PyConfig {
+            model: FrameModel::CFrame as u32,
+            max_depth,
+            tstate_frame: l.tstate_cframe,
+            cframe_current_frame: l.cframe_current_frame,
+            frame_code: l.iframe_code,
+            frame_back: l.iframe_previous,
+            frame_instr: l.iframe_instr,
+            frame_owner: opt(l.iframe_owner),
+            owner_cstack: l.owner_cstack,
+            code_name: l.code_name,
+        },
+        _ => PyConfig {
+            model: FrameModel::CurrentFrame as u32,
+            max_depth,
+            tstate_frame: l.tstate_current_frame,
+            cframe_current_frame: NO_FIELD,
+            frame_code: l.iframe_code,
+            frame_back: l.iframe_previous,
+            frame_instr: l.iframe_instr,
+            frame_owner: opt(l.iframe_owner),
+            owner_cstack: l.owner_cstack,
+            code_name: l.code_name,
+        },
+    }
+}
+
+/// Whether every frame field the walker reads lies in the window it reads per frame.
+pub fn frame_fields_fit(cfg: &PyConfig) -> bool {
+    let fits = |off: u64, size: u64| {
+        off.checked_add(size)
+            .is_some_and(|end| end <= PY_FRAME_WINDOW as u64)
+    };
+    // Pointer fields are read as aligned words of the window.
+    let word = |off: u64| off % 8 == 0 && fits(off, 8);
+    word(cfg.frame_code)
+        && word(cfg.frame_instr)
+        && word(cfg.frame_back)
+        && (cfg.frame_owner == NO_FIELD || fits(cfg.frame_owner, 1))
+}
+
 /// Kernel thread ids of a process.
 fn task_ids(pid: u32) -> HashSet<u32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -542,6 +567,20 @@ pub fn find_offset_in(blobs: &[Vec<u8>], tids: &HashSet<u32>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_supported_layout_fits_the_frame_window() {
+        for minor in 8..=13 {
+            let layout = layout_for(3, minor).unwrap();
+            let interp_cfg = |model_minor: u32| config_for(&layout, model_minor, 128);
+            assert!(frame_fields_fit(&interp_cfg(minor)), "3.{minor}");
+        }
+        let mut cfg = config_for(&layout_for(3, 11).unwrap(), 11, 128);
+        cfg.frame_back = 124;
+        assert!(!frame_fields_fit(&cfg), "beyond the window");
+        cfg.frame_back = 12;
+        assert!(!frame_fields_fit(&cfg), "unaligned");
+    }
 
     #[test]
     fn finds_tid_offset_shared_by_every_thread() {
