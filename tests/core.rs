@@ -423,3 +423,36 @@ fn no_probe_survives_exit_even_after_sigkill() {
     fixture.stdout.wait_for("done", T);
     assert!(fixture.is_running());
 }
+
+#[test]
+fn sigusr1_writes_a_snapshot_and_tracing_goes_on() {
+    require_root();
+    let fixture = start_fixture(&[]);
+    let out = out_path("snap.json");
+    let mut tracer = attach(
+        fixture.pid(),
+        &["--min-age", "0", "-o", out.to_str().unwrap()],
+    );
+    fixture.signal(SIGUSR1);
+    fixture.stdout.wait_for("done", T);
+    std::thread::sleep(Duration::from_millis(300));
+    tracer.signal(SIGUSR1);
+    let line = tracer.stderr.wait_for("snapshot written to", T);
+    let path = line.split('`').nth(1).expect("snapshot path in backquotes");
+    let name = std::path::Path::new(path)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        name.starts_with("snap-") && name.ends_with("Z.json"),
+        "{name}"
+    );
+    let snapshot = read_json(std::path::Path::new(path));
+    assert_eq!(site(&snapshot, "leak_here", &["malloc"]).0, 4096000);
+    assert!(tracer.is_running(), "a snapshot does not stop tracing");
+    tracer.signal(SIGINT);
+    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
+    assert_eq!(site(&read_json(&out), "leak_here", &["malloc"]).0, 4096000);
+    std::fs::remove_file(path).unwrap();
+}

@@ -90,12 +90,14 @@ pub struct Resolved {
     pub frames: Vec<Frame>,
     pub agg: StackAgg,
     pub growth: Option<f64>,
+    /// (bytes, allocations) allocated from this stack while traced, freed or not.
+    pub allocated: (u64, u64),
 }
 
 /// Merges stacks with identical frames and sorts by live bytes (largest first, then by
 /// frames for a deterministic order).
 pub fn merge(resolved: Vec<Resolved>, now_ns: u64) -> Vec<StackReport> {
-    let mut by_frames: HashMap<Vec<Frame>, (StackAgg, Option<f64>)> = HashMap::new();
+    let mut by_frames: HashMap<Vec<Frame>, (StackAgg, Option<f64>, (u64, u64))> = HashMap::new();
     for r in resolved {
         let e = by_frames.entry(r.frames).or_insert((
             StackAgg {
@@ -103,7 +105,10 @@ pub fn merge(resolved: Vec<Resolved>, now_ns: u64) -> Vec<StackReport> {
                 ..Default::default()
             },
             None,
+            (0, 0),
         ));
+        e.2 .0 += r.allocated.0;
+        e.2 .1 += r.allocated.1;
         e.0.live_bytes += r.agg.live_bytes;
         e.0.live_allocs += r.agg.live_allocs;
         e.0.oldest_ts_ns = e.0.oldest_ts_ns.min(r.agg.oldest_ts_ns);
@@ -114,14 +119,14 @@ pub fn merge(resolved: Vec<Resolved>, now_ns: u64) -> Vec<StackReport> {
     }
     let mut out: Vec<StackReport> = by_frames
         .into_iter()
-        .map(|(frames, (agg, growth))| StackReport {
+        .map(|(frames, (agg, growth, allocated))| StackReport {
             frames,
             live_bytes: agg.live_bytes,
             live_allocs: agg.live_allocs,
             oldest_age_s: now_ns.saturating_sub(agg.oldest_ts_ns) as f64 / 1e9,
             growth_bytes_per_s: growth,
-            alloc_bytes: 0,
-            alloc_count: 0,
+            alloc_bytes: allocated.0,
+            alloc_count: allocated.1,
             trend: None,
         })
         .collect();
@@ -215,16 +220,19 @@ mod tests {
                     frames: frames("a"),
                     agg: agg(10, 5),
                     growth: Some(1.0),
+                    allocated: (40, 4),
                 },
                 Resolved {
                     frames: frames("b"),
                     agg: agg(30, 7),
                     growth: None,
+                    allocated: (30, 1),
                 },
                 Resolved {
                     frames: frames("a"),
                     agg: agg(25, 2),
                     growth: Some(2.0),
+                    allocated: (100, 10),
                 },
             ],
             4_000_000_002,
@@ -234,6 +242,7 @@ mod tests {
         assert_eq!(out[0].live_bytes, 35);
         assert_eq!(out[0].live_allocs, 2);
         assert_eq!(out[0].growth_bytes_per_s, Some(3.0));
+        assert_eq!((out[0].alloc_bytes, out[0].alloc_count), (140, 14));
         assert!((out[0].oldest_age_s - 4.0).abs() < 1e-9);
         assert_eq!(out[1].live_bytes, 30);
         assert_eq!(out[1].growth_bytes_per_s, None);

@@ -4,8 +4,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
     io::{Seek, Write},
-    path::Path,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -154,6 +153,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sighup = signal(SignalKind::hangup())?;
+        let mut sigusr1 = signal(SignalKind::user_defined1())?;
 
         eprintln!(
             "leaktrace: attaching to pid {} ({}), allocator in {} ...",
@@ -238,6 +238,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
                 _ = sigint.recv() => break Stop::Signal("SIGINT"),
                 _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
                 _ = sighup.recv() => break Stop::Signal("SIGHUP"),
+                _ = sigusr1.recv() => session.write_snapshot()?,
                 _ = tick.tick() => {
                     ticks += 1;
                     session.drain();
@@ -561,15 +562,22 @@ impl Session {
         Ok(())
     }
 
-    fn finish(mut self, stop: Stop, out: &mut File) -> Result<i32> {
+    /// What is live now, as a report: at the end (`stop` set) or for a snapshot while tracing.
+    fn build_report(&mut self, stop: Option<Stop>) -> Result<Report> {
         let now_ns = monotonic_ns();
         self.drain();
-        if stop != Stop::TargetExited {
+        if stop != Some(Stop::TargetExited) {
             let _ = self.resolver.refresh(self.target.pid);
         }
         self.sample()?;
         let counters = self.tracer.counters()?;
         let heap = self.tracer.allocs()?;
+        let allocated: HashMap<StackKey, (u64, u64)> = self
+            .tracer
+            .stack_totals()?
+            .into_iter()
+            .map(|(k, t)| (k, (t.total_bytes, t.total_allocs)))
+            .collect();
         let min_age_ns = self.opts.min_age.as_nanos() as u64;
         let live = heap
             .iter()
@@ -594,10 +602,35 @@ impl Session {
                 frames: self.frames(k),
                 agg: groups[k],
                 growth: self.series.growth(k),
+                allocated: allocated.get(k).copied().unwrap_or_default(),
             })
             .collect();
         let stacks = aggregate::merge(resolved, now_ns);
-        let report = self.report(stop, &counters, stacks);
+        Ok(self.report(stop, &counters, stacks))
+    }
+
+    /// SIGUSR1: writes a timestamped report next to the final one, and goes on tracing.
+    fn write_snapshot(&mut self) -> Result<()> {
+        let report = self.build_report(None)?;
+        let path = snapshot_path(&self.opts.output, std::time::SystemTime::now());
+        let file = File::create(&path).map_err(|e| {
+            user(format!(
+                "cannot write the snapshot `{}`: {e}",
+                path.display()
+            ))
+        })?;
+        report.write(self.opts.format, std::io::BufWriter::new(file))?;
+        eprintln!(
+            "leaktrace: snapshot written to `{}` ({} stacks, {} live); tracing goes on",
+            path.display(),
+            report.stacks.len(),
+            human_bytes(report.totals.live_bytes)
+        );
+        Ok(())
+    }
+
+    fn finish(mut self, stop: Stop, out: &mut File) -> Result<i32> {
+        let report = self.build_report(Some(stop))?;
         // Detach before the (possibly slow) rendering: the target runs free again.
         let Session {
             opts,
@@ -630,7 +663,7 @@ impl Session {
         })
     }
 
-    fn report(&self, stop: Stop, counters: &Counters, stacks: Vec<StackReport>) -> Report {
+    fn report(&self, stop: Option<Stop>, counters: &Counters, stacks: Vec<StackReport>) -> Report {
         let mut notes = Vec::new();
         let dropped = counters.dropped();
         if dropped > 0 {
@@ -638,12 +671,12 @@ impl Session {
                 "{dropped} allocations were not tracked (map full or lost events): the numbers are lower bounds; raise --max-allocs"
             ));
         }
-        if let (Stop::TargetExited, Some(_)) = (stop, self.child) {
+        if let (Some(Stop::TargetExited), Some(_)) = (stop, self.child) {
             notes.push(
                 "the command exited: the report shows what was live just before it did (a Python program's shutdown frees most of its objects first; stop with --duration to see them)"
                     .to_string(),
             );
-        } else if let Stop::TargetExited = stop {
+        } else if let Some(Stop::TargetExited) = stop {
             notes.push(format!(
                 "process {} exited after {:.1} s of tracing: the report shows what was live just before it exited",
                 self.target.pid,
@@ -715,6 +748,61 @@ fn print_summary(opts: &AttachOptions, target: &TargetProcess, report: &Report, 
         opts.output.display(),
         report.stacks.len()
     );
+}
+
+/// `leaks.svg` -> `leaks-20261123T232100Z.svg`: where a SIGUSR1 snapshot goes.
+pub fn snapshot_path(output: &Path, now: std::time::SystemTime) -> PathBuf {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let stamp = format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    let stem = output
+        .file_stem()
+        .map_or_else(|| "leaktrace".into(), |s| s.to_string_lossy().into_owned());
+    let name = match output.extension() {
+        Some(ext) => format!("{stem}-{stamp}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{stamp}"),
+    };
+    output.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_carry_a_utc_timestamp() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_795_476_060); // 2026-11-23 23:21:00
+        assert_eq!(
+            snapshot_path(Path::new("out/leaks.svg"), t),
+            PathBuf::from("out/leaks-20261123T232100Z.svg")
+        );
+        assert_eq!(
+            snapshot_path(Path::new("report"), std::time::UNIX_EPOCH),
+            PathBuf::from("report-19700101T000000Z")
+        );
+        let leap = std::time::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(
+            snapshot_path(Path::new("a.json"), leap),
+            PathBuf::from("a-20000229T000000Z.json")
+        );
+    }
 }
 
 /// The innermost few frames above the allocator, innermost first: `leak_here (f.c:12) < main`.
