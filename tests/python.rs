@@ -379,3 +379,145 @@ fn pymalloc_on_a_stripped_interpreter_says_what_it_misses() {
         "{stderr}"
     );
 }
+
+/// Text of a tmux pane.
+fn pane(session: &str) -> String {
+    let out = Command::new("tmux")
+        .args(["capture-pane", "-p", "-t", session])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn wait_pane(session: &str, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let text = pane(session);
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pane never showed {needle:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Ends a tmux session this test started, even when the test fails.
+struct TmuxSession(String);
+
+impl Drop for TmuxSession {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn top_shows_the_leak_live_in_a_terminal() {
+    require_root();
+    let py = &interpreters()[4].1; // pyenv 3.12
+    let target = Proc::spawn(Command::new(py).arg(root().join("tests/fixtures/py_leak.py")));
+    target.stdout.wait_for("ready", T);
+    let out = out_path("top.json");
+    let rc = out_path("top.rc");
+    let err = out_path("top.err");
+    let name = format!("leaktrace-top-{}", std::process::id());
+    let _session = TmuxSession(name.clone());
+    let cmd = format!(
+        "{} top {} --interval 0.5 -o {} 2>{}; echo $? > {}; sleep 60",
+        leaktrace_bin().display(),
+        target.pid(),
+        out.display(),
+        err.display(),
+        rc.display()
+    );
+    let status = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &name,
+            "-x",
+            "200",
+            "-y",
+            "30",
+            &cmd,
+        ])
+        .status()
+        .expect("tmux is installed by ./dev setup");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + T;
+    while !std::fs::read_to_string(&err)
+        .unwrap_or_default()
+        .contains("recording Python frames")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", pane(&name));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    target.signal(SIGUSR1);
+    let leak_line = line_of("py_leak.py", "SITE:leaky");
+    let screen = wait_pane(&name, &format!("leaky (py_leak.py:{leak_line})"));
+    assert!(
+        screen.contains(&format!("leaktrace top: pid {}", target.pid())),
+        "{screen}"
+    );
+    assert!(screen.contains("stacks by growth"), "{screen}");
+    assert!(screen.contains("total live bytes"), "{screen}");
+    Command::new("tmux")
+        .args(["send-keys", "-t", &name, "s"])
+        .status()
+        .unwrap();
+    wait_pane(&name, "stacks by live bytes");
+    Command::new("tmux")
+        .args(["send-keys", "-t", &name, "f"])
+        .status()
+        .unwrap();
+    wait_pane(&name, "(frozen)");
+    Command::new("tmux")
+        .args(["send-keys", "-t", &name, "q"])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while std::fs::read_to_string(&rc).unwrap_or_default().trim() != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "top did not exit 0 on q: {}",
+            pane(&name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = read_json(&out);
+    assert_eq!(
+        python_frames(&report["stacks"][0])
+            .last()
+            .map(|f| f.0.clone()),
+        Some("leaky".into())
+    );
+}
+
+#[test]
+fn top_without_a_terminal_prints_plain_tables() {
+    require_root();
+    let py = &interpreters()[4].1;
+    let target = Proc::spawn(Command::new(py).arg(root().join("tests/fixtures/py_leak.py")));
+    target.stdout.wait_for("ready", T);
+    let out = out_path("top-plain.json");
+    let pid = target.pid().to_string();
+    let mut top = leaktrace(&[
+        "top",
+        &pid,
+        "--interval",
+        "0.5",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    top.stderr.wait_for("recording Python frames", T);
+    target.signal(SIGUSR1);
+    let line = top.stdout.wait_for("leaky (py_leak.py:", T);
+    assert!(line.contains("[malloc]"), "{line}");
+    top.signal(SIGINT);
+    assert_eq!(top.wait(T), 0, "{}", top.stderr.text());
+}

@@ -29,6 +29,9 @@ pub enum Command {
     Attach(AttachArgs),
     /// Start a command and trace it from its first allocation.
     Run(RunArgs),
+    /// Attach to a running process with a live full-screen view (plain tables when stdout is
+    /// not a terminal): totals, a sparkline of live bytes, top stacks with growth and trend.
+    Top(AttachArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +63,9 @@ pub struct TraceArgs {
     /// Leave out allocations younger than this at the end (in-flight requests are not leaks).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds_or_zero)]
     pub min_age: Duration,
+    /// How tables and the live view rank stacks. Reports keep the JSON order (live bytes).
+    #[arg(long, value_enum, default_value = "growth")]
+    pub sort: crate::view::SortBy,
     /// Stacks shown in each table.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
@@ -129,6 +135,8 @@ impl TraceArgs {
             python: !self.no_python,
             pymalloc: self.pymalloc,
             probe_at_entry: self.probe_at_entry,
+            sort: self.sort,
+            live_view: false,
             native: !self.no_native,
             max_python_depth: self.max_python_depth,
         }
@@ -140,6 +148,10 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Attach(a) => session::attach(a.trace.options(a.pid)),
         Command::Run(r) => session::run_command(|pid| r.trace.options(pid), &r.command),
+        Command::Top(a) => session::attach(AttachOptions {
+            live_view: true,
+            ..a.trace.options(a.pid)
+        }),
     }
 }
 

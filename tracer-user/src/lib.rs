@@ -19,5 +19,6 @@ pub mod session;
 pub mod spawn;
 pub mod symbolize;
 pub mod target;
+pub mod view;
 
 pub use cli::{run, Cli};

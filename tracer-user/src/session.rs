@@ -41,6 +41,10 @@ pub struct AttachOptions {
     pub pymalloc: bool,
     /// Every probe on its function's first byte (benchmarks).
     pub probe_at_entry: bool,
+    /// How tables, the live view and the summary rank stacks.
+    pub sort: crate::view::SortBy,
+    /// `top`: a full-screen live view instead of periodic tables.
+    pub live_view: bool,
     /// Keep native frames in stacks that have Python frames.
     pub native: bool,
     pub max_python_depth: u32,
@@ -99,6 +103,8 @@ struct Session {
     python_search_done: bool,
     /// Files examined for an interpreter.
     interp_files: crate::pyruntime::InterpFiles,
+    /// Where intervals are shown: tables, or `top`'s live view.
+    view: Box<dyn crate::view::View>,
 }
 
 pub fn attach(opts: AttachOptions) -> Result<i32> {
@@ -217,6 +223,14 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             child,
             python_search_done: false,
             interp_files: Default::default(),
+            view: if opts.live_view {
+                crate::view::for_top(opts.pid, opts.top, opts.sort)
+            } else {
+                Box::new(crate::view::TextView {
+                    top: opts.top,
+                    sort: opts.sort,
+                })
+            },
         };
         if let Some(pid) = child {
             if opts.python {
@@ -241,6 +255,9 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
                 _ = sigusr1.recv() => session.write_snapshot()?,
                 _ = tick.tick() => {
                     ticks += 1;
+                    if let Some(crate::view::Key::Quit) = session.view.poll_keys()? {
+                        break Stop::Signal("q");
+                    }
                     session.drain();
                     if ticks % 5 == 0 && session.python.is_none() && !session.python_search_done {
                         // `run`: the interpreter is mapped some time after exec.
@@ -261,7 +278,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
                         next_report += opts.interval;
                         let _ = session.resolver.refresh(session.target.pid);
                         session.sample()?;
-                        session.print_table()?;
+                        session.show_interval()?;
                     }
                 }
             }
@@ -530,36 +547,63 @@ impl Session {
         frames
     }
 
-    fn print_table(&mut self) -> Result<()> {
+    /// The view's picture of this interval: totals and one row per distinct stack.
+    fn view_snapshot(&mut self) -> Result<crate::view::Snapshot> {
         let counters = self.tracer.counters()?;
         let live = self.live_by_stack()?;
         let (bytes, allocs) = live.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
-        let mut rows: Vec<(StackKey, (u64, u64))> =
+        let mut keys: Vec<(StackKey, (u64, u64))> =
             live.into_iter().filter(|(_, v)| v.0 > 0).collect();
-        rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "[{:>6.1}s] live {} in {} allocations | seen {} allocs, {} frees | dropped {}",
-            self.started.elapsed().as_secs_f64(),
-            human_bytes(bytes),
-            allocs,
-            counters.get(Counter::AllocsSeen),
-            counters.get(Counter::FreesSeen),
-            counters.dropped()
-        )?;
-        for (key, (bytes, count)) in rows.into_iter().take(self.opts.top) {
-            let frames = self.frames(&key);
-            writeln!(
-                out,
-                "  {:>10} {:>8}  {}",
-                human_bytes(bytes),
-                count,
-                short_stack(&frames)
-            )?;
+        keys.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+        // Symbolize only the biggest and fastest-growing stacks: the rest are not shown.
+        let limit = self.opts.top.saturating_mul(4).max(40);
+        let mut by_growth = keys.clone();
+        by_growth.sort_by(|a, b| {
+            let g = |k: &StackKey| self.series.growth(k).unwrap_or(f64::NEG_INFINITY);
+            g(&b.0).total_cmp(&g(&a.0))
+        });
+        let mut chosen: Vec<(StackKey, (u64, u64))> = keys.iter().take(limit).copied().collect();
+        for k in by_growth.into_iter().take(limit) {
+            if !chosen.iter().any(|c| c.0 == k.0) {
+                chosen.push(k);
+            }
         }
-        out.flush()?;
-        Ok(())
+        let mut rows: Vec<crate::view::Row> = Vec::new();
+        for (key, (bytes, count)) in chosen {
+            let label = short_stack(&self.frames(&key));
+            let growth = self.series.growth(&key);
+            match rows.iter_mut().find(|r| r.label == label) {
+                Some(r) => {
+                    r.live_bytes += bytes;
+                    r.live_allocs += count;
+                    r.growth_bytes_per_s = match (r.growth_bytes_per_s, growth) {
+                        (Some(a), Some(b)) => Some(a + b),
+                        (a, b) => a.or(b),
+                    };
+                }
+                None => rows.push(crate::view::Row {
+                    label,
+                    live_bytes: bytes,
+                    live_allocs: count,
+                    growth_bytes_per_s: growth,
+                    trend: None,
+                }),
+            }
+        }
+        Ok(crate::view::Snapshot {
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            live_bytes: bytes,
+            live_allocs: allocs,
+            allocs_seen: counters.get(Counter::AllocsSeen),
+            frees_seen: counters.get(Counter::FreesSeen),
+            dropped: counters.dropped(),
+            rows,
+        })
+    }
+
+    fn show_interval(&mut self) -> Result<()> {
+        let snapshot = self.view_snapshot()?;
+        self.view.show(snapshot)
     }
 
     /// What is live now, as a report: at the end (`stop` set) or for a snapshot while tracing.
@@ -637,9 +681,11 @@ impl Session {
             target,
             tracer,
             child,
+            mut view,
             ..
         } = self;
         drop(tracer);
+        view.close();
 
         out.set_len(0)?;
         out.rewind()?;
@@ -787,6 +833,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn short_stacks_lead_with_python_frames() {
+        let py = |f: &str, line| Frame {
+            function: f.into(),
+            file: Some(format!("/srv/app/{f}.py")),
+            line: Some(line),
+            module: None,
+            kind: crate::report::FrameKind::Python,
+        };
+        let frames = vec![
+            py("main", 30),
+            py("leaky", 12),
+            Frame::native("_PyObject_Malloc", Some("libpython3.12.so".into())),
+            Frame::native("malloc", Some("libc.so.6".into())),
+        ];
+        assert_eq!(
+            short_stack(&frames),
+            "leaky (leaky.py:12) < main (main.py:30) [malloc]"
+        );
+        let native = vec![Frame::native("main", None), Frame::native("malloc", None)];
+        assert_eq!(short_stack(&native), "malloc < main");
+    }
+
+    #[test]
     fn snapshot_names_carry_a_utc_timestamp() {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_795_476_060); // 2026-11-23 23:21:00
         assert_eq!(
@@ -805,11 +874,38 @@ mod tests {
     }
 }
 
-/// The innermost few frames above the allocator, innermost first: `leak_here (f.c:12) < main`.
-fn short_stack(frames: &[Frame]) -> String {
-    let mut parts: Vec<String> = frames.iter().rev().take(4).map(Frame::label).collect();
-    if frames.len() > 4 {
+/// A one-line stack for tables, innermost first. With Python frames: the Python frames (file
+/// names only) and the allocator, `leaky (app.py:12) < main (app.py:30) [malloc]`; without:
+/// the innermost native frames, `malloc < leak_here (fixture.c:30) < main (fixture.c:98)`.
+pub fn short_stack(frames: &[Frame]) -> String {
+    const SHOWN: usize = 4;
+    let python: Vec<&Frame> = frames
+        .iter()
+        .rev()
+        .filter(|f| f.kind == crate::report::FrameKind::Python)
+        .collect();
+    if python.is_empty() {
+        let mut parts: Vec<String> = frames.iter().rev().take(SHOWN).map(Frame::label).collect();
+        if frames.len() > SHOWN {
+            parts.push("...".into());
+        }
+        return parts.join(" < ");
+    }
+    let short = |f: &Frame| {
+        let file = f.file.as_deref().map(|p| {
+            Path::new(p)
+                .file_name()
+                .map_or(p.into(), |n| n.to_string_lossy().into_owned())
+        });
+        match (file, f.line) {
+            (Some(file), Some(line)) => format!("{} ({file}:{line})", f.function),
+            _ => f.function.clone(),
+        }
+    };
+    let mut parts: Vec<String> = python.iter().take(SHOWN).map(|f| short(f)).collect();
+    if python.len() > SHOWN {
         parts.push("...".into());
     }
-    parts.join(" < ")
+    let allocator = frames.last().map(|f| f.function.as_str()).unwrap_or("?");
+    format!("{} [{allocator}]", parts.join(" < "))
 }

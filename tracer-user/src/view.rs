@@ -1,0 +1,357 @@
+//! What a person sees while tracing: plain periodic tables, or `leaktrace top`'s live view.
+
+use std::io::{IsTerminal, Write};
+
+use anyhow::Result;
+use ratatui::{
+    crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+    layout::{Constraint, Layout},
+    style::{Modifier, Style},
+    text::Line,
+    widgets::{Block, Borders, Cell, Paragraph, Row as TableRow, Sparkline, Table},
+    DefaultTerminal,
+};
+
+use crate::report::human_bytes;
+
+/// One stack in a view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// Innermost frames first, for a narrow column: `leaky (app.py:12) < main (app.py:30)`.
+    pub label: String,
+    pub live_bytes: u64,
+    pub live_allocs: u64,
+    pub growth_bytes_per_s: Option<f64>,
+    pub trend: Option<&'static str>,
+}
+
+/// Everything a view shows at one interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub elapsed_s: f64,
+    pub live_bytes: u64,
+    pub live_allocs: u64,
+    pub allocs_seen: u64,
+    pub frees_seen: u64,
+    pub dropped: u64,
+    pub rows: Vec<Row>,
+}
+
+/// How stacks are ranked in tables and views (`--sort`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    /// Fastest-growing first (what keeps growing is a leak).
+    Growth,
+    /// Most live bytes first.
+    Live,
+}
+
+impl SortBy {
+    fn toggled(self) -> SortBy {
+        match self {
+            SortBy::Growth => SortBy::Live,
+            SortBy::Live => SortBy::Growth,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SortBy::Growth => "growth",
+            SortBy::Live => "live bytes",
+        }
+    }
+}
+
+/// Orders rows: by growth (stacks without a measured growth last) or by live bytes; ties by
+/// live bytes, then label, so the order is stable.
+pub fn sort_rows(rows: &mut [Row], by: SortBy) {
+    rows.sort_by(|a, b| {
+        let by_live = b
+            .live_bytes
+            .cmp(&a.live_bytes)
+            .then_with(|| a.label.cmp(&b.label));
+        match by {
+            SortBy::Live => by_live,
+            SortBy::Growth => {
+                let g = |r: &Row| r.growth_bytes_per_s.unwrap_or(f64::NEG_INFINITY);
+                g(b).total_cmp(&g(a)).then(by_live)
+            }
+        }
+    });
+}
+
+/// `+1.2 MiB/s`, `-300 B/s`, or `-` when unmeasured.
+pub fn human_rate(rate: Option<f64>) -> String {
+    match rate {
+        None => "-".to_string(),
+        Some(r) => {
+            let sign = if r < 0.0 { "-" } else { "+" };
+            format!("{sign}{}/s", human_bytes(r.abs().round() as u64))
+        }
+    }
+}
+
+/// What the person asked for with a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    Quit,
+}
+
+pub trait View {
+    /// Shows a new interval.
+    fn show(&mut self, snapshot: Snapshot) -> Result<()>;
+    /// Handles pending key presses without blocking.
+    fn poll_keys(&mut self) -> Result<Option<Key>>;
+    /// Leaves the screen as it was found.
+    fn close(&mut self) {}
+}
+
+/// Periodic plain tables on stdout.
+pub struct TextView {
+    pub top: usize,
+    pub sort: SortBy,
+}
+
+impl View for TextView {
+    fn show(&mut self, mut s: Snapshot) -> Result<()> {
+        sort_rows(&mut s.rows, self.sort);
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "[{:>6.1}s] live {} in {} allocations | seen {} allocs, {} frees | dropped {}",
+            s.elapsed_s,
+            human_bytes(s.live_bytes),
+            s.live_allocs,
+            s.allocs_seen,
+            s.frees_seen,
+            s.dropped
+        )?;
+        for r in s.rows.iter().take(self.top) {
+            writeln!(
+                out,
+                "  {:>10} {:>8} {:>12} {:>9}  {}",
+                human_bytes(r.live_bytes),
+                r.live_allocs,
+                human_rate(r.growth_bytes_per_s),
+                r.trend.unwrap_or("-"),
+                r.label
+            )?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    fn poll_keys(&mut self) -> Result<Option<Key>> {
+        Ok(None)
+    }
+}
+
+/// `leaktrace top`: a full-screen view refreshed every interval.
+pub struct TuiView {
+    terminal: Option<DefaultTerminal>,
+    pid: u32,
+    top: usize,
+    sort: SortBy,
+    frozen: bool,
+    /// What is on screen (kept while frozen).
+    shown: Snapshot,
+    /// Total live bytes at every interval, for the sparkline.
+    history: Vec<u64>,
+}
+
+impl TuiView {
+    pub fn new(pid: u32, top: usize, sort: SortBy) -> Self {
+        Self {
+            terminal: Some(ratatui::init()),
+            pid,
+            top,
+            sort,
+            frozen: false,
+            shown: Snapshot::default(),
+            history: Vec::new(),
+        }
+    }
+
+    fn draw(&mut self) -> Result<()> {
+        let Some(terminal) = self.terminal.as_mut() else {
+            return Ok(());
+        };
+        let mut s = self.shown.clone();
+        sort_rows(&mut s.rows, self.sort);
+        let history = self.history.clone();
+        let (pid, top, sort, frozen) = (self.pid, self.top, self.sort, self.frozen);
+        terminal.draw(|f| {
+            let [head, spark, table, help] = Layout::vertical([
+                Constraint::Length(3),
+                Constraint::Length(5),
+                Constraint::Min(3),
+                Constraint::Length(1),
+            ])
+            .areas(f.area());
+            let title = format!(
+                " leaktrace top: pid {pid}{} ",
+                if frozen { " (frozen)" } else { "" }
+            );
+            f.render_widget(
+                Paragraph::new(format!(
+                    "{:.0}s traced | live {} in {} allocations | seen {} allocs, {} frees | dropped {}",
+                    s.elapsed_s,
+                    human_bytes(s.live_bytes),
+                    s.live_allocs,
+                    s.allocs_seen,
+                    s.frees_seen,
+                    s.dropped
+                ))
+                .block(Block::default().borders(Borders::ALL).title(title)),
+                head,
+            );
+            f.render_widget(
+                Sparkline::default()
+                    .block(Block::default().borders(Borders::ALL).title(" total live bytes "))
+                    .data(&history),
+                spark,
+            );
+            let rows: Vec<TableRow> = s
+                .rows
+                .iter()
+                .take(top)
+                .map(|r| {
+                    TableRow::new(vec![
+                        Cell::from(human_bytes(r.live_bytes)),
+                        Cell::from(r.live_allocs.to_string()),
+                        Cell::from(human_rate(r.growth_bytes_per_s)),
+                        Cell::from(r.trend.unwrap_or("-")),
+                        Cell::from(r.label.clone()),
+                    ])
+                })
+                .collect();
+            f.render_widget(
+                Table::new(
+                    rows,
+                    [
+                        Constraint::Length(10),
+                        Constraint::Length(8),
+                        Constraint::Length(12),
+                        Constraint::Length(10),
+                        Constraint::Min(20),
+                    ],
+                )
+                .header(
+                    TableRow::new(vec!["LIVE", "ALLOCS", "GROWTH", "TREND", "STACK (innermost first)"])
+                        .style(Style::default().add_modifier(Modifier::BOLD)),
+                )
+                .block(
+                    Block::default()
+                        .borders(Borders::ALL)
+                        .title(format!(" stacks by {} ", sort.name())),
+                ),
+                table,
+            );
+            f.render_widget(
+                Line::from(" q quit   s sort by growth/live   f freeze/unfreeze"),
+                help,
+            );
+        })?;
+        Ok(())
+    }
+}
+
+impl View for TuiView {
+    fn show(&mut self, snapshot: Snapshot) -> Result<()> {
+        if self.frozen {
+            return Ok(());
+        }
+        self.history.push(snapshot.live_bytes);
+        if self.history.len() > 512 {
+            self.history.remove(0);
+        }
+        self.shown = snapshot;
+        self.draw()
+    }
+
+    fn poll_keys(&mut self) -> Result<Option<Key>> {
+        while event::poll(std::time::Duration::ZERO)? {
+            let Event::Key(k) = event::read()? else {
+                continue;
+            };
+            if k.kind != KeyEventKind::Press {
+                continue;
+            }
+            match k.code {
+                KeyCode::Char('q') | KeyCode::Esc => return Ok(Some(Key::Quit)),
+                KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                    return Ok(Some(Key::Quit));
+                }
+                KeyCode::Char('s') => {
+                    self.sort = self.sort.toggled();
+                    self.draw()?;
+                }
+                KeyCode::Char('f') | KeyCode::Char(' ') => {
+                    self.frozen = !self.frozen;
+                    self.draw()?;
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    fn close(&mut self) {
+        if self.terminal.take().is_some() {
+            ratatui::restore();
+        }
+    }
+}
+
+impl Drop for TuiView {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The view for `top`: full screen on a terminal, plain tables otherwise.
+pub fn for_top(pid: u32, top: usize, sort: SortBy) -> Box<dyn View> {
+    if std::io::stdout().is_terminal() {
+        Box::new(TuiView::new(pid, top, sort))
+    } else {
+        Box::new(TextView { top, sort })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(label: &str, live: u64, growth: Option<f64>) -> Row {
+        Row {
+            label: label.into(),
+            live_bytes: live,
+            live_allocs: 1,
+            growth_bytes_per_s: growth,
+            trend: None,
+        }
+    }
+
+    #[test]
+    fn sorts_by_growth_or_live() {
+        let mut rows = vec![
+            row("cache", 900, Some(0.0)),
+            row("leak", 100, Some(50.0)),
+            row("unknown", 500, None),
+            row("shrinking", 300, Some(-5.0)),
+        ];
+        sort_rows(&mut rows, SortBy::Growth);
+        let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["leak", "cache", "shrinking", "unknown"]);
+        sort_rows(&mut rows, SortBy::Live);
+        let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["cache", "unknown", "shrinking", "leak"]);
+    }
+
+    #[test]
+    fn rates_for_people() {
+        assert_eq!(human_rate(None), "-");
+        assert_eq!(human_rate(Some(2048.0)), "+2.0 KiB/s");
+        assert_eq!(human_rate(Some(-300.0)), "-300 B/s");
+    }
+}
