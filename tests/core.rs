@@ -456,3 +456,38 @@ fn sigusr1_writes_a_snapshot_and_tracing_goes_on() {
     assert_eq!(site(&read_json(&out), "leak_here", &["malloc"]).0, 4096000);
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn report_rerenders_a_saved_json_report() {
+    // Pure user space: no tracing needed, a golden report is the input.
+    let input = out_path("rerender-input.json");
+    std::fs::copy(root().join("tests/data/report.json"), &input).unwrap();
+    let folded = out_path("rerender.folded");
+    let out = Command::new(leaktrace_bin())
+        .args([
+            "report",
+            input.to_str().unwrap(),
+            "-o",
+            folded.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = std::fs::read_to_string(root().join("tests/data/report.folded")).unwrap();
+    assert_eq!(std::fs::read_to_string(&folded).unwrap(), expected);
+    let out = Command::new(leaktrace_bin())
+        .args(["report", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let svg = std::fs::read_to_string(input.with_extension("svg")).unwrap();
+    assert!(svg.contains("leak_here (fixture.c:12)"));
+    let err = expect_error(
+        Command::new(leaktrace_bin()).args(["report", root().join("Cargo.toml").to_str().unwrap()]),
+    );
+    assert!(err.contains("is not a leaktrace JSON report"), "{err}");
+}

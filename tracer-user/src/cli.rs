@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use tracer_common::DEFAULT_MAX_ALLOCS;
 
 use crate::{
+    error::user,
     report::Format,
     session::{self, AttachOptions},
 };
@@ -32,6 +33,20 @@ pub enum Command {
     /// Attach to a running process with a live full-screen view (plain tables when stdout is
     /// not a terminal): totals, a sparkline of live bytes, top stacks with growth and trend.
     Top(AttachArgs),
+    /// Re-render a saved JSON report in another format.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A report written with `--format json` (schema leaktrace/v1).
+    pub input: PathBuf,
+    /// Output format (default: from the output's extension, else svg).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Output file (default: the input with the format's extension).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,11 +163,64 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Attach(a) => session::attach(a.trace.options(a.pid)),
         Command::Run(r) => session::run_command(|pid| r.trace.options(pid), &r.command),
+        Command::Report(r) => rerender(r),
         Command::Top(a) => session::attach(AttachOptions {
             live_view: true,
             ..a.trace.options(a.pid)
         }),
     }
+}
+
+/// Reads a saved report, refusing anything that is not leaktrace/v1 JSON.
+pub fn read_report(path: &std::path::Path) -> Result<crate::report::Report> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| user(format!("cannot read `{}`: {e}", path.display())))?;
+    let report: crate::report::Report = serde_json::from_str(&text).map_err(|e| {
+        user(format!(
+            "`{}` is not a leaktrace JSON report ({e}): write one with --format json",
+            path.display()
+        ))
+    })?;
+    if report.schema != crate::report::SCHEMA {
+        return Err(user(format!(
+            "`{}` has schema `{}`; this leaktrace reads `{}`",
+            path.display(),
+            report.schema,
+            crate::report::SCHEMA
+        )));
+    }
+    Ok(report)
+}
+
+fn rerender(args: ReportArgs) -> Result<i32> {
+    let report = read_report(&args.input)?;
+    let format = args
+        .format
+        .or_else(|| args.output.as_deref().and_then(Format::from_path))
+        .unwrap_or(Format::Svg);
+    let output = args
+        .output
+        .unwrap_or_else(|| args.input.with_extension(format.extension()));
+    if output == args.input {
+        return Err(user(format!(
+            "refusing to overwrite the input `{}`: choose another --output",
+            output.display()
+        )));
+    }
+    let file = std::fs::File::create(&output).map_err(|e| {
+        user(format!(
+            "cannot write `{}` ({e}): choose a writable path with --output",
+            output.display()
+        ))
+    })?;
+    report.write(format, std::io::BufWriter::new(file))?;
+    eprintln!(
+        "leaktrace: wrote `{}` ({} stacks, {} live)",
+        output.display(),
+        report.stacks.len(),
+        crate::report::human_bytes(report.totals.live_bytes)
+    );
+    Ok(crate::error::exit::OK)
 }
 
 #[cfg(test)]

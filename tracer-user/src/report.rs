@@ -118,6 +118,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// The file extension for this format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Svg => "svg",
+            Format::Folded => "folded",
+            Format::Json => "json",
+        }
+    }
+
     /// The format implied by a file name, if its extension names one.
     pub fn from_path(path: &std::path::Path) -> Option<Format> {
         match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
