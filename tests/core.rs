@@ -171,6 +171,12 @@ fn folded_and_svg_outputs() {
         fixture.pid(),
         &["-o", svg.to_str().unwrap(), "--min-age", "0"],
     );
+    // Two tracers on one process work side by side; the second says so.
+    let warning = t2.stderr.wait_for("another leaktrace", T);
+    assert!(
+        warning.contains(&format!("(pid {})", t1.pid())),
+        "{warning}"
+    );
     fixture.signal(SIGUSR1);
     fixture.stdout.wait_for("done", T);
     std::thread::sleep(Duration::from_millis(300));

@@ -161,6 +161,13 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         let mut sighup = signal(SignalKind::hangup())?;
         let mut sigusr1 = signal(SignalKind::user_defined1())?;
 
+        let (_lock, other) = crate::target::TraceLock::take(target.pid);
+        if let Some(other) = other {
+            eprintln!(
+                "leaktrace: warning: another leaktrace (pid {other}) is tracing pid {} too: both work, but the target pays for both",
+                target.pid
+            );
+        }
         eprintln!(
             "leaktrace: attaching to pid {} ({}), allocator in {} ...",
             target.pid, target.exe, target.allocator

@@ -133,6 +133,47 @@ impl TargetProcess {
     }
 }
 
+/// Marks a process as traced by this leaktrace for as long as it is held (an advisory lock on
+/// `/run/leaktrace/PID.lock`, released by the kernel when leaktrace exits, however it exits).
+pub struct TraceLock {
+    _file: std::fs::File,
+}
+
+impl TraceLock {
+    /// Takes the lock for `pid`. Another leaktrace tracing the same process is not an error
+    /// (each has its own probes and maps): its PID is returned so the user can be told that
+    /// the target pays for both.
+    pub fn take(pid: u32) -> (Option<TraceLock>, Option<u32>) {
+        use std::{
+            io::{Read, Seek, Write},
+            os::fd::AsRawFd,
+        };
+        let dir = Path::new("/run/leaktrace");
+        if std::fs::create_dir_all(dir).is_err() {
+            return (None, None);
+        }
+        let Ok(mut file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(format!("{pid}.lock")))
+        else {
+            return (None, None);
+        };
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut other = String::new();
+            let _ = file.read_to_string(&mut other);
+            return (None, other.trim().parse().ok());
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "{}", std::process::id());
+        (Some(TraceLock { _file: file }), None)
+    }
+}
+
 /// Whether an ELF file asks for a dynamic loader (PT_INTERP), i.e. is not static.
 fn has_interpreter(path: &Path) -> bool {
     use object::{read::elf::ProgramHeader, Object};
