@@ -427,7 +427,7 @@ fn top_shows_the_leak_live_in_a_terminal() {
     let name = format!("leaktrace-top-{}", std::process::id());
     let _session = TmuxSession(name.clone());
     let cmd = format!(
-        "{} top {} --interval 0.5 -o {} 2>{}; echo $? > {}; sleep 60",
+        "{} top {} --interval 0.5 --min-age 0 -o {} 2>{}; echo $? > {}; sleep 60",
         leaktrace_bin().display(),
         target.pid(),
         out.display(),

@@ -108,6 +108,24 @@ impl ProcMaps {
     }
 }
 
+/// A path through which this process can open the file behind a mapping of process `pid`,
+/// whatever mount namespace or root the process lives in: `/proc/PID/map_files/START-END`
+/// (the mapped file itself), else the path under `/proc/PID/root`, else the path as printed.
+/// (`/proc/PID/maps` prints paths as seen from the reader's root, and a container's files may
+/// not be reachable by that path at all.)
+pub fn openable_path(pid: u32, m: &Mapping) -> std::path::PathBuf {
+    let map_file = std::path::PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+    if std::fs::metadata(&map_file).is_ok() {
+        return map_file;
+    }
+    let path = m.path.as_deref().unwrap_or("");
+    let under_root = Path::new("/proc").join(pid.to_string()).join("root").join(path.trim_start_matches('/'));
+    if std::fs::metadata(&under_root).is_ok() {
+        return under_root;
+    }
+    std::path::PathBuf::from(path)
+}
+
 /// Whether a file name is glibc's (or another libc's) shared object.
 pub fn is_libc_name(name: &str) -> bool {
     name == "libc.so.6"

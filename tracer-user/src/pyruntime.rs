@@ -196,7 +196,6 @@ impl Interpreter {
         maps: &ProcMaps,
         files: &mut InterpFiles,
     ) -> std::result::Result<Interpreter, NotPython> {
-        let root = Path::new("/proc").join(pid.to_string()).join("root");
         // libpython first (pyenv, most distributions), else an executable that embeds it.
         let mut candidates: Vec<&crate::procmaps::Mapping> = maps
             .iter()
@@ -216,7 +215,7 @@ impl Interpreter {
             if !seen.insert(path.clone()) {
                 continue;
             }
-            let Some(file) = files.get(&path, &root.join(path.trim_start_matches('/')))? else {
+            let Some(file) = files.get(&path, &crate::procmaps::openable_path(pid, m))? else {
                 continue;
             };
             // The mapping of the file with the lowest offset gives the load bias.
@@ -293,34 +292,35 @@ impl Interpreter {
             }
             interp = self.mem.u64(interp + l.interp_next).unwrap_or(0);
         }
+        // Thread ids as the process sees them (its own PID namespace) -> as the kernel side
+        // sees them (the initial namespace). Identical outside containers.
+        let tids = task_ids(self.pid);
         if Layout::has(l.tstate_native_thread_id) {
             for t in tstates {
                 if let Some(tid) = self.mem.u64(t + l.tstate_native_thread_id) {
-                    if tid != 0 && tid <= u32::MAX as u64 {
-                        out.push((tid as u32, t));
+                    if let Some(&host) = u32::try_from(tid).ok().and_then(|tid| tids.get(&tid)) {
+                        out.push((host, t));
                     }
                 }
             }
             return out;
         }
         // 3.8-3.10 only know the pthread_t, the address of glibc's `struct pthread`, which
-        // holds the kernel tid at an offset that depends on the glibc build: find it once as
-        // the offset where every thread's struct holds one of the process's tids.
+        // holds the tid at an offset that depends on the glibc build: find it once as the
+        // offset where every thread's struct holds one of the process's tids.
         let pthreads: Vec<(u64, u64)> = tstates
             .iter()
             .filter_map(|&t| Some((t, self.mem.u64(t + l.tstate_thread_id)?)))
             .filter(|&(_, p)| p != 0)
             .collect();
-        let tids = task_ids(self.pid);
+        let own: HashSet<u32> = tids.keys().copied().collect();
         if self.pthread_tid_offset.is_none() && !pthreads.is_empty() {
-            self.pthread_tid_offset = find_tid_offset(&self.mem, &pthreads, &tids);
+            self.pthread_tid_offset = find_tid_offset(&self.mem, &pthreads, &own);
         }
         if let Some(off) = self.pthread_tid_offset {
             for (t, p) in pthreads {
-                if let Some(tid) = self.mem.u32(p + off) {
-                    if tids.contains(&tid) {
-                        out.push((tid, t));
-                    }
+                if let Some(&host) = self.mem.u32(p + off).and_then(|tid| tids.get(&tid)) {
+                    out.push((host, t));
                 }
             }
         }
@@ -528,14 +528,33 @@ pub fn frame_fields_fit(cfg: &PyConfig) -> bool {
         && (cfg.frame_owner == NO_FIELD || fits(cfg.frame_owner, 1))
 }
 
-/// Kernel thread ids of a process.
-fn task_ids(pid: u32) -> HashSet<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+/// The threads of a process: tid in its own PID namespace -> tid in ours (the one eBPF
+/// reports), from the last field of each task's `NSpid:` line.
+fn task_ids(pid: u32) -> HashMap<u32, u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    dir.filter_map(|e| {
+        let host: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{host}/status")).ok();
+        let own = status
+            .as_deref()
+            .and_then(ns_tid)
+            .unwrap_or(host);
+        Some((own, host))
+    })
+    .collect()
+}
+
+/// The innermost-namespace tid from the text of a task's status file (`NSpid: 4242 7`).
+pub fn ns_tid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
 /// The offset in `struct pthread` at which every given thread holds a tid of the process.
@@ -580,6 +599,13 @@ mod tests {
         assert!(!frame_fields_fit(&cfg), "beyond the window");
         cfg.frame_back = 12;
         assert!(!frame_fields_fit(&cfg), "unaligned");
+    }
+
+    #[test]
+    fn reads_the_innermost_namespace_tid() {
+        assert_eq!(ns_tid("Name:\tpython3\nNSpid:\t4242\n"), Some(4242));
+        assert_eq!(ns_tid("Name:\tpython3\nNSpid:\t4242\t7\n"), Some(7));
+        assert_eq!(ns_tid("Name:\tpython3\n"), None);
     }
 
     #[test]

@@ -60,8 +60,8 @@ impl Resolver {
         for m in maps.iter().filter(|m| m.executable && m.is_file()) {
             let path = m.path.clone().expect("is_file has a path");
             self.files
-                .entry((path.clone(), m.inode))
-                .or_insert_with(|| File::open(root.join(path.trim_start_matches('/'))).ok());
+                .entry((path, m.inode))
+                .or_insert_with(|| File::open(crate::procmaps::openable_path(pid, m)).ok());
         }
         self.processes.insert(pid, Process { root, maps });
         Ok(())

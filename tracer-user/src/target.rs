@@ -64,15 +64,16 @@ impl TargetProcess {
                 "cannot read /proc/{pid}/maps ({e}): run leaktrace as root"
             ))
         })?;
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let host = |p: &str| root.join(p.trim_start_matches('/'));
-        let allocator = if let Some(libc) = maps.find_file(is_libc_name) {
-            libc.path.clone().expect("file mappings have paths")
-        } else if !exe.is_empty()
-            && ElfFile::open(&host(&exe)).is_ok_and(|e| e.function("malloc").is_some())
+        let (allocator, allocator_host_path) = if let Some(libc) = maps.find_file(is_libc_name) {
+            (
+                libc.path.clone().expect("file mappings have paths"),
+                crate::procmaps::openable_path(pid, libc),
+            )
+        } else if ElfFile::open(Path::new(&format!("/proc/{pid}/exe")))
+            .is_ok_and(|e| e.function("malloc").is_some())
         {
             // A statically linked program carries its allocator in the executable.
-            exe.clone()
+            (exe.clone(), PathBuf::from(format!("/proc/{pid}/exe")))
         } else if maps.iter().next().is_none() {
             return Err(user(format!(
                 "process {pid} has no user memory (a kernel thread?): give the PID of a user-space process"
@@ -85,7 +86,7 @@ impl TargetProcess {
         Ok(Self {
             pid,
             exe,
-            allocator_host_path: host(&allocator),
+            allocator_host_path,
             allocator,
             start_time,
         })
