@@ -474,6 +474,20 @@ impl Interpreter {
 pub fn config_for(l: &Layout, minor: u32, max_depth: u32) -> PyConfig {
     let opt = |v: u64| if Layout::has(v) { v } else { NO_FIELD };
     let max_depth = max_depth.min(MAX_PY_FRAMES as u32);
+    // 3.11+: _PyInterpreterFrame chains, reached through cframe (3.11/3.12) or directly.
+    let interpreter_frames =
+        |model: FrameModel, tstate_frame: u64, cframe_current_frame: u64| PyConfig {
+            model: model as u32,
+            max_depth,
+            tstate_frame,
+            cframe_current_frame,
+            frame_code: l.iframe_code,
+            frame_back: l.iframe_previous,
+            frame_instr: l.iframe_instr,
+            frame_owner: opt(l.iframe_owner),
+            owner_cstack: l.owner_cstack,
+            code_name: l.code_name,
+        };
     match minor {
         ..=10 => PyConfig {
             model: FrameModel::FrameObject as u32,
@@ -487,30 +501,8 @@ pub fn config_for(l: &Layout, minor: u32, max_depth: u32) -> PyConfig {
             owner_cstack: 0,
             code_name: l.code_name,
         },
-        11 | 12 => PyConfig {
-            model: FrameModel::CFrame as u32,
-            max_depth,
-            tstate_frame: l.tstate_cframe,
-            cframe_current_frame: l.cframe_current_frame,
-            frame_code: l.iframe_code,
-            frame_back: l.iframe_previous,
-            frame_instr: l.iframe_instr,
-            frame_owner: opt(l.iframe_owner),
-            owner_cstack: l.owner_cstack,
-            code_name: l.code_name,
-        },
-        _ => PyConfig {
-            model: FrameModel::CurrentFrame as u32,
-            max_depth,
-            tstate_frame: l.tstate_current_frame,
-            cframe_current_frame: NO_FIELD,
-            frame_code: l.iframe_code,
-            frame_back: l.iframe_previous,
-            frame_instr: l.iframe_instr,
-            frame_owner: opt(l.iframe_owner),
-            owner_cstack: l.owner_cstack,
-            code_name: l.code_name,
-        },
+        11 | 12 => interpreter_frames(FrameModel::CFrame, l.tstate_cframe, l.cframe_current_frame),
+        _ => interpreter_frames(FrameModel::CurrentFrame, l.tstate_current_frame, NO_FIELD),
     }
 }
 
@@ -537,10 +529,7 @@ fn task_ids(pid: u32) -> HashMap<u32, u32> {
     dir.filter_map(|e| {
         let host: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/task/{host}/status")).ok();
-        let own = status
-            .as_deref()
-            .and_then(ns_tid)
-            .unwrap_or(host);
+        let own = status.as_deref().and_then(ns_tid).unwrap_or(host);
         Some((own, host))
     })
     .collect()
