@@ -114,12 +114,16 @@ impl ProcMaps {
 /// (`/proc/PID/maps` prints paths as seen from the reader's root, and a container's files may
 /// not be reachable by that path at all.)
 pub fn openable_path(pid: u32, m: &Mapping) -> std::path::PathBuf {
-    let map_file = std::path::PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+    let map_file =
+        std::path::PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
     if std::fs::metadata(&map_file).is_ok() {
         return map_file;
     }
     let path = m.path.as_deref().unwrap_or("");
-    let under_root = Path::new("/proc").join(pid.to_string()).join("root").join(path.trim_start_matches('/'));
+    let under_root = Path::new("/proc")
+        .join(pid.to_string())
+        .join("root")
+        .join(path.trim_start_matches('/'));
     if std::fs::metadata(&under_root).is_ok() {
         return under_root;
     }
