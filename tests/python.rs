@@ -521,3 +521,78 @@ fn top_without_a_terminal_prints_plain_tables() {
     top.signal(SIGINT);
     assert_eq!(top.wait(T), 0, "{}", top.stderr.text());
 }
+
+/// The stack with the most live bytes whose innermost Python frame is `function`.
+fn biggest_from<'a>(report: &'a Value, function: &str) -> &'a Value {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| python_frames(s).last().map(|f| f.0.as_str()) == Some(function))
+        .max_by_key(|s| s["live_bytes"].as_u64().unwrap())
+        .unwrap_or_else(|| panic!("no stack from {function}: {:#}", report["stacks"]))
+}
+
+#[test]
+fn growth_ranks_a_steady_leak_above_a_bigger_cache() {
+    require_root();
+    let py = &interpreters()[4].1; // pyenv 3.12
+    let target =
+        Proc::spawn(Command::new(py).arg(root().join("tests/fixtures/py_leak_and_cache.py")));
+    target.stdout.wait_for("ready", T);
+    let out = out_path("growth.json");
+    let mut tracer = attach(
+        target.pid(),
+        &[
+            "--interval",
+            "1",
+            "--duration",
+            "30",
+            "--min-age",
+            "0.5",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    tracer.stderr.wait_for("recording Python frames", T);
+    target.signal(SIGUSR1);
+    assert_eq!(
+        tracer.wait(Duration::from_secs(90)),
+        0,
+        "{}",
+        tracer.stderr.text()
+    );
+    let report = read_json(&out);
+    let leak = biggest_from(&report, "steady_leak");
+    let cache = biggest_from(&report, "fill_cache");
+    assert_eq!(leak["trend"], "growing", "{leak:#}");
+    assert_eq!(cache["trend"], "plateaued", "{cache:#}");
+    assert!(
+        cache["live_bytes"].as_u64() > leak["live_bytes"].as_u64(),
+        "the cache holds more than the leak: {} vs {}",
+        cache["live_bytes"],
+        leak["live_bytes"]
+    );
+    let g = |s: &Value| s["growth_bytes_per_s"].as_f64().unwrap();
+    assert!(g(leak) > 50_000.0, "the leak grows ~100 KB/s: {}", g(leak));
+    assert!(
+        g(cache).abs() < g(leak) / 10.0,
+        "the cache is flat: {}",
+        g(cache)
+    );
+    // Ranked by growth (the default), the leak comes first in the summary.
+    let summary: Vec<String> = tracer
+        .stdout
+        .text()
+        .lines()
+        .skip_while(|l| !l.starts_with("leaktrace: stopped"))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    assert!(
+        summary
+            .first()
+            .is_some_and(|l| l.contains("steady_leak") && l.contains("growing")),
+        "{summary:#?}"
+    );
+}

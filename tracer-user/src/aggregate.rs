@@ -83,6 +83,18 @@ impl Series {
     pub fn growth(&self, key: &StackKey) -> Option<f64> {
         slope(self.points.get(key)?)
     }
+
+    /// Several stacks' live bytes summed sample by sample (a stack shown once in a report can
+    /// be several kernel stacks that symbolize alike).
+    pub fn merged(&self, keys: &[StackKey]) -> Vec<(f64, f64)> {
+        let mut by_time: std::collections::BTreeMap<i64, (f64, f64)> = Default::default();
+        for key in keys {
+            for &(t, bytes) in self.points.get(key).into_iter().flatten() {
+                by_time.entry((t * 1e6) as i64).or_insert((t, 0.0)).1 += bytes;
+            }
+        }
+        by_time.into_values().collect()
+    }
 }
 
 /// A stack after symbolization, before merging.
@@ -204,6 +216,19 @@ mod tests {
         assert_eq!(slope(&[(0.0, 4.0), (1.0, 4.0), (2.0, 4.0)]), Some(0.0));
         assert_eq!(slope(&[(1.0, 4.0)]), None);
         assert_eq!(slope(&[(1.0, 4.0), (1.0, 9.0)]), None);
+    }
+
+    #[test]
+    fn merged_series_sum_sample_by_sample() {
+        let mut series = Series::default();
+        series.push(0.0, [(key(1), 10), (key(2), 1)]);
+        series.push(1.0, [(key(1), 20)]);
+        series.push(2.0, [(key(1), 30), (key(2), 5)]);
+        assert_eq!(
+            series.merged(&[key(1), key(2)]),
+            vec![(0.0, 11.0), (1.0, 20.0), (2.0, 35.0)]
+        );
+        assert!(series.merged(&[key(9)]).is_empty());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod session;
 pub mod spawn;
 pub mod symbolize;
 pub mod target;
+pub mod trend;
 pub mod view;
 
 pub use cli::{run, Cli};

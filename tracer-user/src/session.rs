@@ -575,27 +575,40 @@ impl Session {
                 chosen.push(k);
             }
         }
+        let allocated: HashMap<StackKey, u64> = self
+            .tracer
+            .stack_totals()?
+            .into_iter()
+            .map(|(k, t)| (k, t.total_bytes))
+            .collect();
         let mut rows: Vec<crate::view::Row> = Vec::new();
+        let mut row_keys: Vec<Vec<StackKey>> = Vec::new();
         for (key, (bytes, count)) in chosen {
             let label = short_stack(&self.frames(&key));
-            let growth = self.series.growth(&key);
-            match rows.iter_mut().find(|r| r.label == label) {
-                Some(r) => {
-                    r.live_bytes += bytes;
-                    r.live_allocs += count;
-                    r.growth_bytes_per_s = match (r.growth_bytes_per_s, growth) {
-                        (Some(a), Some(b)) => Some(a + b),
-                        (a, b) => a.or(b),
-                    };
+            match rows.iter().position(|r| r.label == label) {
+                Some(i) => {
+                    rows[i].live_bytes += bytes;
+                    rows[i].live_allocs += count;
+                    row_keys[i].push(key);
                 }
-                None => rows.push(crate::view::Row {
-                    label,
-                    live_bytes: bytes,
-                    live_allocs: count,
-                    growth_bytes_per_s: growth,
-                    trend: None,
-                }),
+                None => {
+                    rows.push(crate::view::Row {
+                        label,
+                        live_bytes: bytes,
+                        live_allocs: count,
+                        growth_bytes_per_s: None,
+                        trend: None,
+                    });
+                    row_keys.push(vec![key]);
+                }
             }
+        }
+        for (row, keys) in rows.iter_mut().zip(&row_keys) {
+            let points = self.series.merged(keys);
+            let allocated_bytes: u64 = keys.iter().filter_map(|k| allocated.get(k)).sum();
+            row.growth_bytes_per_s = crate::trend::robust_slope(&points);
+            row.trend = crate::trend::classify(&points, allocated_bytes as f64)
+                .map(crate::trend::Trend::as_str);
         }
         Ok(crate::view::Snapshot {
             elapsed_s: self.started.elapsed().as_secs_f64(),
@@ -656,7 +669,21 @@ impl Session {
                 allocated: allocated.get(k).copied().unwrap_or_default(),
             })
             .collect();
-        let stacks = aggregate::merge(resolved, now_ns);
+        let mut keys_by_frames: HashMap<Vec<Frame>, Vec<StackKey>> = HashMap::new();
+        for (key, r) in keys.iter().zip(&resolved) {
+            keys_by_frames
+                .entry(r.frames.clone())
+                .or_default()
+                .push(*key);
+        }
+        let mut stacks = aggregate::merge(resolved, now_ns);
+        // Growth and trend from the whole window's samples of each stack as reported.
+        for s in &mut stacks {
+            let points = self.series.merged(&keys_by_frames[&s.frames]);
+            s.growth_bytes_per_s = crate::trend::robust_slope(&points).or(s.growth_bytes_per_s);
+            s.trend = crate::trend::classify(&points, s.alloc_bytes as f64)
+                .map(|t| t.as_str().to_string());
+        }
         Ok(self.report(stop, &counters, stacks))
     }
 
@@ -785,11 +812,20 @@ fn print_summary(opts: &AttachOptions, target: &TargetProcess, report: &Report, 
             report.totals.frees_seen,
             report.totals.dropped,
         );
-    for s in report.stacks.iter().take(opts.top) {
+    let mut ranked: Vec<&StackReport> = report.stacks.iter().collect();
+    if opts.sort == crate::view::SortBy::Growth {
+        ranked.sort_by(|a, b| {
+            let g = |s: &StackReport| s.growth_bytes_per_s.unwrap_or(f64::NEG_INFINITY);
+            g(b).total_cmp(&g(a)).then(b.live_bytes.cmp(&a.live_bytes))
+        });
+    }
+    for s in ranked.into_iter().take(opts.top) {
         println!(
-            "  {:>10} {:>8}  {}",
+            "  {:>10} {:>8} {:>12} {:>9}  {}",
             human_bytes(s.live_bytes),
             s.live_allocs,
+            crate::view::human_rate(s.growth_bytes_per_s),
+            s.trend.as_deref().unwrap_or("-"),
             short_stack(&s.frames)
         );
     }
