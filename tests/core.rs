@@ -497,3 +497,75 @@ fn report_rerenders_a_saved_json_report() {
     );
     assert!(err.contains("is not a leaktrace JSON report"), "{err}");
 }
+
+#[test]
+fn diff_and_pprof_from_the_command_line() {
+    // Pure user space on saved reports: the golden report, and a later one where the leak
+    // tripled.
+    let before = out_path("diff-before.json");
+    std::fs::copy(root().join("tests/data/report.json"), &before).unwrap();
+    let mut later: Value = read_json(&before);
+    later["stacks"][0]["live_bytes"] = Value::from(3 * 4_096_000u64);
+    later["totals"]["live_bytes"] = Value::from(3 * 4_096_000u64 + 3700);
+    let after = out_path("diff-after.json");
+    std::fs::write(&after, serde_json::to_string(&later).unwrap()).unwrap();
+    let svg = out_path("diff.svg");
+    let out = Command::new(leaktrace_bin())
+        .args([
+            "diff",
+            before.to_str().unwrap(),
+            after.to_str().unwrap(),
+            "-o",
+            svg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    let first = summary.lines().nth(2).unwrap_or_default();
+    assert!(
+        first.contains("+7.8 MiB") && first.contains("leak_here"),
+        "{summary}"
+    );
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("leak_here"));
+    // pprof, read back by protoc (an independent decoder).
+    let pb = out_path("report.pb.gz");
+    let out = Command::new(leaktrace_bin())
+        .args([
+            "report",
+            before.to_str().unwrap(),
+            "-o",
+            pb.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoded = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -dc {} | protoc --proto_path={} --decode=perftools.profiles.Profile profile.proto",
+            pb.display(),
+            root().join("tests/data").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    let text = String::from_utf8_lossy(&decoded.stdout);
+    assert!(
+        text.contains("\"inuse_space\"") && text.contains("\"leak_here\""),
+        "{text}"
+    );
+    assert!(text.contains("value: 4096000"), "{text}");
+}

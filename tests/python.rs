@@ -595,4 +595,21 @@ fn growth_ranks_a_steady_leak_above_a_bigger_cache() {
             .is_some_and(|l| l.contains("steady_leak") && l.contains("growing")),
         "{summary:#?}"
     );
+    // --flame growth keeps only what growing stacks added: the leak, not the cache.
+    let folded = out_path("growth.folded");
+    let status = Command::new(leaktrace_bin())
+        .args([
+            "report",
+            out.to_str().unwrap(),
+            "--flame",
+            "growth",
+            "-o",
+            folded.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&folded).unwrap();
+    assert!(text.lines().any(|l| l.contains("steady_leak")), "{text}");
+    assert!(!text.contains("fill_cache"), "{text}");
 }

@@ -140,6 +140,7 @@ pub fn merge(resolved: Vec<Resolved>, now_ns: u64) -> Vec<StackReport> {
             alloc_bytes: allocated.0,
             alloc_count: allocated.1,
             trend: None,
+            added_bytes: 0,
         })
         .collect();
     out.sort_by(|a, b| {

@@ -35,6 +35,20 @@ pub enum Command {
     Top(AttachArgs),
     /// Re-render a saved JSON report in another format.
     Report(ReportArgs),
+    /// Compare two saved JSON reports: the stacks that grew most, and a differential flamegraph.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    pub before: PathBuf,
+    pub after: PathBuf,
+    /// The differential flamegraph (SVG).
+    #[arg(short, long, value_name = "FILE", default_value = "diff.svg")]
+    pub output: PathBuf,
+    /// Stacks listed in the summary.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +61,9 @@ pub struct ReportArgs {
     /// Output file (default: the input with the format's extension).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// What flamegraphs and folded output measure (see `attach --help`).
+    #[arg(long, value_enum, default_value = "live")]
+    pub flame: crate::report::Flame,
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +95,10 @@ pub struct TraceArgs {
     /// Leave out allocations younger than this at the end (in-flight requests are not leaks).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds_or_zero)]
     pub min_age: Duration,
+    /// What flamegraphs and folded output measure: `live` bytes, or the bytes `growth`ing stacks
+    /// added during the window.
+    #[arg(long, value_enum, default_value = "live")]
+    pub flame: crate::report::Flame,
     /// How tables and the live view rank stacks. Reports keep the JSON order (live bytes).
     #[arg(long, value_enum, default_value = "growth")]
     pub sort: crate::view::SortBy,
@@ -151,6 +172,7 @@ impl TraceArgs {
             pymalloc: self.pymalloc,
             probe_at_entry: self.probe_at_entry,
             sort: self.sort,
+            flame: self.flame,
             live_view: false,
             native: !self.no_native,
             max_python_depth: self.max_python_depth,
@@ -164,6 +186,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Attach(a) => session::attach(a.trace.options(a.pid)),
         Command::Run(r) => session::run_command(|pid| r.trace.options(pid), &r.command),
         Command::Report(r) => rerender(r),
+        Command::Diff(d) => diff(d),
         Command::Top(a) => session::attach(AttachOptions {
             live_view: true,
             ..a.trace.options(a.pid)
@@ -192,6 +215,21 @@ pub fn read_report(path: &std::path::Path) -> Result<crate::report::Report> {
     Ok(report)
 }
 
+fn diff(args: DiffArgs) -> Result<i32> {
+    let before = read_report(&args.before)?;
+    let after = read_report(&args.after)?;
+    let file = std::fs::File::create(&args.output).map_err(|e| {
+        user(format!(
+            "cannot write `{}` ({e}): choose a writable path with --output",
+            args.output.display()
+        ))
+    })?;
+    crate::compare::write_diff_svg(&before, &after, std::io::BufWriter::new(file))?;
+    print!("{}", crate::compare::summary(&before, &after, args.top));
+    eprintln!("leaktrace: wrote `{}`", args.output.display());
+    Ok(crate::error::exit::OK)
+}
+
 fn rerender(args: ReportArgs) -> Result<i32> {
     let report = read_report(&args.input)?;
     let format = args
@@ -213,7 +251,7 @@ fn rerender(args: ReportArgs) -> Result<i32> {
             output.display()
         ))
     })?;
-    report.write(format, std::io::BufWriter::new(file))?;
+    report.write_as(format, args.flame, std::io::BufWriter::new(file))?;
     eprintln!(
         "leaktrace: wrote `{}` ({} stacks, {} live)",
         output.display(),

@@ -7,10 +7,12 @@
 pub mod aggregate;
 pub mod bpf;
 pub mod cli;
+pub mod compare;
 pub mod elf;
 pub mod error;
 pub mod preflight;
 pub mod procmaps;
+pub mod profile;
 pub mod pyruntime;
 pub mod python;
 pub mod regions;

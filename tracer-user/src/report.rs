@@ -80,6 +80,18 @@ pub struct StackReport {
     /// `growing`, `plateaued`, `churning` or `transient`; null when not classified.
     #[serde(default)]
     pub trend: Option<String>,
+    /// Live bytes gained between the first and the last sample of the window (0 if none).
+    #[serde(default)]
+    pub added_bytes: u64,
+}
+
+/// What a flamegraph measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flame {
+    /// Live bytes of every stack.
+    Live,
+    /// Bytes added during the window by stacks whose trend is `growing`.
+    Growth,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,6 +127,8 @@ pub enum Format {
     Svg,
     Folded,
     Json,
+    /// gzipped protobuf (`perftools.profiles.Profile`): go tool pprof, Pyroscope, Grafana.
+    Pprof,
 }
 
 impl Format {
@@ -124,6 +138,7 @@ impl Format {
             Format::Svg => "svg",
             Format::Folded => "folded",
             Format::Json => "json",
+            Format::Pprof => "pb.gz",
         }
     }
 
@@ -133,21 +148,33 @@ impl Format {
             "svg" => Some(Format::Svg),
             "folded" | "txt" | "collapsed" => Some(Format::Folded),
             "json" => Some(Format::Json),
+            "pprof" | "pb" | "gz" => Some(Format::Pprof),
             _ => None,
         }
     }
 }
 
 impl Report {
-    /// `frame;frame;frame BYTES` lines, outermost first, sorted for deterministic output.
+    /// `frame;frame;frame BYTES` lines of live bytes, outermost first, sorted for
+    /// deterministic output.
     pub fn folded(&self) -> String {
+        self.folded_by(Flame::Live)
+    }
+
+    /// Folded lines of what `flame` measures.
+    pub fn folded_by(&self, flame: Flame) -> String {
+        let value = |s: &StackReport| match flame {
+            Flame::Live => s.live_bytes,
+            Flame::Growth if s.trend.as_deref() == Some("growing") => s.added_bytes,
+            Flame::Growth => 0,
+        };
         let mut lines: Vec<String> = self
             .stacks
             .iter()
-            .filter(|s| s.live_bytes > 0)
+            .filter(|s| value(s) > 0)
             .map(|s| {
                 let path: Vec<String> = s.frames.iter().map(Frame::label).collect();
-                format!("{} {}", path.join(";"), s.live_bytes)
+                format!("{} {}", path.join(";"), value(s))
             })
             .collect();
         lines.sort();
@@ -162,10 +189,18 @@ impl Report {
         serde_json::to_writer_pretty(w, self).context("cannot write the JSON report")
     }
 
-    pub fn write_svg(&self, mut w: impl Write) -> Result<()> {
-        let folded = self.folded();
+    pub fn write_svg(&self, w: impl Write) -> Result<()> {
+        self.write_svg_by(Flame::Live, w)
+    }
+
+    fn write_svg_by(&self, flame: Flame, mut w: impl Write) -> Result<()> {
+        let folded = self.folded_by(flame);
+        let what = match flame {
+            Flame::Live => "Surviving allocations",
+            Flame::Growth => "Growth of growing stacks",
+        };
         let title = format!(
-            "Surviving allocations: {} in {} allocations (pid {})",
+            "{what}: {} in {} allocations (pid {})",
             human_bytes(self.totals.live_bytes),
             self.totals.live_allocs,
             self.target
@@ -182,11 +217,17 @@ impl Report {
                 r#"<?xml version="1.0" standalone="no"?>
 <svg version="1.1" width="1200" height="60" xmlns="http://www.w3.org/2000/svg">
 <text x="600" y="24" text-anchor="middle" font-family="Verdana" font-size="17">{}</text>
-<text x="600" y="48" text-anchor="middle" font-family="Verdana" font-size="12">No allocation older than {} s was alive at the end of tracing.</text>
+<text x="600" y="48" text-anchor="middle" font-family="Verdana" font-size="12">{}</text>
 </svg>
 "#,
                 xml_escape(&title),
-                self.min_age_s
+                match flame {
+                    Flame::Live => format!(
+                        "No allocation older than {} s was alive at the end of tracing.",
+                        self.min_age_s
+                    ),
+                    Flame::Growth => "No stack kept growing during the window.".to_string(),
+                }
             )?;
             return Ok(());
         }
@@ -202,12 +243,18 @@ impl Report {
     }
 
     pub fn write(&self, format: Format, w: impl Write) -> Result<()> {
+        self.write_as(format, Flame::Live, w)
+    }
+
+    /// Writes the report; `flame` chooses what SVG and folded output measure.
+    pub fn write_as(&self, format: Format, flame: Flame, w: impl Write) -> Result<()> {
         match format {
             Format::Json => self.write_json(w),
-            Format::Svg => self.write_svg(w),
+            Format::Svg => self.write_svg_by(flame, w),
+            Format::Pprof => crate::profile::write_pprof(self, w),
             Format::Folded => {
                 let mut w = w;
-                w.write_all(self.folded().as_bytes())?;
+                w.write_all(self.folded_by(flame).as_bytes())?;
                 Ok(())
             }
         }
@@ -237,7 +284,7 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn sample() -> Report {
@@ -278,6 +325,7 @@ mod tests {
                     alloc_bytes: 8_192_000,
                     alloc_count: 2000,
                     trend: Some("growing".into()),
+                    added_bytes: 2_048_000,
                 },
                 StackReport {
                     frames: vec![
@@ -292,6 +340,7 @@ mod tests {
                     alloc_bytes: 3700,
                     alloc_count: 1,
                     trend: None,
+                    added_bytes: 0,
                 },
             ],
             min_age_s: 1.0,
@@ -407,6 +456,14 @@ mod tests {
         let mut json = Vec::new();
         report.write_json(&mut json).unwrap();
         golden("report.json", &String::from_utf8(json).unwrap());
+    }
+
+    #[test]
+    fn growth_flame_keeps_only_what_growing_stacks_added() {
+        assert_eq!(
+            sample().folded_by(Flame::Growth),
+            "main (fixture.c:40);leak_here (fixture.c:12);malloc 2048000\n"
+        );
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct AttachOptions {
     pub probe_at_entry: bool,
     /// How tables, the live view and the summary rank stacks.
     pub sort: crate::view::SortBy,
+    /// What flamegraphs and folded output measure.
+    pub flame: crate::report::Flame,
     /// `top`: a full-screen live view instead of periodic tables.
     pub live_view: bool,
     /// Keep native frames in stacks that have Python frames.
@@ -683,6 +685,9 @@ impl Session {
             s.growth_bytes_per_s = crate::trend::robust_slope(&points).or(s.growth_bytes_per_s);
             s.trend = crate::trend::classify(&points, s.alloc_bytes as f64)
                 .map(|t| t.as_str().to_string());
+            if let (Some(first), Some(last)) = (points.first(), points.last()) {
+                s.added_bytes = (last.1 - first.1).max(0.0) as u64;
+            }
         }
         Ok(self.report(stop, &counters, stacks))
     }
@@ -697,7 +702,11 @@ impl Session {
                 path.display()
             ))
         })?;
-        report.write(self.opts.format, std::io::BufWriter::new(file))?;
+        report.write_as(
+            self.opts.format,
+            self.opts.flame,
+            std::io::BufWriter::new(file),
+        )?;
         eprintln!(
             "leaktrace: snapshot written to `{}` ({} stacks, {} live); tracing goes on",
             path.display(),
@@ -724,7 +733,7 @@ impl Session {
         out.set_len(0)?;
         out.rewind()?;
         report
-            .write(opts.format, &mut *out)
+            .write_as(opts.format, opts.flame, &mut *out)
             .with_context(|| format!("cannot write `{}`", opts.output.display()))?;
         out.flush()?;
         print_summary(&opts, &target, &report, stop);
