@@ -469,20 +469,12 @@ fn report_rerenders_a_saved_json_report() {
     let input = out_path("rerender-input.json");
     std::fs::copy(root().join("tests/data/report.json"), &input).unwrap();
     let folded = out_path("rerender.folded");
-    let out = Command::new(leaktrace_bin())
-        .args([
-            "report",
-            input.to_str().unwrap(),
-            "-o",
-            folded.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    leaktrace_ok(&[
+        "report",
+        input.to_str().unwrap(),
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
     let expected = std::fs::read_to_string(root().join("tests/data/report.folded")).unwrap();
     assert_eq!(std::fs::read_to_string(&folded).unwrap(), expected);
     let out = Command::new(leaktrace_bin())
@@ -510,21 +502,13 @@ fn diff_and_pprof_from_the_command_line() {
     let after = out_path("diff-after.json");
     std::fs::write(&after, serde_json::to_string(&later).unwrap()).unwrap();
     let svg = out_path("diff.svg");
-    let out = Command::new(leaktrace_bin())
-        .args([
-            "diff",
-            before.to_str().unwrap(),
-            after.to_str().unwrap(),
-            "-o",
-            svg.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = leaktrace_ok(&[
+        "diff",
+        before.to_str().unwrap(),
+        after.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
     let summary = String::from_utf8_lossy(&out.stdout);
     let first = summary.lines().nth(2).unwrap_or_default();
     assert!(
@@ -534,20 +518,12 @@ fn diff_and_pprof_from_the_command_line() {
     assert!(std::fs::read_to_string(&svg).unwrap().contains("leak_here"));
     // pprof, read back by protoc (an independent decoder).
     let pb = out_path("report.pb.gz");
-    let out = Command::new(leaktrace_bin())
-        .args([
-            "report",
-            before.to_str().unwrap(),
-            "-o",
-            pb.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    leaktrace_ok(&[
+        "report",
+        before.to_str().unwrap(),
+        "-o",
+        pb.to_str().unwrap(),
+    ]);
     let decoded = Command::new("sh")
         .arg("-c")
         .arg(format!(

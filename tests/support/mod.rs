@@ -341,3 +341,17 @@ pub fn python_frames(stack: &Value) -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// Runs `leaktrace ARGS...` to completion, asserting that it succeeded; returns its output.
+pub fn leaktrace_ok(args: &[&str]) -> std::process::Output {
+    let out = Command::new(leaktrace_bin())
+        .args(args)
+        .output()
+        .expect("leaktrace runs");
+    assert!(
+        out.status.success(),
+        "leaktrace {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
