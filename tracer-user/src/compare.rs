@@ -95,7 +95,7 @@ pub fn summary(before: &Report, after: &Report, top: usize) -> String {
     out
 }
 
-/// inferno's differential folded lines: `stack BEFORE AFTER`.
+/// inferno's differential folded lines, `stack BEFORE AFTER`, sorted.
 pub fn differential_folded(before: &Report, after: &Report) -> Result<String> {
     let mut out = Vec::new();
     inferno::differential::from_readers(
@@ -105,7 +105,11 @@ pub fn differential_folded(before: &Report, after: &Report) -> Result<String> {
         &mut out,
     )
     .context("cannot compare the two reports")?;
-    Ok(String::from_utf8(out)?)
+    // inferno emits the lines in hash order: sort them for deterministic output.
+    let text = String::from_utf8(out)?;
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    Ok(lines.iter().map(|l| format!("{l}\n")).collect())
 }
 
 pub fn write_diff_svg(before: &Report, after: &Report, mut w: impl Write) -> Result<()> {
