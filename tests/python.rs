@@ -251,31 +251,7 @@ fn asyncio_leak_is_attributed_to_its_coroutine() {
 #[test]
 fn uvicorn_fastapi_endpoint_is_the_top_python_frame() {
     require_root();
-    let py = venv_python();
-    let port = free_port();
-    let server = Proc::spawn(
-        Command::new(&py)
-            .current_dir(root().join("tests/fixtures"))
-            .args([
-                "-m",
-                "uvicorn",
-                "fastapi_leak:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-            ])
-            .arg(port.to_string())
-            .args(["--log-level", "warning"]),
-    );
-    let deadline = std::time::Instant::now() + T;
-    while http_get(port, "/ok").ok() != Some(200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "uvicorn did not start: {}",
-            server.stderr.text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (server, port) = start_uvicorn();
     let out = out_path("uvicorn.json");
     let mut tracer = attach(
         server.pid(),

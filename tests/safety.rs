@@ -48,31 +48,7 @@ fn a_traced_program_computes_the_same_checksum() {
 #[test]
 fn a_hundred_attach_detach_cycles_on_a_loaded_server() {
     require_root();
-    let py = venv_python();
-    let port = free_port();
-    let mut server = Proc::spawn(
-        Command::new(&py)
-            .current_dir(root().join("tests/fixtures"))
-            .args([
-                "-m",
-                "uvicorn",
-                "fastapi_leak:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-            ])
-            .arg(port.to_string())
-            .args(["--log-level", "warning"]),
-    );
-    let deadline = std::time::Instant::now() + T;
-    while http_get(port, "/ok").ok() != Some(200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "uvicorn did not start: {}",
-            server.stderr.text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (mut server, port) = start_uvicorn();
     // Load on loopback for as long as the cycles run (bounded: at most 10 minutes).
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

@@ -355,3 +355,33 @@ pub fn leaktrace_ok(args: &[&str]) -> std::process::Output {
     );
     out
 }
+
+/// Starts `tests/fixtures/fastapi_leak.py` under uvicorn on 127.0.0.1 (the venv made by
+/// `./dev setup`) and waits until it answers; returns the server and its port.
+pub fn start_uvicorn() -> (Proc, u16) {
+    let port = free_port();
+    let server = Proc::spawn(
+        Command::new(venv_python())
+            .current_dir(root().join("tests/fixtures"))
+            .args([
+                "-m",
+                "uvicorn",
+                "fastapi_leak:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+            ])
+            .arg(port.to_string())
+            .args(["--log-level", "warning"]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(port, "/ok").ok() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "uvicorn did not start: {}",
+            server.stderr.text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    (server, port)
+}
