@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
         UProbe,
     },
     Ebpf, EbpfLoader,
@@ -123,6 +123,8 @@ pub struct Tracer {
     ebpf: Ebpf,
     probe_at_entry: bool,
     events: RingBuf<aya::maps::MapData>,
+    /// Probes attached per process (program name, link), detached when the process exits.
+    links: std::collections::HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
 /// Every counter, summed over CPUs.
@@ -162,6 +164,43 @@ impl Counters {
     ];
 }
 
+/// The kernel refuses (EINVAL) a uprobe where another tool holds one on the same instruction
+/// with a different reference counter offset (bcc's `memleak` does, on malloc): say so.
+fn conflict_hint(e: anyhow::Error, function: &str) -> anyhow::Error {
+    let einval = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EINVAL))
+    }) || format!("{e:#}").contains("os error 22");
+    if !einval {
+        return e;
+    }
+    e.context(format!(
+        "the kernel refused a probe on `{function}`: another tracer may hold a probe there that cannot coexist with leaktrace's (bcc's memleak does; `dmesg` then says \"ref_ctr_offset mismatch\"): stop it and try again"
+    ))
+}
+
+/// Drops (detaches) links from several threads at once and waits for all of them.
+fn close_concurrently(links: Vec<UProbeLink>) {
+    const THREADS: usize = 32;
+    if links.is_empty() {
+        return;
+    }
+    let per_thread = links.len().div_ceil(THREADS);
+    let mut links = links;
+    std::thread::scope(|scope| {
+        while !links.is_empty() {
+            let chunk: Vec<UProbeLink> = links.drain(..per_thread.min(links.len())).collect();
+            scope.spawn(move || drop(chunk));
+        }
+    });
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
 impl Tracer {
     pub fn load(limits: Limits) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
@@ -182,6 +221,7 @@ impl Tracer {
             ebpf,
             events,
             probe_at_entry: limits.probe_at_entry,
+            links: Default::default(),
         })
     }
 
@@ -255,12 +295,14 @@ impl Tracer {
             };
             let target = PathBuf::from(module);
             self.attach_one(
+                pid,
                 probe.program,
                 f.file_offset + offset,
                 probe.cookie,
                 &target,
                 scope,
             )
+            .map_err(|e| conflict_hint(e, function))
             .with_context(|| {
                 format!(
                     "failed to attach uprobe `{function}` in `{}`",
@@ -269,7 +311,7 @@ impl Tracer {
             })?;
             if needs_return {
                 // The return probe must sit on the function's first byte.
-                self.attach_one(RETURN_PROGRAM, f.file_offset, 0, &target, scope)
+                self.attach_one(pid, RETURN_PROGRAM, f.file_offset, 0, &target, scope)
                     .with_context(|| {
                         format!(
                             "failed to attach uretprobe `{function}` in `{}`",
@@ -284,7 +326,8 @@ impl Tracer {
 
     fn attach_one(
         &mut self,
-        program: &str,
+        pid: u32,
+        program: &'static str,
         file_offset: u64,
         cookie: u64,
         target: &Path,
@@ -299,8 +342,85 @@ impl Tracer {
             location: UProbeAttachLocation::AbsoluteOffset(file_offset),
             cookie: (cookie != 0).then_some(cookie),
         };
-        probe.attach(point, target, scope)?;
+        let link = probe.attach(point, target, scope)?;
+        self.links.entry(pid).or_default().push((program, link));
         Ok(())
+    }
+
+    /// Forgets a process that exited: drops what the maps hold for it (its memory went with
+    /// it), so a long session over restarting workers stays bounded. `tids` are its threads
+    /// published to the Python walker.
+    ///
+    /// Its probes stay attached until leaktrace detaches everything: they cannot fire (their
+    /// process is gone), and closing them while other processes are traced is not safe on this
+    /// kernel: measured on 6.18, closing an exited worker's links while a new worker was being
+    /// attached left the new worker's probes silent (a gunicorn worker replaced after
+    /// --max-requests showed no allocation at all), and each close also waits for an RCU
+    /// grace period (~0.1 s, 22 links per process), which stalled the session for seconds.
+    pub fn forget_process(&mut self, pid: u32, tids: &[u32]) -> Result<()> {
+        {
+            let mut allocs: HashMap<&mut MapData, AllocKey, AllocInfo> =
+                HashMap::try_from(self.map_mut(MAP_ALLOCS)?)?;
+            let keys: Vec<AllocKey> = allocs
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.tgid == pid)
+                .collect();
+            for k in keys {
+                let _ = allocs.remove(&k);
+            }
+        }
+        {
+            let mut totals: HashMap<&mut MapData, StackKey, StackTotals> =
+                HashMap::try_from(self.map_mut(MAP_STACK_TOTALS)?)?;
+            let keys: Vec<StackKey> = totals
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.tgid == pid)
+                .collect();
+            for k in keys {
+                let _ = totals.remove(&k);
+            }
+        }
+        {
+            let mut targets: HashMap<&mut MapData, u32, PyConfig> =
+                HashMap::try_from(self.map_mut(MAP_PY_TARGETS)?)?;
+            let _ = targets.remove(&pid);
+        }
+        self.update_tstates(&[], tids)
+    }
+
+    /// Takes the links of process `pid` (all processes with `None`) out of their programs.
+    fn take_links(&mut self, pid: Option<u32>) -> Vec<UProbeLink> {
+        let pids: Vec<u32> = match pid {
+            Some(p) => vec![p],
+            None => self.links.keys().copied().collect(),
+        };
+        let mut out = Vec::new();
+        for pid in pids {
+            for (program, link) in self.links.remove(&pid).unwrap_or_default() {
+                let probe: Option<&mut UProbe> = self
+                    .ebpf
+                    .program_mut(program)
+                    .and_then(|p| p.try_into().ok());
+                if let Some(link) = probe.and_then(|p| p.take_link(link).ok()) {
+                    out.push(link);
+                }
+            }
+        }
+        out
+    }
+
+    /// Detaches every probe, concurrently (each detach waits for a kernel grace period, and
+    /// concurrent waits share one): returns once none is attached.
+    pub fn detach_all(&mut self) {
+        let links = self.take_links(None);
+        close_concurrently(links);
+    }
+
+    /// Processes with probes attached.
+    pub fn attached_pids(&self) -> Vec<u32> {
+        self.links.keys().copied().collect()
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {

@@ -130,6 +130,15 @@ pub struct TraceArgs {
     /// Python frames recorded per stack at most (the outermost are cut and counted).
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
     pub max_python_depth: u32,
+    /// Trace only the given process, not its worker processes (by default every descendant
+    /// is traced, including workers started later, such as a uvicorn or gunicorn worker
+    /// restarted after --max-requests).
+    #[arg(long)]
+    pub no_children: bool,
+    /// Keep each process's stacks apart, under a root frame `pid N` (default: stacks are summed
+    /// across the target and its workers).
+    #[arg(long)]
+    pub per_process: bool,
 }
 
 fn parse_seconds(s: &str, allow_zero: bool) -> Result<Duration, String> {
@@ -176,6 +185,8 @@ impl TraceArgs {
             live_view: false,
             native: !self.no_native,
             max_python_depth: self.max_python_depth,
+            follow_children: !self.no_children,
+            per_process: self.per_process,
         }
     }
 }

@@ -92,3 +92,20 @@ mod tests {
         check_kernel(Path::new("/sys")).expect("uprobes are available on this machine kind");
     }
 }
+
+/// Raises the soft limit of open files to the hard limit: every probe is a file descriptor
+/// (22 per traced process), and the probes of workers that exit stay open until leaktrace
+/// detaches (see `Tracer::forget_process`), so a long session over restarting workers needs many.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a struct rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

@@ -79,6 +79,8 @@ pub struct Interpreter {
     pthread_tid_offset: Option<u64>,
     /// Code objects read, by (address, co_name pointer).
     code_cache: HashMap<(u64, u64), Option<CodeInfo>>,
+    /// Frames resolved, by (code, instruction, co_name): stacks share most of their frames.
+    frame_cache: HashMap<PyFrame, Option<Frame>>,
 }
 
 /// What a code object says about itself.
@@ -239,6 +241,7 @@ impl Interpreter {
                 mem,
                 pthread_tid_offset: None,
                 code_cache: HashMap::new(),
+                frame_cache: HashMap::new(),
             };
             // 3.13+ describes its own layout at the start of _PyRuntime: prefer it.
             if file.minor >= 13 {
@@ -329,13 +332,22 @@ impl Interpreter {
 
     /// A Python frame for a recorded (code, instruction) pair.
     pub fn frame(&mut self, f: PyFrame) -> Option<Frame> {
+        if let Some(frame) = self.frame_cache.get(&f) {
+            return frame.clone();
+        }
+        let frame = self.resolve_frame(f);
+        self.frame_cache.insert(f, frame.clone());
+        frame
+    }
+
+    fn resolve_frame(&mut self, f: PyFrame) -> Option<Frame> {
         if f.code == 0 {
             // A C-stack shim frame (3.12+).
             return None;
         }
         let key = (f.code, f.name);
-        let info = match self.code_cache.get(&key) {
-            Some(info) => info.clone(),
+        let info = match self.code_cache.remove(&key) {
+            Some(info) => info,
             None => {
                 // Still the same code object? A freed one's address may hold another by now.
                 let same = self.mem.u64(f.code + self.layout.code_name) == Some(f.name);
@@ -349,11 +361,11 @@ impl Interpreter {
                         kind: FrameKind::Python,
                     });
                 }
-                self.code_cache.insert(key, info.clone());
                 info
             }
         };
         let Some(info) = info else {
+            self.code_cache.insert(key, None);
             return Some(Frame {
                 function: format!("<unreadable code object {:#x}>", f.code),
                 file: None,
@@ -371,13 +383,15 @@ impl Interpreter {
                 off as i64,
             )
         });
-        Some(Frame {
-            function: info.name,
-            file: Some(info.file),
+        let frame = Frame {
+            function: info.name.clone(),
+            file: Some(info.file.clone()),
             line: line.or(Some(info.firstlineno)),
             module: None,
             kind: FrameKind::Python,
-        })
+        };
+        self.code_cache.insert(key, Some(info));
+        Some(frame)
     }
 
     /// Byte offset into the code's bytecode of the instruction a frame is at.

@@ -12,6 +12,8 @@ pub const SCHEMA: &str = "leaktrace/v1";
 pub enum FrameKind {
     Native,
     Python,
+    /// `--per-process`: the outermost frame names the process (`pid 1234`).
+    Process,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! One tracing session: attach, poll, print, and write the report on the way out.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs::File,
     io::{Seek, Write},
     path::{Path, PathBuf},
@@ -50,6 +50,10 @@ pub struct AttachOptions {
     /// Keep native frames in stacks that have Python frames.
     pub native: bool,
     pub max_python_depth: u32,
+    /// Also trace the target's descendants (workers), present and future.
+    pub follow_children: bool,
+    /// Keep each process's stacks apart under a `pid N` root frame.
+    pub per_process: bool,
 }
 
 /// Why tracing stopped.
@@ -86,23 +90,55 @@ fn open_output(path: &PathBuf) -> Result<File> {
         })
 }
 
+/// Worker processes traced at most at once (beyond, new ones are not followed and a note says so).
+const MAX_PROCESSES: usize = 256;
+/// Tries to attach to a new process that does not map its allocator yet (just exec'd).
+const CHILD_ATTACH_TRIES: u32 = 20;
+
+/// One traced process: the target of `attach`/`run`, or one of its workers.
+struct Proc {
+    target: TargetProcess,
+    python: Option<Interpreter>,
+    /// Threads whose state is published to the kernel.
+    py_tids: HashSet<u32>,
+    /// No more looking for an interpreter (found one, or found one we cannot read).
+    python_search_done: bool,
+}
+
+impl Proc {
+    fn new(target: TargetProcess) -> Self {
+        Self {
+            target,
+            python: None,
+            py_tids: HashSet::new(),
+            python_search_done: false,
+        }
+    }
+}
+
 struct Session {
     opts: AttachOptions,
-    target: TargetProcess,
+    /// The process named on the command line (or started by `run`).
+    root: u32,
+    /// Every process traced right now, the root included, by PID.
+    procs: BTreeMap<u32, Proc>,
+    /// Every process traced at some point.
+    traced: BTreeSet<u32>,
+    /// Workers that exited while traced: (pid, seconds into the session).
+    exited: Vec<(u32, f64)>,
+    /// New processes not attached yet (allocator not mapped yet): failed tries so far.
+    waiting: HashMap<u32, u32>,
+    /// Processes given up on: not followed again.
+    skipped: HashSet<u32>,
     tracer: Tracer,
     resolver: Resolver,
     regions: Regions,
     series: Series,
     started: Instant,
-    python: Option<Interpreter>,
-    /// Threads whose state is published to the kernel.
-    py_tids: std::collections::HashSet<u32>,
-    /// Resolved Python stacks, outermost frame first.
-    py_frames: HashMap<u64, Vec<Frame>>,
+    /// Resolved Python stacks by (process, stack hash), outermost frame first.
+    py_frames: HashMap<(u32, u64), Vec<Frame>>,
     /// Set when leaktrace started the target itself (`run`).
     child: Option<u32>,
-    /// No more looking for an interpreter (found one, or found one we cannot read).
-    python_search_done: bool,
     /// Files examined for an interpreter.
     interp_files: crate::pyruntime::InterpFiles,
     /// Where intervals are shown: tables, or `top`'s live view.
@@ -117,6 +153,7 @@ pub fn attach(opts: AttachOptions) -> Result<i32> {
 
 fn preflight_checks() -> Result<()> {
     preflight::check_privileges()?;
+    preflight::raise_fd_limit();
     for warning in preflight::check_kernel(std::path::Path::new("/sys"))? {
         eprintln!("leaktrace: warning: {warning}");
     }
@@ -218,19 +255,22 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             opts.output.display()
         );
 
+        let root = target.pid;
         let mut session = Session {
             opts: opts.clone(),
-            target,
+            root,
+            procs: BTreeMap::from([(root, Proc::new(target))]),
+            traced: BTreeSet::from([root]),
+            exited: Vec::new(),
+            waiting: HashMap::new(),
+            skipped: HashSet::new(),
             tracer,
             resolver,
             regions: Regions::default(),
             series: Series::default(),
             started: Instant::now(),
-            python: None,
-            py_tids: Default::default(),
             py_frames: HashMap::new(),
             child,
-            python_search_done: false,
             interp_files: Default::default(),
             view: if opts.live_view {
                 crate::view::for_top(opts.pid, opts.top, opts.sort)
@@ -243,14 +283,16 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         };
         if let Some(pid) = child {
             if opts.python {
-                session
-                    .interp_files
-                    .prepare_for(Path::new(&session.target.exe));
+                let exe = session.root_proc().target.exe.clone();
+                session.interp_files.prepare_for(Path::new(&exe));
             }
             crate::spawn::resume(pid);
             session.follow_python_start().await?;
         } else {
-            session.find_python()?;
+            session.find_python(root)?;
+        }
+        if opts.follow_children {
+            session.follow_children();
         }
         session.sample()?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -268,11 +310,14 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
                         break Stop::Signal("q");
                     }
                     session.drain();
-                    if ticks % 5 == 0 && session.python.is_none() && !session.python_search_done {
-                        // `run`: the interpreter is mapped some time after exec.
-                        let _ = session.resolver.refresh(session.target.pid);
-                        session.find_python()?;
+                    if opts.follow_children {
+                        session.follow_children();
                     }
+                    if ticks % 5 == 0 {
+                        // `run` and new workers: the interpreter is mapped some time after exec.
+                        session.find_pythons()?;
+                    }
+                    session.forget_exited_workers();
                     session.refresh_threads()?;
                     if ticks % 5 == 0 {
                         session.resolve_new_python_stacks();
@@ -280,12 +325,12 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
                     if opts.duration.is_some_and(|d| session.started.elapsed() >= d) {
                         break Stop::Duration;
                     }
-                    if !session.target.is_alive() {
+                    if !session.root_proc().target.is_alive() {
                         break Stop::TargetExited;
                     }
                     if Instant::now() >= next_report {
                         next_report += opts.interval;
-                        let _ = session.resolver.refresh(session.target.pid);
+                        session.refresh_maps();
                         session.sample()?;
                         session.show_interval()?;
                     }
@@ -297,12 +342,42 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
 }
 
 impl Session {
-    /// Turns on Python frames if the target runs a supported CPython.
-    fn find_python(&mut self) -> Result<()> {
-        if !self.opts.python || self.python_search_done {
+    fn root_proc(&self) -> &Proc {
+        &self.procs[&self.root]
+    }
+
+    /// Re-reads the mappings of every traced process (new libraries, new code).
+    fn refresh_maps(&mut self) {
+        for pid in self.procs.keys() {
+            let _ = self.resolver.refresh(*pid);
+        }
+    }
+
+    /// Looks for an interpreter in every process where the search is not over yet.
+    fn find_pythons(&mut self) -> Result<()> {
+        let pending: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.python.is_none() && !p.python_search_done)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in pending {
+            let _ = self.resolver.refresh(pid);
+            self.find_python(pid)?;
+        }
+        Ok(())
+    }
+
+    /// Turns on Python frames for process `pid` if it runs a supported CPython.
+    fn find_python(&mut self, pid: u32) -> Result<()> {
+        let started_by_us = self.child == Some(pid);
+        let is_root = pid == self.root;
+        let Some(proc) = self.procs.get_mut(&pid) else {
+            return Ok(());
+        };
+        if !self.opts.python || proc.python_search_done {
             return Ok(());
         }
-        let pid = self.target.pid;
         let Some(maps) = self.resolver.maps(pid) else {
             return Ok(());
         };
@@ -311,40 +386,59 @@ impl Session {
                 self.tracer
                     .set_python(pid, &interp.config(self.opts.max_python_depth))?;
                 if self.opts.pymalloc {
-                    self.attach_pymalloc(&interp)?;
+                    self.attach_pymalloc(pid, &interp)?;
                 }
                 // Printed once everything is in place: scripts and tests wait for it.
-                eprintln!(
-                    "leaktrace: Python {} in `{}`: recording Python frames",
-                    interp.version(),
-                    interp.module
-                );
-                self.python = Some(interp);
-                self.python_search_done = true;
+                if is_root {
+                    eprintln!(
+                        "leaktrace: Python {} in `{}`: recording Python frames",
+                        interp.version(),
+                        interp.module
+                    );
+                } else {
+                    eprintln!(
+                        "leaktrace: worker {pid}: Python {} in `{}`: recording Python frames",
+                        interp.version(),
+                        interp.module
+                    );
+                }
+                let proc = self.procs.get_mut(&pid).expect("checked above");
+                proc.python = Some(interp);
+                proc.python_search_done = true;
                 self.refresh_threads()?;
             }
-            // A command started by `run` maps its interpreter some time after exec.
-            Err(NotPython::Absent) if self.child.is_some() => {}
+            // A command started by `run`, or a worker just started, maps its interpreter some
+            // time after exec.
+            Err(NotPython::Absent) if started_by_us || !is_root => {
+                // A worker that already maps its C library and no interpreter runs no Python.
+                let has_libc = maps.find_file(crate::procmaps::is_libc_name).is_some();
+                if !is_root && has_libc && maps.find_file(|n| n.contains("python")).is_none() {
+                    proc.python_search_done = true;
+                }
+            }
             Err(NotPython::Absent) => {
-                self.python_search_done = true;
+                proc.python_search_done = true;
                 eprintln!(
                     "leaktrace: pid {pid} is not a Python process: tracing native stacks only"
                 )
             }
             Err(NotPython::Unsupported(why)) => {
-                self.python_search_done = true;
+                proc.python_search_done = true;
                 eprintln!("leaktrace: warning: {why}: tracing native stacks only")
             }
         }
         Ok(())
     }
 
-    fn attach_pymalloc(&mut self, interp: &Interpreter) -> Result<()> {
+    fn attach_pymalloc(&mut self, pid: u32, interp: &Interpreter) -> Result<()> {
         let host = Path::new("/proc")
-            .join(self.target.pid.to_string())
+            .join(pid.to_string())
             .join("root")
             .join(interp.module.trim_start_matches('/'));
-        let (probes, exported_only) = self.tracer.attach_pymalloc(self.target.pid, &host)?;
+        let (probes, exported_only) = self.tracer.attach_pymalloc(pid, &host)?;
+        if pid != self.root {
+            return Ok(());
+        }
         let names: Vec<&str> = probes.iter().map(|p| p.function).collect();
         eprintln!(
             "leaktrace: --pymalloc: probing {} in `{}`: every Python object allocation now traps into the kernel; expect the target to run several times slower while attached",
@@ -367,16 +461,20 @@ impl Session {
     /// the 500 ms search in the main loop goes on).
     async fn follow_python_start(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(3);
-        while self.opts.python && Instant::now() < deadline && self.target.is_alive() {
-            if self.python.is_none() {
-                let _ = self.resolver.refresh(self.target.pid);
-                self.find_python()?;
-                if self.python_search_done && self.python.is_none() {
+        let root = self.root;
+        while self.opts.python && Instant::now() < deadline && self.root_proc().target.is_alive()
+        {
+            let proc = self.root_proc();
+            if proc.python.is_none() {
+                let _ = self.resolver.refresh(root);
+                self.find_python(root)?;
+                let proc = self.root_proc();
+                if proc.python_search_done && proc.python.is_none() {
                     return Ok(());
                 }
             } else {
                 self.refresh_threads()?;
-                if !self.py_tids.is_empty() {
+                if !self.root_proc().py_tids.is_empty() {
                     return Ok(());
                 }
             }
@@ -385,43 +483,139 @@ impl Session {
         Ok(())
     }
 
-    /// Publishes the target's current Python threads to the kernel.
+    /// Publishes the current Python threads of every traced process to the kernel.
     fn refresh_threads(&mut self) -> Result<()> {
-        let Some(interp) = self.python.as_mut() else {
-            return Ok(());
-        };
-        let threads = interp.threads();
-        if threads.is_empty() && !self.target.is_alive() {
-            return Ok(());
+        for proc in self.procs.values_mut() {
+            let Some(interp) = proc.python.as_mut() else {
+                continue;
+            };
+            let threads = interp.threads();
+            if threads.is_empty() && !proc.target.is_alive() {
+                continue;
+            }
+            let now: HashSet<u32> = threads.iter().map(|t| t.0).collect();
+            let gone: Vec<u32> = proc.py_tids.difference(&now).copied().collect();
+            self.tracer.update_tstates(&threads, &gone)?;
+            proc.py_tids = now;
         }
-        let now: std::collections::HashSet<u32> = threads.iter().map(|t| t.0).collect();
-        let gone: Vec<u32> = self.py_tids.difference(&now).copied().collect();
-        self.tracer.update_tstates(&threads, &gone)?;
-        self.py_tids = now;
         Ok(())
     }
 
-    /// Resolves Python stacks seen since the last call, while the target is alive to be read.
+    /// Traces descendants of the root that are not traced yet (uvicorn and gunicorn workers,
+    /// also those started later). A process that does not map its allocator yet (exec'd a
+    /// moment ago) is tried again at the next round.
+    fn follow_children(&mut self) {
+        let me = std::process::id();
+        let found = crate::target::descendants(self.root, me, MAX_PROCESSES * 4);
+        for pid in found {
+            if self.procs.contains_key(&pid) || self.skipped.contains(&pid) {
+                continue;
+            }
+            if self.procs.len() >= MAX_PROCESSES {
+                if self.skipped.insert(pid) {
+                    eprintln!(
+                        "leaktrace: warning: already tracing {MAX_PROCESSES} processes: not following pid {pid}"
+                    );
+                }
+                continue;
+            }
+            let t0 = Instant::now();
+            let target = match crate::target::TargetProcess::discover(pid) {
+                Ok(t) => t,
+                Err(e) => {
+                    let tries = self.waiting.entry(pid).or_insert(0);
+                    *tries += 1;
+                    if *tries >= CHILD_ATTACH_TRIES {
+                        self.waiting.remove(&pid);
+                        self.skipped.insert(pid);
+                        eprintln!("leaktrace: not following pid {pid}: {e}");
+                    }
+                    continue;
+                }
+            };
+            self.waiting.remove(&pid);
+            match self.tracer.attach(pid, &target.allocator_host_path) {
+                Ok(probes) => {
+                    eprintln!(
+                        "leaktrace: following worker pid {pid} ({}): {} probes in {} ms",
+                        target.exe,
+                        probes.len(),
+                        t0.elapsed().as_millis()
+                    );
+                    let _ = self.resolver.refresh(pid);
+                    self.procs.insert(pid, Proc::new(target));
+                    self.traced.insert(pid);
+                    if let Err(e) = self.find_python(pid) {
+                        eprintln!("leaktrace: worker {pid}: no Python frames: {e:#}");
+                        if let Some(p) = self.procs.get_mut(&pid) {
+                            p.python_search_done = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Exited while we attached, most likely; anything else is said once.
+                    let _ = self.tracer.forget_process(pid, &[]);
+                    self.skipped.insert(pid);
+                    if target.is_alive() {
+                        eprintln!("leaktrace: warning: not following pid {pid}: {e:#}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops tracing workers that exited: their probes go, and so does what the maps hold
+    /// for them (their memory went with them).
+    fn forget_exited_workers(&mut self) {
+        let gone: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(pid, p)| **pid != self.root && !p.target.is_alive())
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            let proc = self.procs.remove(&pid).expect("listed above");
+            let tids: Vec<u32> = proc.py_tids.into_iter().collect();
+            if let Err(e) = self.tracer.forget_process(pid, &tids) {
+                eprintln!("leaktrace: warning: cleaning up after pid {pid}: {e:#}");
+            }
+            self.regions.drop_process(pid);
+            self.py_frames.retain(|(p, _), _| *p != pid);
+            let t = self.started.elapsed().as_secs_f64();
+            self.exited.push((pid, t));
+            eprintln!("leaktrace: worker pid {pid} exited after {t:.1} s: no longer traced");
+        }
+    }
+
+    /// Resolves Python stacks seen since the last call, while the targets are alive to be read.
     fn resolve_new_python_stacks(&mut self) {
-        if self.python.is_none() {
+        if self.procs.values().all(|p| p.python.is_none()) {
             return;
         }
         let Ok(totals) = self.tracer.stack_totals() else {
             return;
         };
+        // Bounded per call: a worker that just started (imports) makes thousands of new
+        // stacks, and the loop must get back to publishing threads quickly; what is left is
+        // resolved at the next call, or on demand for a table or the report.
+        let deadline = Instant::now() + Duration::from_millis(30);
         for (key, _) in totals {
-            if key.py_stack != 0 && !self.py_frames.contains_key(&key.py_stack) {
-                self.python_frames(key.py_stack);
+            if key.py_stack != 0 && !self.py_frames.contains_key(&(key.tgid, key.py_stack)) {
+                self.python_frames(key.tgid, key.py_stack);
+                if Instant::now() >= deadline {
+                    break;
+                }
             }
         }
     }
 
     /// The Python frames of a recorded stack, outermost first (cached).
-    fn python_frames(&mut self, key: u64) -> Vec<Frame> {
-        if let Some(frames) = self.py_frames.get(&key) {
+    fn python_frames(&mut self, tgid: u32, key: u64) -> Vec<Frame> {
+        if let Some(frames) = self.py_frames.get(&(tgid, key)) {
             return frames.clone();
         }
-        let (Some(interp), Some(stack)) = (self.python.as_mut(), self.tracer.py_stack(key)) else {
+        let interp = self.procs.get_mut(&tgid).and_then(|p| p.python.as_mut());
+        let (Some(interp), Some(stack)) = (interp, self.tracer.py_stack(key)) else {
             return Vec::new();
         };
         let len = (stack.len as usize).min(stack.frames.len());
@@ -439,7 +633,7 @@ impl Session {
             });
         }
         frames.reverse();
-        self.py_frames.insert(key, frames.clone());
+        self.py_frames.insert((tgid, key), frames.clone());
         frames
     }
 
@@ -496,16 +690,32 @@ impl Session {
     fn frames(&mut self, key: &StackKey) -> Vec<Frame> {
         let native = self.native_frames(key);
         let python = if key.py_stack != 0 {
-            self.python_frames(key.py_stack)
+            self.python_frames(key.tgid, key.py_stack)
+        } else {
+            Vec::new()
+        };
+        let process: Vec<Frame> = if self.opts.per_process {
+            let exe = self.procs.get(&key.tgid).map(|p| p.target.exe.clone());
+            vec![Frame {
+                function: format!("pid {}", key.tgid),
+                file: None,
+                line: None,
+                module: exe.map(|e| {
+                    Path::new(&e)
+                        .file_name()
+                        .map_or(e.clone(), |n| n.to_string_lossy().into_owned())
+                }),
+                kind: crate::report::FrameKind::Process,
+            }]
         } else {
             Vec::new()
         };
         if python.is_empty() {
-            return native.into_iter().rev().collect();
+            return process.into_iter().chain(native.into_iter().rev()).collect();
         }
         // Native frames from the leaf outward: the allocator and its caller, then whatever is
         // not the interpreter itself (a C extension), up to the first interpreter frame.
-        let interp_module = self.python.as_ref().and_then(|i| {
+        let interp_module = self.procs.get(&key.tgid).and_then(|p| p.python.as_ref()).and_then(|i| {
             Path::new(&i.module)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -519,7 +729,11 @@ impl Session {
                 leaf.push(f);
             }
         }
-        python.into_iter().chain(leaf.into_iter().rev()).collect()
+        process
+            .into_iter()
+            .chain(python)
+            .chain(leaf.into_iter().rev())
+            .collect()
     }
 
     /// Native frames of a stack, innermost (the allocator) first.
@@ -528,7 +742,13 @@ impl Session {
         let kind = AllocKind::from_u32(key.kind).unwrap_or(AllocKind::Other);
         let mut frames = vec![Frame::native(
             kind.function_name(),
-            Some(self.target.allocator_module()),
+            Some(
+                self.procs
+                    .get(&pid)
+                    .unwrap_or_else(|| self.root_proc())
+                    .target
+                    .allocator_module(),
+            ),
         )];
         // ips[0] is the probed instruction (the allocator itself); the rest are return
         // addresses. Frame-pointer unwinding from a function's entry skips its caller, whose
@@ -633,7 +853,7 @@ impl Session {
         let now_ns = monotonic_ns();
         self.drain();
         if stop != Some(Stop::TargetExited) {
-            let _ = self.resolver.refresh(self.target.pid);
+            self.refresh_maps();
         }
         self.sample()?;
         let counters = self.tracer.counters()?;
@@ -719,9 +939,9 @@ impl Session {
     fn finish(mut self, stop: Stop, out: &mut File) -> Result<i32> {
         let report = self.build_report(Some(stop))?;
         // Detach before the (possibly slow) rendering: the target runs free again.
+        let target = self.root_proc().target.clone();
         let Session {
             opts,
-            target,
             tracer,
             child,
             mut view,
@@ -732,10 +952,12 @@ impl Session {
 
         out.set_len(0)?;
         out.rewind()?;
+        let mut writer = std::io::BufWriter::new(&mut *out);
         report
-            .write_as(opts.format, opts.flame, &mut *out)
+            .write_as(opts.format, opts.flame, &mut writer)
+            .and_then(|()| writer.flush().map_err(Into::into))
             .with_context(|| format!("cannot write `{}`", opts.output.display()))?;
-        out.flush()?;
+        drop(writer);
         print_summary(&opts, &target, &report, stop);
         if let Some(pid) = child {
             if stop == Stop::TargetExited {
@@ -768,8 +990,24 @@ impl Session {
         } else if let Some(Stop::TargetExited) = stop {
             notes.push(format!(
                 "process {} exited after {:.1} s of tracing: the report shows what was live just before it exited",
-                self.target.pid,
+                self.root,
                 self.started.elapsed().as_secs_f64()
+            ));
+        }
+        for (pid, t) in &self.exited {
+            notes.push(format!(
+                "worker process {pid} exited after {t:.1} s of tracing: its memory went with it and is not in this report"
+            ));
+        }
+        if self.traced.len() > 1 && !self.opts.per_process {
+            notes.push(format!(
+                "{} processes traced (pids {}): stacks are summed across them; --per-process keeps them apart",
+                self.traced.len(),
+                self.traced
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         let stack_lost = counters.get(Counter::StackCollision) + counters.get(Counter::StackError);
@@ -781,9 +1019,12 @@ impl Session {
         Report {
             schema: SCHEMA.to_string(),
             target: Target {
-                pids: vec![self.target.pid],
-                exe: self.target.exe.clone(),
-                python: self.python.as_ref().map(Interpreter::version),
+                pids: self.traced.iter().copied().collect(),
+                exe: self.root_proc().target.exe.clone(),
+                python: std::iter::once(self.root_proc())
+                    .chain(self.procs.values())
+                    .find_map(|p| p.python.as_ref())
+                    .map(Interpreter::version),
             },
             mode: "exact".to_string(),
             duration_s: self.started.elapsed().as_secs_f64(),

@@ -134,6 +134,43 @@ impl TargetProcess {
     }
 }
 
+/// The children of `pid` (of every one of its threads), from `/proc/PID/task/TID/children`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Every descendant of `root` (children, their children, ...), at most `limit` of them,
+/// leaving out `exclude` (leaktrace itself, when it is one).
+pub fn descendants(root: u32, exclude: u32, limit: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut queue = vec![root];
+    while let Some(p) = queue.pop() {
+        for c in children(p) {
+            if c == exclude || c == root || out.contains(&c) {
+                continue;
+            }
+            if out.len() >= limit {
+                return out;
+            }
+            out.push(c);
+            queue.push(c);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 /// Marks a process as traced by this leaktrace for as long as it is held (an advisory lock on
 /// `/run/leaktrace/PID.lock`, released by the kernel when leaktrace exits, however it exits).
 pub struct TraceLock {
@@ -194,6 +231,37 @@ fn has_interpreter(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_children_and_grandchildren() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let me = std::process::id();
+        let mut found = Vec::new();
+        for _ in 0..200 {
+            found = descendants(me, 0, 100);
+            if found.contains(&pid) && children(pid).len() == 2 {
+                found = descendants(me, 0, 100);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let grandchildren = children(pid);
+        let _ = std::process::Command::new("pkill")
+            .args(["-P", &pid.to_string()])
+            .status();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&pid), "{found:?}");
+        assert_eq!(grandchildren.len(), 2, "{grandchildren:?}");
+        for g in &grandchildren {
+            assert!(found.contains(g), "{found:?} lacks grandchild {g}");
+        }
+        assert!(descendants(me, pid, 100).iter().all(|p| *p != pid));
+    }
 
     #[test]
     fn parses_stat_with_odd_names() {
