@@ -113,6 +113,8 @@ pub struct Limits {
     pub sampling: Option<Sampling>,
     /// Put every probe at its function's first byte (benchmarks).
     pub probe_at_entry: bool,
+    /// Attach no return probe (benchmarks: what the return trap costs).
+    pub no_return_probe: bool,
 }
 
 /// One attached probe, for the progress line and the docs.
@@ -127,6 +129,7 @@ pub struct Tracer {
     ebpf: Ebpf,
     sampling: Option<Sampling>,
     probe_at_entry: bool,
+    no_return_probe: bool,
     events: RingBuf<aya::maps::MapData>,
 }
 
@@ -208,6 +211,7 @@ impl Tracer {
             sampling: limits.sampling,
             events,
             probe_at_entry: limits.probe_at_entry,
+            no_return_probe: limits.no_return_probe,
         })
     }
 
@@ -293,7 +297,7 @@ impl Tracer {
                     module.display()
                 )
             })?;
-            if needs_return {
+            if needs_return && !self.no_return_probe {
                 // The return probe must sit on the function's first byte.
                 self.attach_one(RETURN_PROGRAM, f.file_offset, 0, &target, scope)
                     .with_context(|| {

@@ -161,6 +161,10 @@ pub struct TraceArgs {
     /// Put every probe on its function's first byte (benchmarks: shows what placement saves).
     #[arg(long, hide = true)]
     pub probe_at_entry: bool,
+    /// Attach no return probe (benchmarks only: measures what the return trap costs; nothing
+    /// that needs the returned pointer is recorded).
+    #[arg(long, hide = true)]
+    pub bench_no_return_probe: bool,
     /// Python frames recorded per stack at most (the outermost are cut and counted).
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
     pub max_python_depth: u32,
@@ -211,6 +215,7 @@ impl TraceArgs {
             python: !self.no_python,
             pymalloc: self.pymalloc,
             probe_at_entry: self.probe_at_entry,
+            bench_no_return_probe: self.bench_no_return_probe,
             sort: self.sort,
             flame: self.flame,
             live_view: false,

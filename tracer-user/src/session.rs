@@ -46,6 +46,8 @@ pub struct AttachOptions {
     pub pymalloc: bool,
     /// Every probe on its function's first byte (benchmarks).
     pub probe_at_entry: bool,
+    /// No return probes (benchmarks).
+    pub bench_no_return_probe: bool,
     /// How tables, the live view and the summary rank stacks.
     pub sort: crate::view::SortBy,
     /// What flamegraphs and folded output measure.
@@ -187,6 +189,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             },
             sampling: opts.sampling,
             probe_at_entry: opts.probe_at_entry,
+            no_return_probe: opts.bench_no_return_probe,
         })
         .and_then(|mut tracer| {
             let probes = tracer.attach(target.pid, &target.allocator_host_path)?;
