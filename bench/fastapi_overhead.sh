@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Request throughput of the demo FastAPI app (demo/app.py, uvicorn, 127.0.0.1 only) untraced,
 # traced by leaktrace (exact mode), traced without Python frames (--no-python: what the frame
-# walk costs), and traced with --pymalloc, interleaved in one run. MODES picks a subset.
+# walk costs), traced with --pymalloc, and sampled (--mode sampled, default 512 KiB), interleaved
+# in one run. MODES picks a subset.
 # Load: wrk, 1 thread, 8 connections, bounded by time. Prints requests/s per mode (median of
 # ROUNDS) and the ratio to untraced. Needs root, ./dev setup, a release build, and wrk (Debian).
 # usage: bench/fastapi_overhead.sh [ROUNDS] [SECONDS] [PATH]
@@ -46,6 +47,8 @@ measure() {
         local extra=() ready="recording Python frames"
         [ "$mode" = pymalloc ] && extra=(--pymalloc)
         [ "$mode" = nopython ] && extra=(--no-python) && ready="leaktrace: attached"
+        [ "$mode" = sampled ] && extra=(--mode sampled)
+        [ "$mode" = sampled-noret ] && extra=(--mode sampled --bench-no-return-probe)
         "$LT" attach "$app" --interval 3600 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$work/lt.err" &
         tracer=$!
         echo "$tracer" >"$work/tracer.pid"

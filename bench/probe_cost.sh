@@ -3,6 +3,10 @@
 #   untraced            malloc+free with no probe
 #   traced              leaktrace attached (free's probe placed past `test %rdi,%rdi`)
 #   traced, at entry    leaktrace attached with every probe at the function's first byte
+#   sampled             --mode sampled (default 512 KiB): a 64-byte malloc is almost never recorded
+#   sampled, no ret     the same without the uretprobe (benchmark-only switch): what the
+#                       return trap, still taken by every unsampled call, costs
+# MODES picks a subset (default: all five).
 # Prints the median ns per malloc+free pair of each and the ratios. Needs root and a build of
 # leaktrace (./dev setup && cargo build --release). usage: bench/probe_cost.sh [ROUNDS] [PAIRS]
 set -euo pipefail
@@ -18,15 +22,21 @@ cc -O2 -o "$work/probe_cost" bench/probe_cost.c
 # One measurement; $1 = mode (untraced | placed | entry). Prints ns per pair.
 measure() {
     local mode=$1 pid tracer out="$work/out.$mode" err="$work/err.$mode"
+    # A previous round's "ready" must not be mistaken for this one's.
+    rm -f "$out" "$err"
     "$work/probe_cost" "$PAIRS" >"$out" &
     pid=$!
-    until grep -q ready "$out"; do sleep 0.01; done
+    until grep -q ready "$out" 2>/dev/null; do sleep 0.01; done
     if [ "$mode" != untraced ]; then
         local extra=()
-        [ "$mode" = entry ] && extra=(--probe-at-entry)
+        case $mode in
+            entry) extra=(--probe-at-entry) ;;
+            sampled) extra=(--mode sampled) ;;
+            sampled-noret) extra=(--mode sampled --bench-no-return-probe) ;;
+        esac
         "$LT" attach "$pid" --no-python --interval 3600 --min-age 0 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$err" &
         tracer=$!
-        until grep -q "leaktrace: attached" "$err"; do
+        until grep -q "leaktrace: attached" "$err" 2>/dev/null; do
             kill -0 "$tracer" 2>/dev/null || { cat "$err" >&2; exit 1; }
             sleep 0.02
         done
@@ -42,20 +52,19 @@ measure() {
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
+MODES=${MODES:-untraced placed entry sampled sampled-noret}
 declare -A results
-for mode in untraced placed entry; do results[$mode]=""; done
+for mode in $MODES; do results[$mode]=""; done
 for round in $(seq "$ROUNDS"); do
-    for mode in untraced placed entry; do
+    for mode in $MODES; do
         results[$mode]+="$(measure "$mode")"$'\n'
     done
     echo "round $round/$ROUNDS done" >&2
 done
 u=$(printf '%s' "${results[untraced]}" | median)
-p=$(printf '%s' "${results[placed]}" | median)
-e=$(printf '%s' "${results[entry]}" | median)
-echo "machine: $(uname -r), $(nproc) cpus; $ROUNDS interleaved rounds of $PAIRS malloc+free pairs (median)"
-printf '%-34s %10s ns/pair\n' "untraced" "$u"
-printf '%-34s %10s ns/pair  (%.1fx untraced)\n' "traced, free probe at free+3" "$p" "$(echo "$p / $u" | bc -l)"
-printf '%-34s %10s ns/pair  (%.1fx untraced)\n' "traced, every probe at entry" "$e" "$(echo "$e / $u" | bc -l)"
-printf 'probe cost per pair: placed %.0f ns, at entry %.0f ns: placement saves %.1fx\n' \
-    "$(echo "$p - $u" | bc -l)" "$(echo "$e - $u" | bc -l)" "$(echo "($e - $u) / ($p - $u)" | bc -l)"
+echo "machine: $(uname -r), $(nproc) cpus; $ROUNDS interleaved rounds of $PAIRS malloc(64)+free pairs (median)"
+for mode in $MODES; do
+    r=$(printf '%s' "${results[$mode]}" | median)
+    printf '%-16s %10s ns/pair  (%.1fx untraced, probes %.0f ns/pair)\n' "$mode" "$r" \
+        "$(echo "$r / $u" | bc -l)" "$(echo "$r - $u" | bc -l)"
+done

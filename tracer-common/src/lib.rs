@@ -7,6 +7,8 @@
 
 use core::mem::size_of;
 
+pub mod sampling;
+
 /// Outstanding heap allocations: [`AllocKey`] -> [`AllocInfo`].
 pub const MAP_ALLOCS: &str = "ALLOCS";
 /// Live totals per allocation stack: [`StackKey`] -> [`StackTotals`].
@@ -31,12 +33,12 @@ pub const MAP_PY_SCRATCH: &str = "PY_SCRATCH";
 pub const MAP_PY_FRAME_BUF: &str = "PY_FRAME_BUF";
 
 /// Default capacity of [`MAP_ALLOCS`] (`--max-allocs`).
-pub const DEFAULT_MAX_ALLOCS: u32 = 1_000_000;
+pub const DEFAULT_MAX_ALLOCS: u32 = 500_000;
 /// Default capacity of [`MAP_STACK_TOTALS`].
-pub const DEFAULT_MAX_STACK_TOTALS: u32 = 65_536;
+pub const DEFAULT_MAX_STACK_TOTALS: u32 = 32_768;
 /// Default capacity of [`MAP_STACKS`] (distinct native stacks).
-pub const DEFAULT_MAX_STACKS: u32 = 16_384;
-/// Capacity of [`MAP_PENDING`]: threads that can be inside an allocator at once.
+pub const DEFAULT_MAX_STACKS: u32 = 8192;
+/// Default capacity of [`MAP_PENDING`]: threads that can be inside an allocator at once.
 pub const MAX_PENDING: u32 = 16_384;
 /// Size of [`MAP_EVENTS`] in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
@@ -48,7 +50,7 @@ pub const PY_FRAME_WINDOW: usize = 128;
 /// Python frames kept per stack at most (`--max-python-depth` may lower it).
 pub const MAX_PY_FRAMES: usize = 128;
 /// Default capacity of [`MAP_PY_STACKS`].
-pub const DEFAULT_MAX_PY_STACKS: u32 = 16_384;
+pub const DEFAULT_MAX_PY_STACKS: u32 = 8192;
 /// Capacity of [`MAP_PY_TSTATES`] (threads of all traced Python processes).
 pub const MAX_PY_THREADS: u32 = 16_384;
 /// Capacity of [`MAP_PY_TARGETS`].
@@ -191,10 +193,14 @@ pub enum Counter {
     PyStacksFull = 14,
     /// Python stack cut short because a frame could not be read.
     PyReadError = 15,
+    /// `--mode sampled`: allocator calls recorded (a sample point fell in their bytes).
+    Sampled = 16,
+    /// `--mode sampled`: allocator calls passed over without recording.
+    Unsampled = 17,
 }
 
 /// Number of slots in [`MAP_COUNTERS`].
-pub const COUNTER_SLOTS: u32 = 16;
+pub const COUNTER_SLOTS: u32 = 18;
 
 /// Key of [`MAP_ALLOCS`].
 #[repr(C)]

@@ -6,10 +6,13 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
-use tracer_common::{cookie, AllocKind, Counter, MapEventKind};
+use tracer_common::{cookie, sampling::NESTED_WATCH_BYTES, AllocKind, Counter, MapEventKind};
 
 use crate::{
-    maps::{count, enter, forget, record, take_pending},
+    maps::{
+        count, enter, enter_unrecorded, forget, record, sample_bytes, sampled, take_pending,
+        tgid_of,
+    },
     mmap::emit,
 };
 
@@ -69,8 +72,41 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     if c & cookie::PAGE_ROUND != 0 {
         size = size.saturating_add(PAGE - 1) & !(PAGE - 1);
     }
+    // `--mode sampled`: decide before any other map operation, stack capture or Python walk.
+    if sample_bytes() != 0 && !sample_decision(&ctx, c, size, pick(cookie::ptr_arg(c))) {
+        return 0;
+    }
     enter(&ctx, cookie::kind(c), size, pick(cookie::ptr_arg(c)), 0);
     0
+}
+
+/// `--mode sampled`: whether to record this call. An unsampled call creates no pending entry
+/// (the return probe then finds none), except for large requests (see [`enter_unrecorded`]).
+#[inline(always)]
+fn sample_decision(ctx: &ProbeContext, c: u64, size: u64, ptr: u64) -> bool {
+    const REALLOC: u32 = AllocKind::Realloc as u32;
+    const REALLOCARRAY: u32 = AllocKind::ReallocArray as u32;
+    const PYREALLOC: u32 = AllocKind::PyRealloc as u32;
+    let kind = cookie::kind(c);
+    if kind == REALLOCARRAY {
+        // glibc's reallocarray calls realloc, whose probe decides: deciding twice would give
+        // these bytes two chances.
+        return false;
+    }
+    if sampled(size) {
+        count(Counter::Sampled);
+        return true;
+    }
+    count(Counter::Unsampled);
+    if (kind == REALLOC || kind == PYREALLOC) && ptr != 0 {
+        // The old block is gone (freed or resized into an unsampled one): one lookup. A failed
+        // realloc keeps it, which this loses (ENOMEM only).
+        forget(tgid_of(bpf_get_current_pid_tgid()), ptr);
+    }
+    if size >= NESTED_WATCH_BYTES {
+        enter_unrecorded(ctx);
+    }
+    false
 }
 
 /// Attached as a uretprobe to every allocating function; the pending entry says which.
@@ -89,7 +125,10 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     const MMAP: u32 = AllocKind::Mmap as u32;
     const MREMAP: u32 = AllocKind::Mremap as u32;
     const PYREALLOC: u32 = AllocKind::PyRealloc as u32;
+    const OTHER: u32 = AllocKind::Other as u32;
     match p.stack.kind {
+        // `--mode sampled`: an unsampled large call, watched for nested mmaps only.
+        OTHER => {}
         REALLOC | REALLOCARRAY => {
             // realloc(NULL, n) is malloc; realloc(p, 0) frees p and returns NULL; a failed
             // realloc leaves p alone; a moved block frees p.

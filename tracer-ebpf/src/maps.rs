@@ -4,12 +4,15 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{tracing::StackIdContext, ProbeContext},
 };
 use tracer_common::{
+    sampling::{self, layout},
     AllocInfo, AllocKey, Counter, Pending, StackKey, StackTotals, COUNTER_SLOTS,
     DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DEFAULT_MAX_STACK_TOTALS, EVENTS_BYTES, MAX_PENDING,
 };
@@ -35,6 +38,46 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+/// `--mode sampled`: the tables of [`tracer_common::sampling`], written by user space at load.
+#[map]
+pub static SAMPLING: Array<u64> = Array::with_max_entries(layout::ENTRIES, 0);
+
+/// `--mode sampled`: bytes left to the next sample point, per CPU (0: not started).
+#[map]
+pub static SAMPLER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Mean bytes between samples (`--sample-bytes`), or 0 in exact mode. Set by user space at load
+/// (read-only data: the verifier prunes the sampled paths in exact mode).
+#[unsafe(no_mangle)]
+static SAMPLE_BYTES: u64 = 0;
+
+#[inline(always)]
+pub fn sample_bytes() -> u64 {
+    // SAFETY: a plain read of a global; volatile so the compiler does not fold the initial 0.
+    unsafe { core::ptr::read_volatile(&SAMPLE_BYTES) }
+}
+
+#[inline(always)]
+fn table(i: u32) -> u64 {
+    SAMPLING.get(i).copied().unwrap_or(0)
+}
+
+/// `--mode sampled`: whether this call of `size` bytes is recorded. One per-CPU map lookup,
+/// plus two random numbers and two table reads when a sample point is reached.
+#[inline(always)]
+pub fn sampled(size: u64) -> bool {
+    let Some(countdown) = SAMPLER.get_ptr_mut(0) else {
+        return true;
+    };
+    let next = || {
+        // SAFETY: plain helper calls.
+        let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+        sampling::draw(r1, r2, table)
+    };
+    // SAFETY: per-CPU slot; uprobe programs do not nest on one CPU.
+    unsafe { sampling::decide(&mut *countdown, size, next) }
+}
+
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
 
@@ -55,6 +98,39 @@ pub fn tgid_of(pid_tgid: u64) -> u32 {
 pub fn stack_pointer(ctx: &ProbeContext) -> u64 {
     // SAFETY: `regs` points at the probed task's saved registers for the program's lifetime.
     unsafe { (*ctx.regs).rsp }
+}
+
+/// `--mode sampled`, an unsampled call of at least [`sampling::NESTED_WATCH_BYTES`]: a pending
+/// entry without stack (kind `Other`, which the return probe ignores), only so that an mmap or
+/// mremap made inside it is seen as nested.
+#[inline(always)]
+pub fn enter_unrecorded(ctx: &ProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let sp = stack_pointer(ctx);
+    // SAFETY: copied out at once.
+    if let Some(outer) = unsafe { PENDING.get(&pid_tgid) } {
+        if sp <= outer.sp {
+            return;
+        }
+    }
+    let pending = Pending {
+        sp,
+        size: 0,
+        arg: 0,
+        arg2: 0,
+        ts_ns: 0,
+        stack: StackKey {
+            tgid: tgid_of(pid_tgid),
+            stack_id: -1,
+            caller: 0,
+            kind: tracer_common::AllocKind::Other as u32,
+            _pad: 0,
+            py_stack: 0,
+        },
+    };
+    if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
+        count(Counter::PendingFull);
+    }
 }
 
 /// Starts tracking an allocator call on this thread, unless it is made from inside another
@@ -127,8 +203,17 @@ pub fn take_pending(pid_tgid: u64, ret_sp: u64) -> Option<Pending> {
     Some(pending)
 }
 
+/// Adds (`sign` 1) or removes (-1) a block of `size` bytes to its stack's totals. In sampled
+/// mode the totals are estimates: each recorded block counts for its weight (bytes, and
+/// allocations in [`sampling::COUNT_SCALE`] units), the same on the way in and out.
 #[inline(always)]
-fn add_totals(stack: &StackKey, bytes: u64, allocs: i64) {
+fn add_totals(stack: &StackKey, size: u64, sign: i64) {
+    let (bytes, allocs) = sampling::weights(size, sample_bytes(), table);
+    add_weighted(stack, bytes, allocs, sign);
+}
+
+#[inline(always)]
+fn add_weighted(stack: &StackKey, bytes: u64, allocs: u64, sign: i64) {
     let mut slot = STACK_TOTALS.get_ptr_mut(stack);
     if slot.is_none() {
         let _ = STACK_TOTALS.insert(stack, &StackTotals::default(), BPF_NOEXIST as u64);
@@ -144,20 +229,20 @@ fn add_totals(stack: &StackKey, bytes: u64, allocs: i64) {
     unsafe {
         atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(
             &raw mut (*totals).live_bytes,
-            (bytes as i64).wrapping_mul(allocs),
+            (bytes as i64).wrapping_mul(sign),
         );
         atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(
             &raw mut (*totals).live_allocs,
-            allocs,
+            (allocs as i64).wrapping_mul(sign),
         );
-        if allocs > 0 {
+        if sign > 0 {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
                 &raw mut (*totals).total_bytes,
                 bytes,
             );
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
                 &raw mut (*totals).total_allocs,
-                1,
+                allocs,
             );
         }
     }

@@ -63,6 +63,10 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
     (den > 0.0).then(|| num / den)
 }
 
+/// Points kept per stack in a [`Series`]: beyond it, every other older point is dropped (the
+/// first is kept), so a long trace keeps a bounded, evenly thinned history.
+pub const SERIES_POINTS: usize = 64;
+
 /// Live bytes per stack sampled over time.
 #[derive(Debug, Default)]
 pub struct Series {
@@ -72,10 +76,15 @@ pub struct Series {
 impl Series {
     pub fn push(&mut self, t_s: f64, sample: impl IntoIterator<Item = (StackKey, u64)>) {
         for (key, bytes) in sample {
-            self.points
-                .entry(key)
-                .or_default()
-                .push((t_s, bytes as f64));
+            let points = self.points.entry(key).or_default();
+            if points.len() >= SERIES_POINTS {
+                let mut i = 0;
+                points.retain(|_| {
+                    i += 1;
+                    i % 2 == 1
+                });
+            }
+            points.push((t_s, bytes as f64));
         }
     }
 

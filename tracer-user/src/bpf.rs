@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
         UProbe,
@@ -18,10 +18,12 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    cookie, AllocInfo, AllocKey, AllocKind, Counter, MapEvent, PyConfig, PyStack, StackKey,
-    StackTotals, COUNTER_SLOTS, MAP_ALLOCS, MAP_COUNTERS, MAP_EVENTS, MAP_PY_STACKS,
-    MAP_PY_TARGETS, MAP_PY_TSTATES, MAP_STACKS, MAP_STACK_TOTALS,
+    cookie, sampling, AllocInfo, AllocKey, AllocKind, Counter, MapEvent, PyConfig, PyStack,
+    StackKey, StackTotals, COUNTER_SLOTS, MAP_ALLOCS, MAP_COUNTERS, MAP_EVENTS, MAP_PENDING,
+    MAP_PY_STACKS, MAP_PY_TARGETS, MAP_PY_TSTATES, MAP_STACKS, MAP_STACK_TOTALS,
 };
+
+use crate::{limits::MapLimits, mode::Sampling};
 
 use crate::elf::{probe_offset, ElfFile};
 
@@ -103,12 +105,16 @@ pub const PYMALLOC_EXPORTED_PROBES: &[Probe] = &[
     other("PyMem_Free", "free_enter", false),
 ];
 
-/// Map sizes, from the command line.
+/// Map sizes and mode, from the command line.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    pub max_allocs: u32,
+    pub maps: MapLimits,
+    /// `--mode sampled`; None: exact.
+    pub sampling: Option<Sampling>,
     /// Put every probe at its function's first byte (benchmarks).
     pub probe_at_entry: bool,
+    /// Attach no return probe (benchmarks: what the return trap costs).
+    pub no_return_probe: bool,
 }
 
 /// One attached probe, for the progress line and the docs.
@@ -121,7 +127,9 @@ pub struct Attached {
 
 pub struct Tracer {
     ebpf: Ebpf,
+    sampling: Option<Sampling>,
     probe_at_entry: bool,
+    no_return_probe: bool,
     events: RingBuf<aya::maps::MapData>,
     /// Probes attached per process (program name, link), detached when the process exits.
     links: std::collections::HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
@@ -161,6 +169,8 @@ impl Counters {
         (Counter::PyTruncated, "python_stack_truncated"),
         (Counter::PyStacksFull, "python_stack_map_full"),
         (Counter::PyReadError, "python_frame_unreadable"),
+        (Counter::Sampled, "sampled_calls"),
+        (Counter::Unsampled, "unsampled_calls"),
     ];
 }
 
@@ -203,10 +213,28 @@ impl Drop for Tracer {
 
 impl Tracer {
     pub fn load(limits: Limits) -> Result<Self> {
+        let m = limits.maps;
+        let sample_bytes = limits.sampling.map_or(0u64, |s| s.n);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_ALLOCS, limits.max_allocs)
+            .map_max_entries(MAP_ALLOCS, m.allocs)
+            .map_max_entries(MAP_STACK_TOTALS, m.stacks)
+            .map_max_entries(MAP_STACKS, m.native_stacks)
+            .map_max_entries(MAP_PY_STACKS, m.python_stacks)
+            .map_max_entries(MAP_PENDING, m.threads)
+            // A ring buffer's max_entries is its size in bytes.
+            .map_max_entries(MAP_EVENTS, m.events_bytes)
+            .override_global(sampling::GLOBAL_SAMPLE_BYTES, &sample_bytes, true)
             .load(OBJECT)
             .context("failed to load leaktrace's eBPF programs into the kernel")?;
+        if let Some(s) = limits.sampling {
+            let mut table: Array<&mut MapData, u64> =
+                Array::try_from(ebpf.map_mut(sampling::MAP_SAMPLING).ok_or_else(|| {
+                    anyhow!("eBPF object has no map {}", sampling::MAP_SAMPLING)
+                })?)?;
+            for (i, v) in s.table().into_iter().enumerate() {
+                table.set(i as u32, v, 0)?;
+            }
+        }
         for (name, program) in ebpf.programs_mut() {
             let probe: &mut UProbe = program.try_into()?;
             probe
@@ -219,9 +247,11 @@ impl Tracer {
         )?;
         Ok(Self {
             ebpf,
+            sampling: limits.sampling,
             events,
             probe_at_entry: limits.probe_at_entry,
             links: Default::default(),
+            no_return_probe: limits.no_return_probe,
         })
     }
 
@@ -309,7 +339,7 @@ impl Tracer {
                     module.display()
                 )
             })?;
-            if needs_return {
+            if needs_return && !self.no_return_probe {
                 // The return probe must sit on the function's first byte.
                 self.attach_one(pid, RETURN_PROGRAM, f.file_offset, 0, &target, scope)
                     .with_context(|| {
@@ -443,7 +473,20 @@ impl Tracer {
         let map: HashMap<&MapData, StackKey, StackTotals> =
             HashMap::try_from(self.map(MAP_STACK_TOTALS)?)?;
         // Entries can vanish between listing and reading: skip those errors.
-        Ok(map.iter().filter_map(Result::ok).collect())
+        let mut totals: Vec<(StackKey, StackTotals)> = map.iter().filter_map(Result::ok).collect();
+        if let Some(s) = &self.sampling {
+            // Sampled mode: the kernel keeps estimated counts in fixed point.
+            for (_, t) in &mut totals {
+                t.live_allocs = s.count_from_kernel(t.live_allocs);
+                t.total_allocs = s.count_from_kernel(t.total_allocs as i64).max(0) as u64;
+            }
+        }
+        Ok(totals)
+    }
+
+    /// `--mode sampled`: the sampling parameters (None in exact mode).
+    pub fn sampling(&self) -> Option<&Sampling> {
+        self.sampling.as_ref()
     }
 
     /// Every outstanding allocation.

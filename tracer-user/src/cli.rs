@@ -4,10 +4,15 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use tracer_common::DEFAULT_MAX_ALLOCS;
+use tracer_common::{
+    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_PY_STACKS, DEFAULT_MAX_STACKS, DEFAULT_MAX_STACK_TOTALS,
+    EVENTS_BYTES, MAX_PENDING,
+};
 
 use crate::{
-    error::user,
+    error::{user, UserError},
+    limits::MapLimits,
+    mode::{parse_sample_bytes, Mode, Sampling, DEFAULT_SAMPLE_BYTES},
     report::Format,
     session::{self, AttachOptions},
 };
@@ -27,8 +32,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to a running process and report its surviving allocations on exit.
+    #[command(after_help = crate::limits::help_text())]
     Attach(AttachArgs),
     /// Start a command and trace it from its first allocation.
+    #[command(after_help = crate::limits::help_text())]
     Run(RunArgs),
     /// Attach to a running process with a live full-screen view (plain tables when stdout is
     /// not a terminal): totals, a sparkline of live bytes, top stacks with growth and trend.
@@ -111,9 +118,36 @@ pub struct TraceArgs {
     /// Report format (default: from the output's extension, else svg).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+    /// What the probes record: every allocator call (`exact`), or a byte-based Poisson sample
+    /// (`sampled`: far cheaper; reported figures are unbiased estimates).
+    #[arg(long, value_enum, default_value = "exact")]
+    pub mode: Mode,
+    /// With --mode sampled: mean bytes allocated between two samples (default 512K; accepts
+    /// plain bytes, K and M).
+    #[arg(long, value_name = "BYTES", value_parser = parse_sample_bytes)]
+    pub sample_bytes: Option<u64>,
     /// Outstanding allocations tracked at most; beyond it allocations are counted as dropped.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,
+    /// Distinct allocation stacks with live totals at most (beyond: counted, left out of the
+    /// live tables).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_STACK_TOTALS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_stacks: u32,
+    /// Distinct native stacks kept at most (beyond: counted; such allocations show their
+    /// caller only).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_STACKS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_native_stacks: u32,
+    /// Distinct Python stacks kept at most (about 4 KiB of kernel memory each; beyond:
+    /// counted, native stacks only).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PY_STACKS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_python_stacks: u32,
+    /// Threads inside an allocator call at once, at most (beyond: counted as dropped).
+    #[arg(long, value_name = "N", default_value_t = MAX_PENDING, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_threads: u32,
+    /// Size of the mmap event ring in bytes (a power of two, at least 4096; when full, events
+    /// are counted as lost).
+    #[arg(long, value_name = "BYTES", default_value_t = EVENTS_BYTES, value_parser = clap::value_parser!(u32).range(4096..))]
+    pub events_bytes: u32,
     /// Do not walk Python frames (native stacks only).
     #[arg(long)]
     pub no_python: bool,
@@ -127,6 +161,10 @@ pub struct TraceArgs {
     /// Put every probe on its function's first byte (benchmarks: shows what placement saves).
     #[arg(long, hide = true)]
     pub probe_at_entry: bool,
+    /// Attach no return probe (benchmarks only: measures what the return trap costs; nothing
+    /// that needs the returned pointer is recorded).
+    #[arg(long, hide = true)]
+    pub bench_no_return_probe: bool,
     /// Python frames recorded per stack at most (the outermost are cut and counted).
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
     pub max_python_depth: u32,
@@ -161,6 +199,7 @@ fn seconds_or_zero(s: &str) -> Result<Duration, String> {
 
 impl TraceArgs {
     fn options(self, pid: u32) -> AttachOptions {
+        let maps = self.map_limits();
         let output = self
             .output
             .unwrap_or_else(|| PathBuf::from(format!("leaktrace-{pid}.svg")));
@@ -177,9 +216,15 @@ impl TraceArgs {
             output,
             format,
             max_allocs: self.max_allocs,
+            maps,
+            mode: self.mode,
+            sampling: (self.mode == Mode::Sampled).then(|| Sampling {
+                n: self.sample_bytes.unwrap_or(DEFAULT_SAMPLE_BYTES),
+            }),
             python: !self.no_python,
             pymalloc: self.pymalloc,
             probe_at_entry: self.probe_at_entry,
+            bench_no_return_probe: self.bench_no_return_probe,
             sort: self.sort,
             flame: self.flame,
             live_view: false,
@@ -191,8 +236,48 @@ impl TraceArgs {
     }
 }
 
+impl TraceArgs {
+    fn map_limits(&self) -> MapLimits {
+        MapLimits {
+            allocs: self.max_allocs,
+            stacks: self.max_stacks,
+            native_stacks: self.max_native_stacks,
+            python_stacks: self.max_python_stacks,
+            threads: self.max_threads,
+            events_bytes: self.events_bytes,
+        }
+    }
+
+    /// Combinations clap cannot check: a usage error (exit 2) with what to do.
+    fn validate(&self) -> Result<()> {
+        let usage = |message: String| {
+            anyhow::Error::new(UserError {
+                message,
+                code: crate::error::exit::USAGE,
+            })
+        };
+        if self.sample_bytes.is_some() && self.mode != Mode::Sampled {
+            return Err(usage(format!(
+                "--sample-bytes only applies to --mode sampled (the mode is {}): add --mode sampled or drop --sample-bytes",
+                self.mode.as_str()
+            )));
+        }
+        if self.mode == Mode::Sampled && self.pymalloc {
+            return Err(usage(
+                "--pymalloc cannot be combined with --mode sampled yet: use --mode exact with --pymalloc".into(),
+            ));
+        }
+        self.map_limits().check().map_err(usage)
+    }
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Attach(a) | Command::Top(a) => a.trace.validate()?,
+        Command::Run(r) => r.trace.validate()?,
+        _ => {}
+    }
     match cli.command {
         Command::Attach(a) => session::attach(a.trace.options(a.pid)),
         Command::Run(r) => session::run_command(|pid| r.trace.options(pid), &r.command),

@@ -10,6 +10,8 @@ pub mod cli;
 pub mod compare;
 pub mod elf;
 pub mod error;
+pub mod limits;
+pub mod mode;
 pub mod preflight;
 pub mod procmaps;
 pub mod profile;

@@ -117,6 +117,9 @@ pub struct Report {
     /// Things the reader must know (target exited early, stacks truncated, ...).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// `--mode sampled`: mean bytes between samples (absent in exact mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_bytes: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -305,6 +308,7 @@ pub(crate) mod tests {
                 python: None,
             },
             mode: "exact".into(),
+            sample_bytes: None,
             duration_s: 3.5,
             totals: Totals {
                 live_bytes: 4_096_000 + 3700,

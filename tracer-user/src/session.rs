@@ -35,12 +35,19 @@ pub struct AttachOptions {
     pub output: PathBuf,
     pub format: Format,
     pub max_allocs: u32,
+    /// Every map's size (`max_allocs` is `maps.allocs`).
+    pub maps: crate::limits::MapLimits,
+    pub mode: crate::mode::Mode,
+    /// `--mode sampled`: the sampling parameters.
+    pub sampling: Option<crate::mode::Sampling>,
     /// Walk Python frames when the target is a supported CPython.
     pub python: bool,
     /// Also probe pymalloc (`--pymalloc`).
     pub pymalloc: bool,
     /// Every probe on its function's first byte (benchmarks).
     pub probe_at_entry: bool,
+    /// No return probes (benchmarks).
+    pub bench_no_return_probe: bool,
     /// How tables, the live view and the summary rank stacks.
     pub sort: crate::view::SortBy,
     /// What flamegraphs and folded output measure.
@@ -213,8 +220,13 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         );
         let t0 = Instant::now();
         let attached = Tracer::load(Limits {
-            max_allocs: opts.max_allocs,
+            maps: crate::limits::MapLimits {
+                allocs: opts.max_allocs,
+                ..opts.maps
+            },
+            sampling: opts.sampling,
             probe_at_entry: opts.probe_at_entry,
+            no_return_probe: opts.bench_no_return_probe,
         })
         .and_then(|mut tracer| {
             let probes = tracer.attach(target.pid, &target.allocator_host_path)?;
@@ -865,14 +877,15 @@ impl Session {
             .map(|(k, t)| (k, (t.total_bytes, t.total_allocs)))
             .collect();
         let min_age_ns = self.opts.min_age.as_nanos() as u64;
-        let live = heap
-            .iter()
-            .map(|(_, info)| LiveAlloc {
-                stack: info.stack,
-                size: info.size,
-                ts_ns: info.ts_ns,
-                count: 1,
-            })
+        let heap = heap.iter().map(|(_, info)| LiveAlloc {
+            stack: info.stack,
+            size: info.size,
+            ts_ns: info.ts_ns,
+            count: 1,
+        });
+        // Sampled mode: each recorded block stands for its weight.
+        let live = crate::mode::weigh(self.tracer.sampling(), heap, now_ns, min_age_ns)
+            .into_iter()
             .chain(self.regions.pieces().map(|(r, count)| LiveAlloc {
                 stack: r.stack,
                 size: r.len(),
@@ -979,7 +992,27 @@ impl Session {
         let dropped = counters.dropped();
         if dropped > 0 {
             notes.push(format!(
-                "{dropped} allocations were not tracked (map full or lost events): the numbers are lower bounds; raise --max-allocs"
+                "{dropped} allocations were not tracked (map full or lost events): the numbers are lower bounds; raise --max-allocs (or --max-threads, --events-bytes: see the counters)"
+            ));
+        }
+        if let Some(s) = self.opts.sampling {
+            notes.push(format!(
+                "sampled mode (one sample per {} allocated on average): live bytes and counts are estimates, each recorded allocation of s bytes standing for s/(1-exp(-s/{})) bytes; stacks that allocated little may be missing",
+                human_bytes(s.n),
+                s.n
+            ));
+        }
+        let full = |c: Counter| counters.get(c);
+        if full(Counter::StackTotalsFull) > 0 {
+            notes.push(format!(
+                "{} allocations found the stack totals map full: live tables and growth miss those stacks (the report itself is complete); raise --max-stacks",
+                full(Counter::StackTotalsFull)
+            ));
+        }
+        if full(Counter::PyStacksFull) > 0 {
+            notes.push(format!(
+                "{} allocations found the Python stack map full and have native stacks only; raise --max-python-stacks",
+                full(Counter::PyStacksFull)
             ));
         }
         if let (Some(Stop::TargetExited), Some(_)) = (stop, self.child) {
@@ -1026,7 +1059,8 @@ impl Session {
                     .find_map(|p| p.python.as_ref())
                     .map(Interpreter::version),
             },
-            mode: "exact".to_string(),
+            mode: self.opts.mode.as_str().to_string(),
+            sample_bytes: self.opts.sampling.map(|s| s.n),
             duration_s: self.started.elapsed().as_secs_f64(),
             totals: Totals {
                 live_bytes: stacks.iter().map(|s| s.live_bytes).sum(),
