@@ -2,6 +2,7 @@
 
 `GET /items/{n}` builds a response and, by mistake, keeps every request's payload in a
 module-level "audit log" that is never trimmed. `GET /health` allocates and frees only.
+`GET /catalog` returns 200 items as JSON and keeps nothing (bench/run's larger endpoint).
 Run: uvicorn app:app --host 127.0.0.1 --port 8731
 """
 import os
@@ -28,3 +29,9 @@ def get_items(n: int):
 def health():
     scratch = [bytes(1024) for _ in range(16)]
     return {"ok": True, "scratch": len(scratch)}
+
+
+@app.get("/catalog")
+def catalog():
+    items = [{"id": i, "name": f"item-{i}", "price": i * 0.25, "tags": ["a", "b"]} for i in range(200)]
+    return {"count": len(items), "items": items}
