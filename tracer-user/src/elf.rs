@@ -11,6 +11,34 @@ const MAX_ELF_BYTES: u64 = 2 << 30;
 /// Bytes of a function kept for probe placement.
 const HEAD_BYTES: usize = 16;
 
+/// Reads a whole file of the target (an executable or a library), refusing one larger than
+/// [`MAX_ELF_BYTES`]. The size is checked on the bytes read, not only on the file's metadata,
+/// so a file that grows while it is read cannot make this read more.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot read `{}`", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= MAX_ELF_BYTES,
+        "refusing to read `{}`: {len} bytes is larger than any sane ELF file",
+        path.display()
+    );
+    let mut data = Vec::new();
+    file.take(MAX_ELF_BYTES + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
+    anyhow::ensure!(
+        data.len() as u64 <= MAX_ELF_BYTES,
+        "refusing to read `{}`: it is larger than any sane ELF file ({MAX_ELF_BYTES} bytes)",
+        path.display()
+    );
+    Ok(data)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Function {
     pub name: String,
@@ -31,16 +59,7 @@ pub struct ElfFile {
 
 impl ElfFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let len = std::fs::metadata(path)
-            .with_context(|| format!("cannot read `{}`", path.display()))?
-            .len();
-        anyhow::ensure!(
-            len <= MAX_ELF_BYTES,
-            "refusing to read `{}`: {len} bytes is larger than any sane ELF file",
-            path.display()
-        );
-        let data =
-            std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let data = read_file(path)?;
         Self::parse(&data).with_context(|| format!("`{}` is not a usable ELF file", path.display()))
     }
 
@@ -110,6 +129,11 @@ impl ElfFile {
 
     pub fn function(&self, name: &str) -> Option<&Function> {
         self.functions.get(name)
+    }
+
+    /// Every function found, in no particular order.
+    pub fn functions(&self) -> impl Iterator<Item = &Function> {
+        self.functions.values()
     }
 
     /// Virtual address of a data symbol.

@@ -2,6 +2,10 @@
 
 use std::path::Path;
 
+/// Most of `/proc/PID/maps` read: the kernel's default `vm.max_map_count` (65530) lines of
+/// ~100 bytes, with room for long paths.
+pub const MAX_MAPS_BYTES: u64 = 64 << 20;
+
 /// One line of `/proc/PID/maps`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
@@ -80,9 +84,18 @@ impl ProcMaps {
         Self { maps }
     }
 
+    /// Reads `/proc/PID/maps`, at most [`MAX_MAPS_BYTES`] of it.
     pub fn read(pid: u32) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-        Ok(Self::new(parse(&text)))
+        use std::io::Read as _;
+        let file = std::fs::File::open(format!("/proc/{pid}/maps"))?;
+        let mut raw = Vec::new();
+        file.take(MAX_MAPS_BYTES).read_to_end(&mut raw)?;
+        if raw.len() as u64 >= MAX_MAPS_BYTES {
+            return Err(std::io::Error::other(format!(
+                "/proc/{pid}/maps is larger than {MAX_MAPS_BYTES} bytes"
+            )));
+        }
+        Ok(Self::new(parse(&String::from_utf8_lossy(&raw))))
     }
 
     pub fn find(&self, addr: u64) -> Option<&Mapping> {

@@ -121,6 +121,30 @@ fn yes() -> bool {
     true
 }
 
+/// Largest JSON report `leaktrace report` and `leaktrace diff` read back. A report holds at
+/// most one entry per kernel stack slot, each with at most a few hundred frames: far below this.
+pub const MAX_REPORT_BYTES: u64 = 1 << 30;
+
+/// Why a text is not a report this leaktrace reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("schema `{0}`; this leaktrace reads `{SCHEMA}`")]
+    Schema(String),
+}
+
+impl Report {
+    /// Parses a saved `leaktrace/v1` JSON report (what `leaktrace report` and `diff` read).
+    pub fn from_json(text: &str) -> Result<Report, ReadError> {
+        let report: Report = serde_json::from_str(text)?;
+        if report.schema != SCHEMA {
+            return Err(ReadError::Schema(report.schema));
+        }
+        Ok(report)
+    }
+}
+
 /// Output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
