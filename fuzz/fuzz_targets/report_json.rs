@@ -14,8 +14,18 @@ fuzz_target!(|data: &[u8]| {
     let Ok(report) = Report::from_json(text) else {
         return;
     };
-    for format in [Format::Json, Format::Folded, Format::Svg, Format::Pprof] {
-        for flame in [Flame::Live, Flame::Growth] {
+    for flame in [Flame::Live, Flame::Growth] {
+        // One folded line per stack that has something to show, whatever its names hold.
+        let shown = report
+            .stacks
+            .iter()
+            .filter(|s| match flame {
+                Flame::Live => s.live_bytes > 0,
+                Flame::Growth => s.trend.as_deref() == Some("growing") && s.added_bytes > 0,
+            })
+            .count();
+        assert_eq!(report.folded_by(flame).lines().count(), shown);
+        for format in [Format::Json, Format::Folded, Format::Svg, Format::Pprof] {
             let _ = report.write_as(format, flame, std::io::sink());
         }
     }

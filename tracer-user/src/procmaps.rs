@@ -27,8 +27,10 @@ impl Mapping {
         self.inode != 0 && self.path.as_deref().is_some_and(|p| p.starts_with('/'))
     }
 
+    /// Offset in the backing file of `addr` (an address inside the mapping). The kernel's
+    /// numbers are read as text: one past `u64` saturates instead of overflowing.
     pub fn file_offset(&self, addr: u64) -> u64 {
-        addr - self.start + self.offset
+        addr.saturating_sub(self.start).saturating_add(self.offset)
     }
 }
 
@@ -205,6 +207,15 @@ mod tests {
         assert_eq!(libc.start, 0x7f1a2b400000);
         assert!(is_libc_name("libc-2.31.so"));
         assert!(!is_libc_name("libcrypto.so.3"));
+    }
+
+    /// From the fuzz target `procmaps`: an offset near the top of the address space.
+    #[test]
+    fn file_offset_past_u64() {
+        let maps = ProcMaps::new(parse("1000-3000 r-xp fffffffffffff000 fe:01 7 /lib/x.so\n"));
+        let m = maps.find(0x2fff).expect("inside");
+        assert_eq!(m.file_offset(0x1000), 0xfffffffffffff000);
+        assert_eq!(m.file_offset(0x2fff), u64::MAX);
     }
 
     #[test]
