@@ -292,23 +292,28 @@ pub fn run(cli: Cli) -> Result<i32> {
 
 /// Reads a saved report, refusing anything that is not leaktrace/v1 JSON.
 pub fn read_report(path: &std::path::Path) -> Result<crate::report::Report> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| user(format!("cannot read `{}`: {e}", path.display())))?;
-    let report: crate::report::Report = serde_json::from_str(&text).map_err(|e| {
-        user(format!(
-            "`{}` is not a leaktrace JSON report ({e}): write one with --format json",
-            path.display()
-        ))
-    })?;
-    if report.schema != crate::report::SCHEMA {
+    use crate::report::{ReadError, Report, MAX_REPORT_BYTES};
+    use std::io::Read as _;
+    let cannot_read = |e: std::io::Error| user(format!("cannot read `{}`: {e}", path.display()));
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot_read)?
+        .take(MAX_REPORT_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot_read)?;
+    if text.len() as u64 > MAX_REPORT_BYTES {
         return Err(user(format!(
-            "`{}` has schema `{}`; this leaktrace reads `{}`",
-            path.display(),
-            report.schema,
-            crate::report::SCHEMA
+            "`{}` is larger than {MAX_REPORT_BYTES} bytes: not a leaktrace JSON report",
+            path.display()
         )));
     }
-    Ok(report)
+    Report::from_json(&text).map_err(|e| match e {
+        ReadError::NotJson(e) => user(format!(
+            "`{}` is not a leaktrace JSON report ({e}): write one with --format json",
+            path.display()
+        )),
+        ReadError::Schema(_) => user(format!("`{}` has {e}", path.display())),
+    })
 }
 
 fn diff(args: DiffArgs) -> Result<i32> {

@@ -26,6 +26,12 @@ fn label(frames: &[Frame]) -> String {
         .join(";")
 }
 
+/// `after - before`, saturated to the range of `i64`.
+fn signed_delta(before: u64, after: u64) -> i64 {
+    let d = i128::from(after) - i128::from(before);
+    d.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
 /// Stacks of both reports matched by their frames, the largest growth first (ties by label).
 pub fn deltas(before: &Report, after: &Report) -> Vec<StackDelta> {
     let mut by_label: BTreeMap<String, StackDelta> = BTreeMap::new();
@@ -40,19 +46,20 @@ pub fn deltas(before: &Report, after: &Report) -> Vec<StackDelta> {
                 before_allocs: 0,
                 after_allocs: 0,
             });
+            // Reports read back may hold any number: sums saturate.
             if is_after {
-                d.after_bytes += s.live_bytes;
-                d.after_allocs += s.live_allocs;
+                d.after_bytes = d.after_bytes.saturating_add(s.live_bytes);
+                d.after_allocs = d.after_allocs.saturating_add(s.live_allocs);
             } else {
-                d.before_bytes += s.live_bytes;
-                d.before_allocs += s.live_allocs;
+                d.before_bytes = d.before_bytes.saturating_add(s.live_bytes);
+                d.before_allocs = d.before_allocs.saturating_add(s.live_allocs);
             }
         }
     }
     let mut out: Vec<StackDelta> = by_label
         .into_values()
         .map(|mut d| {
-            d.delta_bytes = d.after_bytes as i64 - d.before_bytes as i64;
+            d.delta_bytes = signed_delta(d.before_bytes, d.after_bytes);
             d
         })
         .collect();
@@ -67,7 +74,7 @@ pub fn deltas(before: &Report, after: &Report) -> Vec<StackDelta> {
 /// A table of the stacks that grew most, for people.
 pub fn summary(before: &Report, after: &Report, top: usize) -> String {
     let d = deltas(before, after);
-    let total = after.totals.live_bytes as i64 - before.totals.live_bytes as i64;
+    let total = signed_delta(before.totals.live_bytes, after.totals.live_bytes);
     let mut out = format!(
         "live: {} -> {} ({}{})\n",
         human_bytes(before.totals.live_bytes),
@@ -167,6 +174,36 @@ mod tests {
         assert_eq!((d[0].before_allocs, d[0].after_allocs), (1000, 3000));
         assert!(d[0].label.ends_with("leak_here (fixture.c:12);malloc"));
         assert_eq!(d[1].delta_bytes, -3700);
+    }
+
+    /// From the fuzz target `report_json`: a report read back may hold any u64, and the same
+    /// stack twice.
+    #[test]
+    fn huge_numbers_do_not_overflow() {
+        let mut big = crate::report::tests::sample();
+        let twin = big.stacks[0].clone();
+        big.stacks.push(twin);
+        for s in &mut big.stacks {
+            s.live_bytes = u64::MAX;
+            s.live_allocs = u64::MAX;
+        }
+        big.totals.live_bytes = u64::MAX;
+        let mut empty = big.clone();
+        empty.stacks.clear();
+        empty.totals = Default::default();
+        for (before, after) in [(&big, &big), (&empty, &big), (&big, &empty)] {
+            let d = deltas(before, after);
+            assert!(!d.is_empty());
+            let _ = summary(before, after, 10);
+            let _ = write_diff_svg(before, after, std::io::sink());
+        }
+        let d = deltas(&big, &empty);
+        assert_eq!(d[0].before_bytes, u64::MAX, "sums saturate");
+        assert_eq!(
+            d.last().unwrap().delta_bytes,
+            i64::MIN,
+            "-u64::MAX, saturated"
+        );
     }
 
     #[test]

@@ -11,6 +11,34 @@ const MAX_ELF_BYTES: u64 = 2 << 30;
 /// Bytes of a function kept for probe placement.
 const HEAD_BYTES: usize = 16;
 
+/// Reads a whole file of the target (an executable or a library), refusing one larger than
+/// [`MAX_ELF_BYTES`]. The size is checked on the bytes read, not only on the file's metadata,
+/// so a file that grows while it is read cannot make this read more.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot read `{}`", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= MAX_ELF_BYTES,
+        "refusing to read `{}`: {len} bytes is larger than any sane ELF file",
+        path.display()
+    );
+    let mut data = Vec::new();
+    file.take(MAX_ELF_BYTES + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
+    anyhow::ensure!(
+        data.len() as u64 <= MAX_ELF_BYTES,
+        "refusing to read `{}`: it is larger than any sane ELF file ({MAX_ELF_BYTES} bytes)",
+        path.display()
+    );
+    Ok(data)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Function {
     pub name: String,
@@ -31,16 +59,7 @@ pub struct ElfFile {
 
 impl ElfFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let len = std::fs::metadata(path)
-            .with_context(|| format!("cannot read `{}`", path.display()))?
-            .len();
-        anyhow::ensure!(
-            len <= MAX_ELF_BYTES,
-            "refusing to read `{}`: {len} bytes is larger than any sane ELF file",
-            path.display()
-        );
-        let data =
-            std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let data = read_file(path)?;
         Self::parse(&data).with_context(|| format!("`{}` is not a usable ELF file", path.display()))
     }
 
@@ -74,9 +93,10 @@ impl ElfFile {
                 continue;
             }
             let vaddr = sym.address();
+            // Segment fields are the file's word: any sum of them may overflow.
             let Some(&(seg_addr, _, seg_off, filesz)) = segments
                 .iter()
-                .find(|(a, size, _, _)| vaddr >= *a && vaddr < a + size)
+                .find(|(a, size, _, _)| vaddr >= *a && vaddr - a < *size)
             else {
                 continue;
             };
@@ -84,11 +104,14 @@ impl ElfFile {
             if rel >= filesz {
                 continue;
             }
-            let file_offset = seg_off + rel;
-            let avail = (filesz - rel) as usize;
-            let want = (sym.size() as usize).clamp(1, HEAD_BYTES).min(avail);
-            let head = data
-                .get(file_offset as usize..file_offset as usize + want)
+            let Some(file_offset) = seg_off.checked_add(rel) else {
+                continue;
+            };
+            let avail = filesz - rel;
+            let want = sym.size().clamp(1, HEAD_BYTES as u64).min(avail) as usize;
+            let head = usize::try_from(file_offset)
+                .ok()
+                .and_then(|at| data.get(at..at.checked_add(want)?))
                 .map(<[u8]>::to_vec)
                 .unwrap_or_default();
             functions.insert(
@@ -112,6 +135,11 @@ impl ElfFile {
         self.functions.get(name)
     }
 
+    /// Every function found, in no particular order.
+    pub fn functions(&self) -> impl Iterator<Item = &Function> {
+        self.functions.values()
+    }
+
     /// Virtual address of a data symbol.
     pub fn object(&self, name: &str) -> Option<u64> {
         self.objects.get(name).copied()
@@ -123,8 +151,8 @@ impl ElfFile {
         let &(vaddr, _, seg_off, _) = self
             .segments
             .iter()
-            .find(|(_, _, off, filesz)| offset >= *off && offset < off + filesz.max(&1))?;
-        start.checked_sub(vaddr + (offset - seg_off))
+            .find(|(_, _, off, filesz)| offset >= *off && offset - off < *filesz.max(&1))?;
+        start.checked_sub(vaddr.checked_add(offset - seg_off)?)
     }
 }
 
@@ -241,5 +269,74 @@ mod tests {
         let data = std::fs::read(libc).unwrap();
         let at = free.file_offset as usize;
         assert_eq!(&data[at..at + free.head.len()], &free.head[..]);
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    //! Malformed ELF files, from the fuzz target `elf_symbols` (fuzz/README.md).
+    use super::*;
+
+    /// fuzz/seeds/elf_symbols/tiny_alloc.so: two PT_LOAD segments, functions in the first.
+    fn seed() -> Vec<u8> {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/elf_symbols/tiny_alloc.so");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Offset of program header `i`'s field at `field` (ELF64 little-endian).
+    fn phdr_field(data: &[u8], i: usize, field: usize) -> usize {
+        let phoff = u64::from_le_bytes(data[0x20..0x28].try_into().unwrap()) as usize;
+        let phentsize = u16::from_le_bytes(data[0x36..0x38].try_into().unwrap()) as usize;
+        phoff + i * phentsize + field
+    }
+
+    fn set_u64(data: &mut [u8], at: usize, v: u64) {
+        data[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    const P_OFFSET: usize = 8;
+    const P_VADDR: usize = 16;
+    const P_FILESZ: usize = 32;
+    const P_MEMSZ: usize = 40;
+
+    #[test]
+    fn seed_is_parsed() {
+        let elf = ElfFile::parse(&seed()).unwrap();
+        assert!(elf.function("malloc").is_some_and(|f| !f.head.is_empty()));
+        assert!(elf.object("_PyRuntime").is_some());
+        assert_eq!(elf.load_bias(0x7f00_0000_0000, 0), Some(0x7f00_0000_0000));
+    }
+
+    #[test]
+    fn segment_ending_past_the_address_space() {
+        let mut data = seed();
+        let at = phdr_field(&data, 0, P_VADDR);
+        set_u64(&mut data, at, 1);
+        let at = phdr_field(&data, 0, P_MEMSZ);
+        set_u64(&mut data, at, u64::MAX);
+        let elf = ElfFile::parse(&data).unwrap();
+        assert_eq!(
+            elf.load_bias(0x7f00_0000_0000, 0),
+            Some(0x7f00_0000_0000 - 1)
+        );
+        let malloc = elf.function("malloc").expect("still inside the segment");
+        assert_eq!(malloc.file_offset, malloc.vaddr - 1);
+    }
+
+    #[test]
+    fn segment_file_range_past_u64() {
+        let mut data = seed();
+        let at = phdr_field(&data, 0, P_OFFSET);
+        set_u64(&mut data, at, u64::MAX - 0x10);
+        let elf = ElfFile::parse(&data).unwrap();
+        assert!(elf.function("malloc").is_none_or(|f| f.head.is_empty()));
+        let _ = elf.load_bias(0x7f00_0000_0000, u64::MAX - 1);
+        let _ = elf.load_bias(0x7f00_0000_0000, 0);
+        let at = phdr_field(&data, 0, P_FILESZ);
+        set_u64(&mut data, at, u64::MAX);
+        let elf = ElfFile::parse(&data).unwrap();
+        assert_eq!(elf.load_bias(0, u64::MAX - 1), None);
+        assert_eq!(elf.load_bias(u64::MAX, u64::MAX - 1), Some(u64::MAX - 0xf));
     }
 }

@@ -2,6 +2,10 @@
 
 use std::path::Path;
 
+/// Most of `/proc/PID/maps` read: the kernel's default `vm.max_map_count` (65530) lines of
+/// ~100 bytes, with room for long paths.
+pub const MAX_MAPS_BYTES: u64 = 64 << 20;
+
 /// One line of `/proc/PID/maps`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
@@ -23,8 +27,10 @@ impl Mapping {
         self.inode != 0 && self.path.as_deref().is_some_and(|p| p.starts_with('/'))
     }
 
+    /// Offset in the backing file of `addr` (an address inside the mapping). The kernel's
+    /// numbers are read as text: one past `u64` saturates instead of overflowing.
     pub fn file_offset(&self, addr: u64) -> u64 {
-        addr - self.start + self.offset
+        addr.saturating_sub(self.start).saturating_add(self.offset)
     }
 }
 
@@ -80,9 +86,18 @@ impl ProcMaps {
         Self { maps }
     }
 
+    /// Reads `/proc/PID/maps`, at most [`MAX_MAPS_BYTES`] of it.
     pub fn read(pid: u32) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-        Ok(Self::new(parse(&text)))
+        use std::io::Read as _;
+        let file = std::fs::File::open(format!("/proc/{pid}/maps"))?;
+        let mut raw = Vec::new();
+        file.take(MAX_MAPS_BYTES).read_to_end(&mut raw)?;
+        if raw.len() as u64 >= MAX_MAPS_BYTES {
+            return Err(std::io::Error::other(format!(
+                "/proc/{pid}/maps is larger than {MAX_MAPS_BYTES} bytes"
+            )));
+        }
+        Ok(Self::new(parse(&String::from_utf8_lossy(&raw))))
     }
 
     pub fn find(&self, addr: u64) -> Option<&Mapping> {
@@ -192,6 +207,15 @@ mod tests {
         assert_eq!(libc.start, 0x7f1a2b400000);
         assert!(is_libc_name("libc-2.31.so"));
         assert!(!is_libc_name("libcrypto.so.3"));
+    }
+
+    /// From the fuzz target `procmaps`: an offset near the top of the address space.
+    #[test]
+    fn file_offset_past_u64() {
+        let maps = ProcMaps::new(parse("1000-3000 r-xp fffffffffffff000 fe:01 7 /lib/x.so\n"));
+        let m = maps.find(0x2fff).expect("inside");
+        assert_eq!(m.file_offset(0x1000), 0xfffffffffffff000);
+        assert_eq!(m.file_offset(0x2fff), u64::MAX);
     }
 
     #[test]

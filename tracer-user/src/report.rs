@@ -37,13 +37,15 @@ impl Frame {
     }
 
     /// `function (file:line)`, the form inferno's palettes and py-spy use.
+    /// Folded output separates frames with `;` and stacks with line breaks, and any name
+    /// can hold them (a Python file name, a report read back): they become `:` and spaces.
     pub fn label(&self) -> String {
-        let function = self.function.replace(';', ":");
-        match (&self.file, self.line) {
-            (Some(file), Some(line)) => format!("{function} ({file}:{line})"),
-            (Some(file), None) => format!("{function} ({file})"),
-            _ => function,
-        }
+        let label = match (&self.file, self.line) {
+            (Some(file), Some(line)) => format!("{} ({file}:{line})", self.function),
+            (Some(file), None) => format!("{} ({file})", self.function),
+            _ => self.function.clone(),
+        };
+        label.replace(';', ":").replace(['\n', '\r'], " ")
     }
 }
 
@@ -126,6 +128,35 @@ fn yes() -> bool {
     true
 }
 
+/// Most bytes one report's folded lines (and so its flamegraph) add up to: 2^60, far above
+/// any address space (x86-64 has 2^57 bytes with 5-level paging), so only a corrupt or
+/// hand-made report is clamped, and two of them still sum within a u64 in a diff.
+pub const MAX_FOLDED_TOTAL: u64 = 1 << 60;
+
+/// Largest JSON report `leaktrace report` and `leaktrace diff` read back. A report holds at
+/// most one entry per kernel stack slot, each with at most a few hundred frames: far below this.
+pub const MAX_REPORT_BYTES: u64 = 1 << 30;
+
+/// Why a text is not a report this leaktrace reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("schema `{0}`; this leaktrace reads `{SCHEMA}`")]
+    Schema(String),
+}
+
+impl Report {
+    /// Parses a saved `leaktrace/v1` JSON report (what `leaktrace report` and `diff` read).
+    pub fn from_json(text: &str) -> Result<Report, ReadError> {
+        let report: Report = serde_json::from_str(text)?;
+        if report.schema != SCHEMA {
+            return Err(ReadError::Schema(report.schema));
+        }
+        Ok(report)
+    }
+}
+
 /// Output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -173,13 +204,18 @@ impl Report {
             Flame::Growth if s.trend.as_deref() == Some("growing") => s.added_bytes,
             Flame::Growth => 0,
         };
+        // Renderers add these up (inferno in `usize`, a diff adds two reports): a report read
+        // back may hold any u64, so the values of one report never sum past the budget.
+        let mut budget = MAX_FOLDED_TOTAL;
         let mut lines: Vec<String> = self
             .stacks
             .iter()
             .filter(|s| value(s) > 0)
             .map(|s| {
                 let path: Vec<String> = s.frames.iter().map(Frame::label).collect();
-                format!("{} {}", path.join(";"), value(s))
+                let v = value(s).min(budget).max(1);
+                budget = budget.saturating_sub(v);
+                format!("{} {}", path.join(";"), v)
             })
             .collect();
         lines.sort();
@@ -462,6 +498,44 @@ pub(crate) mod tests {
         let mut json = Vec::new();
         report.write_json(&mut json).unwrap();
         golden("report.json", &String::from_utf8(json).unwrap());
+    }
+
+    /// From the fuzz target `report_json`: one folded line per stack, whatever the names.
+    #[test]
+    fn folded_names_cannot_break_lines() {
+        let mut r = sample();
+        r.stacks[0].frames[0].function = "a\nb;c\r".to_string();
+        r.stacks[0].frames[0].file = Some("x;\ny.py".to_string());
+        let folded = r.folded();
+        assert_eq!(folded.lines().count(), r.stacks.len(), "{folded}");
+        assert!(folded.contains("a b:c  (x: y.py"), "{folded}");
+    }
+
+    /// From the fuzz target `report_json`: numbers no tracer writes, every format still
+    /// renders (inferno adds the folded values up in `usize`).
+    #[test]
+    fn huge_numbers_render() {
+        let mut r = sample();
+        let twin = r.stacks[0].clone();
+        r.stacks.push(twin);
+        for s in &mut r.stacks {
+            s.live_bytes = u64::MAX;
+            s.added_bytes = u64::MAX;
+            s.trend = Some("growing".to_string());
+        }
+        r.totals.live_bytes = u64::MAX;
+        r.duration_s = f64::MAX;
+        for flame in [Flame::Live, Flame::Growth] {
+            let folded = r.folded_by(flame);
+            let sum: u64 = folded
+                .lines()
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum();
+            assert!(sum <= MAX_FOLDED_TOTAL + r.stacks.len() as u64, "{sum}");
+            for format in [Format::Json, Format::Folded, Format::Svg, Format::Pprof] {
+                r.write_as(format, flame, std::io::sink()).unwrap();
+            }
+        }
     }
 
     #[test]

@@ -20,22 +20,28 @@ use object::{Object, ObjectSection, ObjectSymbol};
 ///
 /// Errors only if the file cannot be read.
 pub fn detect(path: &Path) -> anyhow::Result<Option<(u32, u32)>> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if let Ok(file) = object::File::parse(&*data) {
+    let data =
+        crate::elf::read_file(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(detect_bytes(
+        &data,
+        path.file_name().and_then(|n| n.to_str()),
+    ))
+}
+
+/// [`detect`] on a file's contents (`file_name`, if known, is the last resort).
+pub fn detect_bytes(data: &[u8], file_name: Option<&str>) -> Option<(u32, u32)> {
+    if let Ok(file) = object::File::parse(data) {
         if let Some(v) = from_py_version_symbol(&file) {
-            return Ok(Some(v));
+            return Some(v);
         }
-        if let Some(v) = from_needed(&data) {
-            return Ok(Some(v));
+        if let Some(v) = from_needed(data) {
+            return Some(v);
         }
         if let Some(v) = from_rodata_strings(&file) {
-            return Ok(Some(v));
+            return Some(v);
         }
     }
-    Ok(path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(from_file_name))
+    file_name.and_then(from_file_name)
 }
 
 /// Parses a `PY_VERSION_HEX` value (`0xMMmmppLS`).

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Rebuilds the committed seed corpora in fuzz/seeds/<target>/ from real inputs. Run from
+# anywhere, on a machine with gcc and the pyenv interpreters (./dev setup's machine kind).
+# The seeds are committed so that `./dev fuzz` needs none of this.
+set -euo pipefail
+cd "$(dirname "$0")"
+FUZZ=$PWD
+ROOT=$(cd .. && pwd)
+PYENV=${PYENV_ROOT:-$HOME/.pyenv}/versions
+SEEDS=$FUZZ/seeds
+rm -rf "$SEEDS"
+mkdir -p "$SEEDS"/{elf_symbols,python_version,procmaps,linetable,report_json}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# Small ELF files (a real libc or libpython is megabytes): no C runtime, small pages.
+SMALL=(-Os -nostdlib -fno-asynchronous-unwind-tables -Wl,--build-id=none
+       -Wl,-z,max-page-size=0x1000 -Wl,-z,noseparate-code -Wl,-z,norelro)
+gcc "${SMALL[@]}" -shared -fPIC -o "$TMP/tiny_alloc.so" seeds-src/tiny_alloc.c
+gcc "${SMALL[@]}" -shared -fPIC -o "$TMP/rodata_strings.so" seeds-src/rodata_strings.c
+py311=$(ls -d "$PYENV"/3.11.* | tail -1)
+gcc "${SMALL[@]}" -o "$TMP/needs_libpython" seeds-src/needs_libpython.c \
+    -Wl,--no-as-needed -L"$py311/lib" -lpython3.11
+# The integration tests' own C fixture, as they build it (debug info, frame pointers).
+gcc -w -O0 -g -fno-omit-frame-pointer -pthread -o "$TMP/allocs" "$ROOT/tests/fixtures/allocs.c"
+# Debug info left out (size), symbol table kept: local functions are what it adds.
+strip --strip-debug -o "$TMP/allocs-stripped" "$TMP/allocs"
+cp "$TMP/tiny_alloc.so" "$TMP/allocs-stripped" "$SEEDS/elf_symbols/"
+cp "$TMP/tiny_alloc.so" "$TMP/rodata_strings.so" "$TMP/needs_libpython" "$SEEDS/python_version/"
+printf 'libpython3.13t.so.1.0' >"$SEEDS/python_version/name-libpython"
+printf 'python3.10' >"$SEEDS/python_version/name-python"
+
+# /proc/PID/maps of real processes: a C program, pyenv's shared-libpython interpreter,
+# Debian's static one, each with odd mappings.
+cat /proc/self/maps >"$SEEDS/procmaps/cat"
+"$py311/bin/python3" seeds-src/mappings.py >"$SEEDS/procmaps/pyenv-python"
+if [ -x /usr/bin/python3.11 ]; then
+    /usr/bin/python3.11 seeds-src/mappings.py >"$SEEDS/procmaps/debian-python"
+fi
+
+# Line tables dumped by each interpreter (tests/data/python/lines-3.X.json, written by
+# dump_lines.py), in the linetable target's input layout: format selector, co_firstlineno
+# (i32 LE), a byte offset the interpreter reported a line for (i64 LE), the table.
+python3 - "$ROOT/tests/data/python" "$SEEDS/linetable" <<'PY'
+import json, os, struct, sys
+src, out = sys.argv[1:]
+for minor, selector in ((8, 0), (9, 0), (10, 1), (11, 2), (12, 2), (13, 2)):
+    doc = json.load(open(os.path.join(src, "lines-3.%d.json" % minor)))
+    for i, code in enumerate(doc["code_objects"]):
+        lines = code["lines"]
+        offset = lines[len(lines) // 2][0] if lines else 0
+        table = bytes.fromhex(code["table"])
+        head = struct.pack("<Biq", selector, code["firstlineno"], offset)
+        with open(os.path.join(out, "3.%d-%02d-%s" % (minor, i, code["name"].strip("<>"))), "wb") as f:
+            f.write(head + table)
+PY
+
+# The golden JSON report, and one with every optional field left out (a minimal v1 reader).
+cp "$ROOT/tests/data/report.json" "$SEEDS/report_json/golden.json"
+python3 - "$ROOT/tests/data/report.json" "$SEEDS/report_json/minimal.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k in ("min_age_s", "complete", "counters", "notes"):
+    r.pop(k, None)
+for s in r["stacks"]:
+    for k in ("alloc_bytes", "alloc_count", "trend", "added_bytes"):
+        s.pop(k, None)
+json.dump(r, open(sys.argv[2], "w"), separators=(",", ":"))
+PY
+du -sh "$SEEDS"/*
