@@ -154,9 +154,9 @@ def thumbnail(image_id: int):
     return {"image": image_id, "thumbnail_bytes": len(thumb)}
 
 
-# 6. Control: a bounded LRU cache of rendered pages; it fills to 128 entries (~0.9 MiB) and stays flat
+# 6. Control: a bounded LRU cache of rendered pages; it fills to 64 entries (~370 KiB) and stays flat
 #    while requests keep missing and evicting.
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=64)
 def render_product_page(product_id):
     return "".join(f"<li>product {product_id} option {i}</li>" for i in range(200))
 
