@@ -263,7 +263,7 @@ def run_version(version, args, env_extra, procs, out_dir):
                 die(f"leaktrace did not attach on Python {version}: see {tracer_log}")
             time.sleep(0.1)
         load = procs.start(
-            [sys.executable, str(HERE / "load.py"), str(port), str(args.duration), "--json"],
+            [sys.executable, str(HERE / "load.py"), str(port), str(args.duration), "--rate-scale", str(args.rate_scale), "--json"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -329,10 +329,9 @@ def short(stack):
     return " > ".join(parts)
 
 
-def check(report, load_stats, version, mode):
+def check(report, load_stats, version, mode, rate_scale=1.0):
     stacks = report["stacks"]
     rows = []
-    leak_tops = []
     control_growth = []
     for name, kind, functions, culprits, min_requests in SCENARIOS:
         mine = [s for s in stacks if app_functions(s) & set(functions)]
@@ -359,6 +358,7 @@ def check(report, load_stats, version, mode):
         }
         if ls["errors"]:
             row["misses"].append(f"load: {ls['ok']} ok, {ls['errors']} errors ({ls['last_error']})")
+        min_requests = int(min_requests * rate_scale)
         if ls["ok"] < min_requests:
             row["misses"].append(f"load: only {ls['ok']} requests (needs {min_requests}): the machine was too busy for this run to mean anything")
         if kind == "leak":
@@ -373,23 +373,38 @@ def check(report, load_stats, version, mode):
                     row["misses"].append(f"top stack is {top.get('trend')}, not growing")
                 if growth(top) <= 0:
                     row["misses"].append(f"top stack growth {top.get('growth_bytes_per_s')} B/s")
-                leak_tops.append((name, growth(top)))
         else:
             for s in mine:
-                control_growth.append((name, growth(s), short(s)))
-            if row["growing_stacks"]:
-                row["misses"].append(f"control stack(s) classified growing: {'; '.join(row['growing_stacks'])}")
+                control_growth.append((name, growth(s), short(s), is_arena(s)))
+            for s in mine:
+                if s.get("trend") == "growing":
+                    known = "KNOWN pymalloc-arena blame: " if is_arena(s) else ""
+                    row["misses"].append(f"{known}control stack classified growing: {short(s)} ({fmt_growth(growth(s))})")
         rows.append(row)
-    # The leaks must outrank the controls by growth.
-    if leak_tops and control_growth:
-        worst_control = max(control_growth, key=lambda c: c[1])
-        for row in rows:
-            if row["kind"] == "leak" and row["growth"] is not None and row["growth"] <= worst_control[1]:
-                row["misses"].append(
-                    f"grows no faster ({row['growth']:.0f} B/s) than control {worst_control[0]} ({worst_control[1]:.0f} B/s: {worst_control[2]})"
-                )
+    # The leaks must outrank the controls by growth. A control's pymalloc arena stack that
+    # outranks leaks is one miss, the control's own (an arena is blamed on whichever allocation
+    # grew it: see README.md, "pymalloc arenas"), not one per leak it outranks.
+    leak_rows = [r for r in rows if r["kind"] == "leak" and r["growth"] is not None]
+    for cname, cgrowth, cshort, carena in control_growth:
+        beaten = [r["scenario"] for r in leak_rows if r["growth"] <= cgrowth]
+        if not beaten:
+            continue
+        if carena:
+            crow = next(r for r in rows if r["scenario"] == cname)
+            crow["misses"].append(
+                f"KNOWN pymalloc-arena blame: its arena stack ({cgrowth:.0f} B/s: {cshort}) outranks the leak(s) {', '.join(beaten)}"
+            )
+        else:
+            for r in leak_rows:
+                if r["scenario"] in beaten:
+                    r["misses"].append(f"grows no faster ({r['growth']:.0f} B/s) than control {cname} ({cgrowth:.0f} B/s: {cshort})")
     for row in rows:
-        row["verdict"] = "MISS" if row["misses"] else "ok"
+        if not row["misses"]:
+            row["verdict"] = "ok"
+        elif all(m.startswith("KNOWN pymalloc-arena") for m in row["misses"]):
+            row["verdict"] = "MISS (arena)"
+        else:
+            row["verdict"] = "MISS"
     return rows
 
 
@@ -442,6 +457,7 @@ def main():
     ap.add_argument("--duration", type=int, default=30)
     ap.add_argument("--interval", type=int, default=2)
     ap.add_argument("--pymalloc", action="store_true", help="trace with --pymalloc (every object counts)")
+    ap.add_argument("--rate-scale", type=float, default=1.0, help="scale every endpoint's request rate (and the fewest requests checked)")
     ap.add_argument("--out", type=Path, default=ROOT / "target" / "scenarios")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -476,7 +492,7 @@ def main():
         for v in versions:
             say(f"Python {v}: tracing for {args.duration} s under load ({mode} mode)")
             report, load_stats = run_version(v, args, env, procs, args.out)
-            rows += check(report, load_stats, v, mode)
+            rows += check(report, load_stats, v, mode, args.rate_scale)
     except KeyboardInterrupt:
         die("interrupted")
     finally:
@@ -492,6 +508,12 @@ def main():
     for r in misses:
         for m in r["misses"]:
             print(f"MISS python {r['version']} {r['scenario']}: {m}")
+    if any(r["verdict"] == "MISS (arena)" for r in rows):
+        print(
+            "scenarios: MISS (arena) is a known limitation of the default mode, left failing on purpose: a pymalloc arena "
+            "is blamed on whichever allocation grew it, here a control whose arenas stay pinned by small objects that "
+            "other endpoints leak (tests/scenarios/README.md, \"pymalloc arenas\")"
+        )
     passed = len(rows) - len(misses)
     print(f"scenarios: {passed} passed, {len(misses)} failed")
     sys.exit(1 if misses else 0)
