@@ -313,7 +313,7 @@ def growth(stack):
 
 
 def short(stack):
-    """innermost app.py frame < next Python frame ... < allocator, shortened for the table."""
+    """innermost app.py frame:line > innermost Python frame > the last two native frames."""
     frames = stack["frames"]
     py = [f for f in frames if f["kind"] == "python"]
     nat = [f for f in frames if f["kind"] == "native"]
@@ -325,7 +325,7 @@ def short(stack):
         if len(tail) > 1:
             parts.append(f"..{tail[-1]['function']}")
     if nat:
-        parts.append(nat[-1]["function"] if len(nat) == 1 else f"{nat[0]['function']}..{nat[-1]['function']}")
+        parts.append(" > ".join(f["function"] for f in nat[-2:]))
     return " > ".join(parts)
 
 
@@ -422,7 +422,7 @@ def fmt_growth(g):
 
 
 def table(rows):
-    head = ["python", "scenario", "kind", "req", "top stack (innermost app frame .. leaf)", "culprit", "growth", "trend", "verdict"]
+    head = ["python", "scenario", "kind", "req", "top stack (innermost app frame > .. > leaf)", "culprit", "growth", "trend", "verdict"]
     body = []
     for r in rows:
         culprit = "-" if r["culprit_named"] is None else ("yes" if r["culprit_named"] else "NO")
