@@ -49,7 +49,7 @@ ENDPOINTS = {
         lambda n: ("GET", "/profile", {"x-request-id": uuid.uuid4().hex, "x-user": f"user-{n % 50}"}, b""),
     ),
     "c-leak": (10, 2000, lambda n: ("GET", f"/thumbnail/{n}", {}, b"")),
-    "lru": (40, 4000, lambda n: ("GET", f"/products/{random.randrange(256)}", {}, b"")),
+    "lru": (40, 4000, lambda n: ("GET", f"/products/{random.randrange(96)}", {}, b"")),
     "export": (2, 400, lambda n: ("GET", "/export", {}, b"")),
 }
 

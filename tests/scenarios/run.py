@@ -41,6 +41,9 @@ SCENARIOS = [
     ("lru", "control", ["product_page", "render_product_page"], [], 192),
     ("export", "control", ["export_report"], [], 10),
 ]
+# A control must be seen, not only not grow: the full LRU cache (64 pages of ~5.7 KiB, all made
+# inside the window) must show at least half its size in its stacks.
+MIN_LIVE_BYTES = {"lru": 64 * 5700 // 2}
 sys.path.insert(0, str(HERE))
 from load import POSTGRES_CAP  # noqa: E402  (most requests on /postgres: each may leak a connection)
 
@@ -262,6 +265,7 @@ def run_version(version, args, env_extra, procs, out_dir):
             if tracer.poll() is not None or time.monotonic() > deadline:
                 die(f"leaktrace did not attach on Python {version}: see {tracer_log}")
             time.sleep(0.1)
+        t_attached = time.monotonic()
         load = procs.start(
             [sys.executable, str(HERE / "load.py"), str(port), str(args.duration), "--rate-scale", str(args.rate_scale), "--json"],
             stdout=subprocess.PIPE,
@@ -276,7 +280,9 @@ def run_version(version, args, env_extra, procs, out_dir):
             tracer.wait(timeout=args.duration + 120)
         except subprocess.TimeoutExpired:
             die(f"leaktrace did not finish on Python {version}: see {tracer_log}")
+        t_attached_to_exit = time.monotonic() - t_attached
         procs.procs.remove(tracer)
+        say(f"Python {version}: leaktrace exited {t_attached_to_exit - args.duration:.1f} s after the {args.duration} s window")
         if tracer.returncode != 0:
             die(f"leaktrace exited {tracer.returncode} on Python {version}: see {tracer_log}")
         return json.loads(report.read_text()), json.loads(load_out)
@@ -374,6 +380,9 @@ def check(report, load_stats, version, mode, rate_scale=1.0):
                 if growth(top) <= 0:
                     row["misses"].append(f"top stack growth {top.get('growth_bytes_per_s')} B/s")
         else:
+            want = MIN_LIVE_BYTES.get(name, 0)
+            if row["live_bytes"] < want:
+                row["misses"].append(f"only {row['live_bytes']} live bytes in its stacks, expected at least {want}: the cache is not seen")
             for s in mine:
                 control_growth.append((name, growth(s), short(s), is_arena(s)))
             for s in mine:

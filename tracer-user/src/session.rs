@@ -630,6 +630,10 @@ impl Session {
 
     /// What is live now, as a report: at the end (`stop` set) or for a snapshot while tracing.
     fn build_report(&mut self, stop: Option<Stop>) -> Result<Report> {
+        // Read the live heap first: the target keeps running while maps, symbols and Python
+        // stacks are refreshed (seconds, on a busy machine), and a stack that churns (a full
+        // cache that evicts) would meanwhile be replaced by allocations too young to count.
+        let heap = self.tracer.allocs()?;
         let now_ns = monotonic_ns();
         self.drain();
         if stop != Some(Stop::TargetExited) {
@@ -637,7 +641,6 @@ impl Session {
         }
         self.sample()?;
         let counters = self.tracer.counters()?;
-        let heap = self.tracer.allocs()?;
         let allocated: HashMap<StackKey, (u64, u64)> = self
             .tracer
             .stack_totals()?
