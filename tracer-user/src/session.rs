@@ -681,6 +681,22 @@ impl Session {
                 .or_default()
                 .push(*key);
         }
+        // A stack as reported can be several kernel stacks, and those whose allocations were
+        // all freed by the end (a cache that churned through them) still belong to its series:
+        // without them, a flat stack whose allocations move between kernel stacks looks like
+        // it grows.
+        let gone: Vec<StackKey> = self
+            .series
+            .keys()
+            .filter(|k| !groups.contains_key(*k))
+            .copied()
+            .collect();
+        for key in gone {
+            let frames = self.frames(&key);
+            if let Some(keys) = keys_by_frames.get_mut(&frames) {
+                keys.push(key);
+            }
+        }
         let mut stacks = aggregate::merge(resolved, now_ns);
         // Growth and trend from the whole window's samples of each stack as reported.
         for s in &mut stacks {
