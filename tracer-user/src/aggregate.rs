@@ -88,6 +88,11 @@ impl Series {
         }
     }
 
+    /// Every stack sampled so far, live at the end or not.
+    pub fn keys(&self) -> impl Iterator<Item = &StackKey> {
+        self.points.keys()
+    }
+
     /// Growth in bytes/s over the samples in which the stack was present.
     pub fn growth(&self, key: &StackKey) -> Option<f64> {
         slope(self.points.get(key)?)

@@ -862,6 +862,10 @@ impl Session {
 
     /// What is live now, as a report: at the end (`stop` set) or for a snapshot while tracing.
     fn build_report(&mut self, stop: Option<Stop>) -> Result<Report> {
+        // Read the live heap first: the target keeps running while maps, symbols and Python
+        // stacks are refreshed (seconds, on a busy machine), and a stack that churns (a full
+        // cache that evicts) would meanwhile be replaced by allocations too young to count.
+        let heap = self.tracer.allocs()?;
         let now_ns = monotonic_ns();
         self.drain();
         if stop != Some(Stop::TargetExited) {
@@ -869,7 +873,6 @@ impl Session {
         }
         self.sample()?;
         let counters = self.tracer.counters()?;
-        let heap = self.tracer.allocs()?;
         let allocated: HashMap<StackKey, (u64, u64)> = self
             .tracer
             .stack_totals()?
@@ -910,6 +913,22 @@ impl Session {
                 .entry(r.frames.clone())
                 .or_default()
                 .push(*key);
+        }
+        // A stack as reported can be several kernel stacks, and those whose allocations were
+        // all freed by the end (a cache that churned through them) still belong to its series:
+        // without them, a flat stack whose allocations move between kernel stacks looks like
+        // it grows.
+        let gone: Vec<StackKey> = self
+            .series
+            .keys()
+            .filter(|k| !groups.contains_key(*k))
+            .copied()
+            .collect();
+        for key in gone {
+            let frames = self.frames(&key);
+            if let Some(keys) = keys_by_frames.get_mut(&frames) {
+                keys.push(key);
+            }
         }
         let mut stacks = aggregate::merge(resolved, now_ns);
         // Growth and trend from the whole window's samples of each stack as reported.
