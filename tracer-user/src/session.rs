@@ -123,6 +123,12 @@ impl Proc {
     }
 }
 
+/// CPython's functions that map a pymalloc arena.
+const PYMALLOC_ARENA_FUNCTIONS: &[&str] = &["_PyObject_ArenaMmap", "_PyMem_ArenaAlloc", "_PyObject_ArenaMalloc"];
+/// The frame standing for every Python stack that mapped a pymalloc arena.
+pub const PYMALLOC_ARENAS_FRAME: &str =
+    "[pymalloc arenas: objects of 512 B or less, attributed one by one with --pymalloc]";
+
 struct Session {
     opts: AttachOptions,
     /// The process named on the command line (or started by `run`).
@@ -724,6 +730,25 @@ impl Session {
         };
         if python.is_empty() {
             return process.into_iter().chain(native.into_iter().rev()).collect();
+        }
+        // A pymalloc arena (objects of 512 bytes or less) is not the Python code that happened
+        // to need a new one: objects of every other function live in it and keep it mapped.
+        // Blaming it on that code ranked an endpoint that frees everything above real leaks
+        // (tests/scenarios, the export control), so arenas are one stack of their own.
+        if native.iter().any(|f| PYMALLOC_ARENA_FUNCTIONS.contains(&f.function.as_str())) {
+            let label = Frame {
+                function: PYMALLOC_ARENAS_FRAME.to_string(),
+                file: None,
+                line: None,
+                module: None,
+                kind: crate::report::FrameKind::Python,
+            };
+            let leaf = native.into_iter().take(2).collect::<Vec<_>>();
+            return process
+                .into_iter()
+                .chain(std::iter::once(label))
+                .chain(leaf.into_iter().rev())
+                .collect();
         }
         // Native frames from the leaf outward: the allocator and its caller, then whatever is
         // not the interpreter itself (a C extension), up to the first interpreter frame.
