@@ -43,16 +43,24 @@ impl Server {
                 .args(&args)
                 .process_group(0),
         );
-        let deadline = Instant::now() + T;
-        while http_get(port, "/ok").ok() != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "the server did not start: {}",
-                proc.stderr.text()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+        wait_until_serving(&proc, port);
         Server { proc, port }
+    }
+
+    fn uvicorn_with_two_workers() -> Server {
+        Server::start(&[
+            "-m",
+            "uvicorn",
+            "fastapi_leak:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+        ])
     }
 
     fn pid(&self) -> u32 {
@@ -327,19 +335,7 @@ fn gunicorn_workers_restarted_after_max_requests_are_followed() {
 fn uvicorn_workers_are_summed_and_kept_apart_per_process() {
     require_root();
     let _serial = one_at_a_time();
-    let server = Server::start(&[
-        "-m",
-        "uvicorn",
-        "fastapi_leak:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--workers",
-        "2",
-        "--log-level",
-        "warning",
-    ]);
+    let server = Server::uvicorn_with_two_workers();
     let children = descendants(server.pid());
     for (name, extra) in [("summed", &[][..]), ("per-process", &["--per-process"][..])] {
         let out = out_path(&format!("uvicorn-workers-{name}.json"));
@@ -416,19 +412,7 @@ fn uvicorn_workers_are_summed_and_kept_apart_per_process() {
 fn no_children_traces_the_given_process_only() {
     require_root();
     let _serial = one_at_a_time();
-    let server = Server::start(&[
-        "-m",
-        "uvicorn",
-        "fastapi_leak:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--workers",
-        "2",
-        "--log-level",
-        "warning",
-    ]);
+    let server = Server::uvicorn_with_two_workers();
     let out = out_path("uvicorn-no-children.json");
     let mut tracer = attach(
         server.pid(),

@@ -374,14 +374,19 @@ pub fn start_uvicorn() -> (Proc, u16) {
             .arg(port.to_string())
             .args(["--log-level", "warning"]),
     );
+    wait_until_serving(&server, port);
+    (server, port)
+}
+
+/// Waits (60 s at most) until the server `server` answers `GET /ok` on `port` with 200.
+pub fn wait_until_serving(server: &Proc, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while http_get(port, "/ok").ok() != Some(200) {
         assert!(
             Instant::now() < deadline,
-            "uvicorn did not start: {}",
+            "the server did not start: {}",
             server.stderr.text()
         );
         thread::sleep(Duration::from_millis(100));
     }
-    (server, port)
 }
