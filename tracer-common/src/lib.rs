@@ -7,6 +7,8 @@
 
 use core::mem::size_of;
 
+pub mod growth;
+
 /// Outstanding heap allocations: [`AllocKey`] -> [`AllocInfo`].
 pub const MAP_ALLOCS: &str = "ALLOCS";
 /// Live totals per allocation stack: [`StackKey`] -> [`StackTotals`].
@@ -73,12 +75,14 @@ pub enum AllocKind {
     PyMalloc = 11,
     PyCalloc = 12,
     PyRealloc = 13,
+    /// `--mode growth`: a page of anonymous memory first touched (one page per record).
+    PageFault = 14,
     /// Used only in [`Pending`]: `free`, `munmap` and friends never allocate.
     Other = 15,
 }
 
 impl AllocKind {
-    pub const ALL: [AllocKind; 14] = [
+    pub const ALL: [AllocKind; 15] = [
         AllocKind::Malloc,
         AllocKind::Calloc,
         AllocKind::Realloc,
@@ -93,6 +97,7 @@ impl AllocKind {
         AllocKind::PyMalloc,
         AllocKind::PyCalloc,
         AllocKind::PyRealloc,
+        AllocKind::PageFault,
     ];
 
     pub fn from_u32(v: u32) -> Option<AllocKind> {
@@ -116,6 +121,7 @@ impl AllocKind {
             AllocKind::PyMalloc => "PyObject_Malloc",
             AllocKind::PyCalloc => "PyObject_Calloc",
             AllocKind::PyRealloc => "PyObject_Realloc",
+            AllocKind::PageFault => "[page fault]",
             AllocKind::Other => "?",
         }
     }

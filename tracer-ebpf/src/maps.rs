@@ -128,7 +128,7 @@ pub fn take_pending(pid_tgid: u64, ret_sp: u64) -> Option<Pending> {
 }
 
 #[inline(always)]
-fn add_totals(stack: &StackKey, bytes: u64, allocs: i64) {
+pub fn add_totals(stack: &StackKey, bytes: u64, allocs: i64) {
     let mut slot = STACK_TOTALS.get_ptr_mut(stack);
     if slot.is_none() {
         let _ = STACK_TOTALS.insert(stack, &StackTotals::default(), BPF_NOEXIST as u64);

@@ -109,6 +109,8 @@ pub struct Limits {
     pub max_allocs: u32,
     /// Put every probe at its function's first byte (benchmarks).
     pub probe_at_entry: bool,
+    /// Which programs to load: uprobes (exact) or tracepoints (growth).
+    pub mode: crate::mode::Mode,
 }
 
 /// One attached probe, for the progress line and the docs.
@@ -120,7 +122,7 @@ pub struct Attached {
 }
 
 pub struct Tracer {
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
     probe_at_entry: bool,
     events: RingBuf<aya::maps::MapData>,
 }
@@ -168,11 +170,14 @@ impl Tracer {
             .map_max_entries(MAP_ALLOCS, limits.max_allocs)
             .load(OBJECT)
             .context("failed to load leaktrace's eBPF programs into the kernel")?;
+        // Only the programs the mode attaches are loaded (and verified).
         for (name, program) in ebpf.programs_mut() {
-            let probe: &mut UProbe = program.try_into()?;
-            probe
-                .load()
-                .with_context(|| format!("the kernel rejected eBPF program `{name}`"))?;
+            let loaded = match (program, limits.mode) {
+                (aya::programs::Program::UProbe(p), crate::mode::Mode::Exact) => p.load(),
+                (aya::programs::Program::TracePoint(p), crate::mode::Mode::Growth) => p.load(),
+                _ => continue,
+            };
+            loaded.with_context(|| format!("the kernel rejected eBPF program `{name}`"))?;
         }
         let events = RingBuf::try_from(
             ebpf.take_map(MAP_EVENTS)
@@ -183,6 +188,17 @@ impl Tracer {
             events,
             probe_at_entry: limits.probe_at_entry,
         })
+    }
+
+    /// Starts tracing process `pid` with the mode's tracepoints (which run for every process
+    /// and look their tgid up first). Worker processes are added the same way.
+    pub fn add_target(&mut self, pid: u32) -> Result<()> {
+        crate::growth::add_target(self, pid)
+    }
+
+    /// Stops tracing process `pid` (its recorded pages stay until the report).
+    pub fn remove_target(&mut self, pid: u32) -> Result<()> {
+        crate::growth::remove_target(self, pid)
     }
 
     /// Attaches every allocator probe in `module` (as seen from this process, e.g. through

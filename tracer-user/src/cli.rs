@@ -121,6 +121,11 @@ pub struct TraceArgs {
     /// attributed one by one instead of as arenas. Costly: every Python object allocation traps.
     #[arg(long, conflicts_with = "no_python")]
     pub pymalloc: bool,
+    /// `exact`: every allocator call (uprobes on malloc & co). `growth`: no uprobes; resident
+    /// anonymous pages first touched while traced, by the stack that touched them (page-fault
+    /// and memory-syscall tracepoints; near-zero cost once memory stops growing).
+    #[arg(long, value_enum, default_value = "exact")]
+    pub mode: crate::mode::Mode,
     /// In stacks with Python frames, leave out native frames.
     #[arg(long)]
     pub no_native: bool,
@@ -176,12 +181,30 @@ impl TraceArgs {
             live_view: false,
             native: !self.no_native,
             max_python_depth: self.max_python_depth,
+            mode: self.mode,
         }
     }
 }
 
+/// Option combinations clap cannot express; exit code 2 like clap's own errors.
+fn check_combinations(trace: &TraceArgs) -> Result<()> {
+    if trace.mode == crate::mode::Mode::Growth && trace.pymalloc {
+        return Err(anyhow::Error::new(crate::error::UserError {
+            message: "--pymalloc adds uprobes and --mode growth uses none: drop one of them"
+                .into(),
+            code: crate::error::exit::USAGE,
+        }));
+    }
+    Ok(())
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Attach(a) | Command::Top(a) => check_combinations(&a.trace)?,
+        Command::Run(r) => check_combinations(&r.trace)?,
+        Command::Report(_) | Command::Diff(_) => {}
+    }
     match cli.command {
         Command::Attach(a) => session::attach(a.trace.options(a.pid)),
         Command::Run(r) => session::run_command(|pid| r.trace.options(pid), &r.command),
@@ -297,6 +320,32 @@ mod tests {
         };
         assert_eq!(a.duration, Some(Duration::from_millis(2500)));
         assert_eq!(a.min_age, Duration::ZERO);
+    }
+
+    #[test]
+    fn mode_defaults_to_exact_and_growth_refuses_pymalloc() {
+        let cli = Cli::try_parse_from(["leaktrace", "attach", "42"]).unwrap();
+        let Command::Attach(a) = cli.command else {
+            panic!("attach")
+        };
+        assert_eq!(a.trace.mode, crate::mode::Mode::Exact);
+        let cli = Cli::try_parse_from(["leaktrace", "attach", "42", "--mode", "growth"]).unwrap();
+        let Command::Attach(a) = &cli.command else {
+            panic!("attach")
+        };
+        assert_eq!(a.trace.mode, crate::mode::Mode::Growth);
+        assert!(Cli::try_parse_from(["leaktrace", "attach", "1", "--mode", "fast"]).is_err());
+        let cli = Cli::try_parse_from([
+            "leaktrace",
+            "attach",
+            "1",
+            "--mode",
+            "growth",
+            "--pymalloc",
+        ])
+        .unwrap();
+        let err = run(cli).unwrap_err();
+        assert_eq!(crate::error::code_of(&err), crate::error::exit::USAGE);
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct AttachOptions {
     /// Keep native frames in stacks that have Python frames.
     pub native: bool,
     pub max_python_depth: u32,
+    /// Allocator uprobes (exact) or page faults (growth).
+    pub mode: crate::mode::Mode,
 }
 
 /// Why tracing stopped.
@@ -178,9 +180,21 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         let attached = Tracer::load(Limits {
             max_allocs: opts.max_allocs,
             probe_at_entry: opts.probe_at_entry,
+            mode: opts.mode,
         })
         .and_then(|mut tracer| {
-            let probes = tracer.attach(target.pid, &target.allocator_host_path)?;
+            let probes = match opts.mode {
+                crate::mode::Mode::Exact => {
+                    tracer.attach(target.pid, &target.allocator_host_path)?
+                }
+                crate::mode::Mode::Growth => crate::growth::attach(&mut tracer, target.pid)?
+                    .into_iter()
+                    .map(|function| crate::bpf::Attached {
+                        function,
+                        offset: 0,
+                    })
+                    .collect(),
+            };
             Ok((tracer, probes))
         });
         let (tracer, attached) = match attached {
@@ -202,8 +216,12 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             })
             .collect();
         eprintln!(
-            "leaktrace: attached {} probes in {} ms: {}",
+            "leaktrace: attached {} {} in {} ms: {}",
             attached.len(),
+            match opts.mode {
+                crate::mode::Mode::Exact => "probes",
+                crate::mode::Mode::Growth => "tracepoints (no uprobes)",
+            },
             t0.elapsed().as_millis(),
             probes.join(" ")
         );
@@ -526,15 +544,16 @@ impl Session {
     fn native_frames(&mut self, key: &StackKey) -> Vec<Frame> {
         let pid = key.tgid;
         let kind = AllocKind::from_u32(key.kind).unwrap_or(AllocKind::Other);
-        let mut frames = vec![Frame::native(
-            kind.function_name(),
-            Some(self.target.allocator_module()),
-        )];
+        let fault = kind == AllocKind::PageFault;
+        let module = (!fault).then(|| self.target.allocator_module());
+        let mut frames = vec![Frame::native(kind.function_name(), module)];
         // ips[0] is the probed instruction (the allocator itself); the rest are return
         // addresses. Frame-pointer unwinding from a function's entry skips its caller, whose
         // return address the probe read from [sp] (unless the kernel already added it).
+        // A page fault's ips[0] is the faulting instruction (its `caller`), or for a fault
+        // taken by the kernel in a syscall, the syscall's call site: kept.
         let ips = self.tracer.stack(key.stack_id).unwrap_or_default();
-        let rest = ips.get(1..).unwrap_or_default();
+        let rest = ips.get(usize::from(!fault)..).unwrap_or_default();
         let mut returns: Vec<u64> = Vec::with_capacity(rest.len() + 1);
         if key.caller != 0 && rest.first() != Some(&key.caller) {
             returns.push(key.caller);
@@ -689,7 +708,11 @@ impl Session {
                 s.added_bytes = (last.1 - first.1).max(0.0) as u64;
             }
         }
-        Ok(self.report(stop, &counters, stacks))
+        let mut report = self.report(stop, &counters, stacks);
+        if self.opts.mode == crate::mode::Mode::Growth {
+            crate::growth::annotate(&mut report, &crate::growth::counters(&self.tracer)?);
+        }
+        Ok(report)
     }
 
     /// SIGUSR1: writes a timestamped report next to the final one, and goes on tracing.
@@ -785,7 +808,7 @@ impl Session {
                 exe: self.target.exe.clone(),
                 python: self.python.as_ref().map(Interpreter::version),
             },
-            mode: "exact".to_string(),
+            mode: self.opts.mode.as_str().to_string(),
             duration_s: self.started.elapsed().as_secs_f64(),
             totals: Totals {
                 live_bytes: stacks.iter().map(|s| s.live_bytes).sum(),
@@ -959,5 +982,9 @@ pub fn short_stack(frames: &[Frame]) -> String {
         parts.push("...".into());
     }
     let allocator = frames.last().map(|f| f.function.as_str()).unwrap_or("?");
+    if allocator.starts_with('[') {
+        // Already bracketed: `[page fault]`.
+        return format!("{} {allocator}", parts.join(" < "));
+    }
     format!("{} [{allocator}]", parts.join(" < "))
 }
