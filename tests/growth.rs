@@ -44,7 +44,10 @@ fn pages_at(report: &Value, site: &str) -> Option<(u64, u64)> {
     let pages = s["live_allocs"].as_u64().unwrap();
     assert_eq!(bytes, pages * PAGE, "{s:#}");
     let frames = s["frames"].as_array().unwrap();
-    Some((pages, frames[frames.len() - 2]["line"].as_u64().unwrap_or(0)))
+    Some((
+        pages,
+        frames[frames.len() - 2]["line"].as_u64().unwrap_or(0),
+    ))
 }
 
 #[test]
@@ -63,6 +66,7 @@ fn c_fixture_reports_exactly_the_pages_touched_and_kept_per_site() {
         ("touch_malloc", 256),
         ("touch_remap", 16 - 8),
         ("touch_brk", 64 - 32),
+        ("touch_huge", 2),
     ] {
         assert_eq!(
             pages_at(&report, site),
@@ -81,9 +85,26 @@ fn c_fixture_reports_exactly_the_pages_touched_and_kept_per_site() {
     // 16 + 32 unmapped, 8 madvised, 256 (+1 header) freed, 8 after the move, 32 below brk.
     assert!(counters["pages_released"].as_u64().unwrap() >= 16 + 32 + 8 + 256 + 8 + 32);
     assert_eq!(report["totals"]["dropped"], 0);
+    // touch_huge's two faults may each map a 2 MiB huge page when THP is `always`: counted,
+    // and said in a note.
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let maybe_huge = counters["page_fault_maybe_huge"].as_u64().unwrap();
+    if thp.contains("[always]") {
+        assert!(maybe_huge >= 2, "{counters:#}");
+        assert!(report["notes"]
+            .to_string()
+            .contains("transparent huge pages"));
+        assert_eq!(report["complete"], false);
+    } else {
+        assert_eq!(maybe_huge, 0, "{counters:#}");
+    }
     let notes = report["notes"].as_array().unwrap();
     assert!(
-        notes[0].as_str().unwrap().contains("pages faulted in before attaching are not counted"),
+        notes[0]
+            .as_str()
+            .unwrap()
+            .contains("pages faulted in before attaching are not counted"),
         "{notes:?}"
     );
 }
@@ -97,7 +118,7 @@ fn perf_link_target(link_id: u64) -> (u32, String) {
     const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
     let mut attr = [0u64; 16];
     attr[0] = link_id; // link_id (u32), next_id = 0, open_flags = 0
-    // SAFETY: attr is a zeroed bpf_attr-sized buffer.
+                       // SAFETY: attr is a zeroed bpf_attr-sized buffer.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -106,7 +127,11 @@ fn perf_link_target(link_id: u64) -> (u32, String) {
             std::mem::size_of_val(&attr),
         )
     };
-    assert!(fd >= 0, "link {link_id}: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "link {link_id}: {}",
+        std::io::Error::last_os_error()
+    );
     let mut name = [0u8; 256];
     let mut info = [0u64; 32];
     // struct bpf_link_info: type, id, prog_id (u32 each), then the union at byte 16;
@@ -130,10 +155,16 @@ fn perf_link_target(link_id: u64) -> (u32, String) {
     unsafe { libc::close(fd as i32) };
     assert_eq!(rc, 0, "link {link_id}: {err}");
     let link_type = info[0] as u32;
-    assert_eq!(link_type, 7, "link {link_id} is not a perf-event link (type {link_type})");
+    assert_eq!(
+        link_type, 7,
+        "link {link_id} is not a perf-event link (type {link_type})"
+    );
     let event_type = info[2] as u32;
     let len = name.iter().position(|&b| b == 0).unwrap_or(0);
-    (event_type, String::from_utf8_lossy(&name[..len]).into_owned())
+    (
+        event_type,
+        String::from_utf8_lossy(&name[..len]).into_owned(),
+    )
 }
 
 /// BPF link ids held open by process `pid`, from its fdinfo.
@@ -197,7 +228,10 @@ fn growth_mode_attaches_no_uprobe_and_leaves_nothing_after_sigkill() {
         .iter()
         .map(|id| {
             let (kind, name) = perf_link_target(*id);
-            assert_eq!(kind, BPF_PERF_EVENT_TRACEPOINT, "link {id} ({name}) is not a tracepoint");
+            assert_eq!(
+                kind, BPF_PERF_EVENT_TRACEPOINT,
+                "link {id} ({name}) is not a tracepoint"
+            );
             name
         })
         .collect();
@@ -288,5 +322,8 @@ fn python_list_leak_is_named_among_the_top_growing_stacks() {
         .filter(|s| python_frames(s).last().map(|f| f.0.as_str()) == Some("leaky"))
         .map(|s| s["live_bytes"].as_u64().unwrap())
         .sum();
-    assert!(by_leaky >= leaked * 9 / 10, "{by_leaky} of {leaked} under leaky");
+    assert!(
+        by_leaky >= leaked * 9 / 10,
+        "{by_leaky} of {leaked} under leaky"
+    );
 }

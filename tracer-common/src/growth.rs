@@ -48,8 +48,14 @@ pub const fn chunk_key(tgid: u32, addr: u64) -> u64 {
 pub struct GrowthConfig {
     /// Byte offset of `vm_file` in `struct vm_area_struct` (NULL for anonymous memory).
     pub vma_vm_file: u64,
+    /// Byte offsets of `vm_start` and `vm_end`.
+    pub vma_vm_start: u64,
+    pub vma_vm_end: u64,
+    /// 1 when transparent huge pages are `always` on: a fault in a mapping that covers the
+    /// whole aligned 2 MiB block around it may map 2 MiB at once.
+    pub thp_always: u64,
 }
-const _: () = assert!(size_of::<GrowthConfig>() == 8);
+const _: () = assert!(size_of::<GrowthConfig>() == 32);
 
 /// Value of [`MAP_MREMAP_PENDING`].
 #[repr(C)]
@@ -80,6 +86,9 @@ pub enum GrowthCounter {
     PagesReleased = 5,
     /// `mremap` exits with no matching entry (pending map full, or attached mid-call).
     MremapUnmatched = 6,
+    /// Recorded faults that may have mapped a 2 MiB transparent huge page (THP `always`, and
+    /// the mapping covers the aligned 2 MiB block): each counts 4 KiB, so a lower bound.
+    FaultMaybeHuge = 7,
 }
 
 /// Number of slots in [`MAP_GROWTH_COUNTERS`].

@@ -62,6 +62,8 @@ pub static GROWTH_COUNTERS: PerCpuArray<u64> =
 /// addresses below 2^56; anything from here is a kernel address).
 const USER_TOP: u64 = 1 << 56;
 const CHUNK_SIZE: u64 = 1 << CHUNK_SHIFT;
+/// A transparent huge page.
+const HUGE_SIZE: u64 = 2 << 20;
 const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// x86 page-fault error code: the page was present (a protection fault, e.g. the first write
 /// to a zero page or to a copy-on-write page, which the not-present fault already counted).
@@ -111,21 +113,39 @@ fn page_up(x: u64) -> u64 {
 
 #[repr(C)]
 struct VmaCtx {
-    vm_file_offset: u64,
-    /// 0: not found; 1: file-backed or shared; 2: anonymous private.
+    cfg: GrowthConfig,
+    page: u64,
+    /// 0: not found; 1: file-backed or shared; 2: anonymous private; 3: the same, and a
+    /// transparent huge page may be mapped by this fault.
     kind: u64,
 }
 
+/// The u64 at byte `offset` of the kernel structure at `base`. The offset is bounded (every
+/// structure read here is far smaller than 4 KiB): the verifier refuses pointer arithmetic
+/// with an unbounded scalar.
+#[inline(always)]
+fn kernel_u64(base: *mut c_void, offset: u64) -> Option<u64> {
+    let at = (base as u64).wrapping_add(offset & 0xff8);
+    // SAFETY: fault-tolerant helper.
+    unsafe { bpf_probe_read_kernel(at as *const u64) }.ok()
+}
+
 extern "C" fn vma_kind(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
-    let ctx = ctx.cast::<VmaCtx>();
-    // SAFETY: `ctx` is the caller's VmaCtx on its stack; `vma` is the kernel's vma, read with
-    // a fault-tolerant helper at the offset user space found in the kernel's BTF.
-    unsafe {
-        // Bounded (vm_area_struct is far smaller than 4 KiB): the verifier refuses pointer
-        // arithmetic with an unbounded scalar.
-        let at = (vma as u64).wrapping_add((*ctx).vm_file_offset & 0xff8);
-        let file = bpf_probe_read_kernel(at as *const u64).unwrap_or(1);
-        (*ctx).kind = if file == 0 { 2 } else { 1 };
+    // SAFETY: `ctx` is the caller's VmaCtx on its stack.
+    let ctx = unsafe { &mut *ctx.cast::<VmaCtx>() };
+    // Offsets come from the kernel's BTF (user space).
+    if kernel_u64(vma, ctx.cfg.vma_vm_file) != Some(0) {
+        ctx.kind = 1;
+        return 0;
+    }
+    ctx.kind = 2;
+    if ctx.cfg.thp_always != 0 {
+        let block = ctx.page & !(HUGE_SIZE - 1);
+        let start = kernel_u64(vma, ctx.cfg.vma_vm_start).unwrap_or(u64::MAX);
+        let end = kernel_u64(vma, ctx.cfg.vma_vm_end).unwrap_or(0);
+        if start <= block && block.wrapping_add(HUGE_SIZE) <= end {
+            ctx.kind = 3;
+        }
     }
     0
 }
@@ -147,7 +167,8 @@ fn on_fault(ctx: &TracePointContext) -> u32 {
         return 0;
     };
     let mut vctx = VmaCtx {
-        vm_file_offset: cfg.vma_vm_file,
+        cfg: *cfg,
+        page,
         kind: 0,
     };
     // SAFETY: helper calls; the callback only touches `vctx`.
@@ -164,9 +185,12 @@ fn on_fault(ctx: &TracePointContext) -> u32 {
         gcount(GrowthCounter::FaultVmaUnknown);
         return 0;
     }
-    if vctx.kind != 2 {
+    if vctx.kind == 1 {
         gcount(GrowthCounter::FaultFileBacked);
         return 0;
+    }
+    if vctx.kind == 3 {
+        gcount(GrowthCounter::FaultMaybeHuge);
     }
     // The chunk must be marked before the page is recorded, or an unmap could miss it.
     let chunk = chunk_key(tgid, page);
@@ -311,7 +335,11 @@ extern "C" fn chunk_step(i: u64, ctx: *mut c_void) -> i64 {
         return 0;
     }
     let chunk_end = chunk_start.wrapping_add(CHUNK_SIZE);
-    let from = if c.start > chunk_start { c.start } else { chunk_start };
+    let from = if c.start > chunk_start {
+        c.start
+    } else {
+        chunk_start
+    };
     let to = if c.end < chunk_end { c.end } else { chunk_end };
     if to <= from {
         return 0;
@@ -343,7 +371,11 @@ fn walk_range(tgid: u32, start: u64, end: u64, op: u64, delta: u64) {
         return;
     }
     let chunks = ((end - 1) >> CHUNK_SHIFT) - (start >> CHUNK_SHIFT) + 1;
-    let chunks = if chunks > MAX_LOOPS { MAX_LOOPS } else { chunks };
+    let chunks = if chunks > MAX_LOOPS {
+        MAX_LOOPS
+    } else {
+        chunks
+    };
     let mut range = RangeCtx {
         tgid: tgid as u64,
         start,

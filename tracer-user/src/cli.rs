@@ -190,8 +190,7 @@ impl TraceArgs {
 fn check_combinations(trace: &TraceArgs) -> Result<()> {
     if trace.mode == crate::mode::Mode::Growth && trace.pymalloc {
         return Err(anyhow::Error::new(crate::error::UserError {
-            message: "--pymalloc adds uprobes and --mode growth uses none: drop one of them"
-                .into(),
+            message: "--pymalloc adds uprobes and --mode growth uses none: drop one of them".into(),
             code: crate::error::exit::USAGE,
         }));
     }
@@ -335,15 +334,9 @@ mod tests {
         };
         assert_eq!(a.trace.mode, crate::mode::Mode::Growth);
         assert!(Cli::try_parse_from(["leaktrace", "attach", "1", "--mode", "fast"]).is_err());
-        let cli = Cli::try_parse_from([
-            "leaktrace",
-            "attach",
-            "1",
-            "--mode",
-            "growth",
-            "--pymalloc",
-        ])
-        .unwrap();
+        let cli =
+            Cli::try_parse_from(["leaktrace", "attach", "1", "--mode", "growth", "--pymalloc"])
+                .unwrap();
         let err = run(cli).unwrap_err();
         assert_eq!(crate::error::code_of(&err), crate::error::exit::USAGE);
     }

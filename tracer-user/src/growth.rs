@@ -39,7 +39,7 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Counter names in reports, after the exact-mode ones.
-pub const COUNTER_NAMES: [(GrowthCounter, &str); 7] = [
+pub const COUNTER_NAMES: [(GrowthCounter, &str); 8] = [
     (GrowthCounter::FaultFileBacked, "page_fault_file_backed"),
     (GrowthCounter::FaultVmaUnknown, "page_fault_vma_unknown"),
     (GrowthCounter::ChunkMapFull, "page_chunk_map_full"),
@@ -47,6 +47,7 @@ pub const COUNTER_NAMES: [(GrowthCounter, &str); 7] = [
     (GrowthCounter::PageMoveLost, "page_move_lost"),
     (GrowthCounter::PagesReleased, "pages_released"),
     (GrowthCounter::MremapUnmatched, "mremap_unmatched"),
+    (GrowthCounter::FaultMaybeHuge, "page_fault_maybe_huge"),
 ];
 
 /// Mounts tracefs on /sys/kernel/tracing when nothing is there (aya reads tracepoint ids
@@ -85,9 +86,13 @@ pub fn attach(tracer: &mut Tracer, pid: u32) -> Result<Vec<&'static str>> {
             "--mode growth needs the kernel's BTF (/sys/kernel/btf/vmlinux: {e}): use a kernel built with CONFIG_DEBUG_INFO_BTF, or --mode exact"
         ))
     })?;
-    let vm_file = member_offset(&btf, "vm_area_struct", "vm_file").ok_or_else(|| {
-        user("this kernel's BTF has no `vm_area_struct.vm_file`: --mode growth cannot tell anonymous memory from files here; use --mode exact")
-    })?;
+    let field = |name: &str| {
+        member_offset(&btf, "vm_area_struct", name).map(u64::from).ok_or_else(|| {
+            user(format!("this kernel's BTF has no `vm_area_struct.{name}`: --mode growth cannot tell anonymous memory from files here; use --mode exact"))
+        })
+    };
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     {
         let mut config: Array<&mut MapData, GrowthConfig> = Array::try_from(
             tracer
@@ -98,7 +103,10 @@ pub fn attach(tracer: &mut Tracer, pid: u32) -> Result<Vec<&'static str>> {
         config.set(
             0,
             GrowthConfig {
-                vma_vm_file: u64::from(vm_file),
+                vma_vm_file: field("vm_file")?,
+                vma_vm_start: field("vm_start")?,
+                vma_vm_end: field("vm_end")?,
+                thp_always: u64::from(thp.contains("[always]")),
             },
             0,
         )?;
@@ -220,6 +228,13 @@ pub fn annotate(report: &mut Report, counters: &[u64; GROWTH_COUNTER_SLOTS as us
             "{lost} page faults or moves could not be recorded (mapping unreadable at that instant, or maps full): the numbers are lower bounds"
         ));
     }
+    let huge = counters[GrowthCounter::FaultMaybeHuge as usize];
+    if huge > 0 {
+        report.complete = false;
+        report.notes.push(format!(
+            "{huge} faults were in 2 MiB blocks where transparent huge pages (`always` on this host) may have mapped 2 MiB at once; each counts 4 KiB, so those stacks' numbers are lower bounds"
+        ));
+    }
     // Rewrite exact mode's wording where it speaks of allocations.
     for note in &mut report.notes {
         if note.contains("allocations were not tracked") {
@@ -295,7 +310,11 @@ impl<'a> Btf<'a> {
                     for i in 0..vlen as usize {
                         let m = at + 12 * i;
                         let offset = u32_at(m + 8)?;
-                        let bits = if kind_flag == 1 { offset & 0xff_ffff } else { offset };
+                        let bits = if kind_flag == 1 {
+                            offset & 0xff_ffff
+                        } else {
+                            offset
+                        };
                         members.push((u32_at(m)?, u32_at(m + 4)?, bits));
                     }
                     12 * vlen as usize
