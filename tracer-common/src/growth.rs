@@ -51,11 +51,21 @@ pub struct GrowthConfig {
     /// Byte offsets of `vm_start` and `vm_end`.
     pub vma_vm_start: u64,
     pub vma_vm_end: u64,
-    /// 1 when transparent huge pages are `always` on: a fault in a mapping that covers the
-    /// whole aligned 2 MiB block around it may map 2 MiB at once.
-    pub thp_always: u64,
+    /// Byte offset of `vm_flags`.
+    pub vma_vm_flags: u64,
+    /// Transparent huge pages: [`THP_NEVER`], [`THP_MADVISE`] or [`THP_ALWAYS`]. A fault in a
+    /// mapping that covers the whole aligned 2 MiB block around it, and that THP applies to,
+    /// may map 2 MiB at once.
+    pub thp: u64,
 }
-const _: () = assert!(size_of::<GrowthConfig>() == 32);
+const _: () = assert!(size_of::<GrowthConfig>() == 40);
+
+/// `/sys/kernel/mm/transparent_hugepage/enabled` is `never`.
+pub const THP_NEVER: u64 = 0;
+/// ... `madvise`: only mappings with `MADV_HUGEPAGE`.
+pub const THP_MADVISE: u64 = 1;
+/// ... `always`: every mapping without `MADV_NOHUGEPAGE`.
+pub const THP_ALWAYS: u64 = 2;
 
 /// Value of [`MAP_MREMAP_PENDING`].
 #[repr(C)]

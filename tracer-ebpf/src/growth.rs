@@ -30,7 +30,8 @@ use aya_ebpf::{
 use tracer_common::{
     growth::{
         chunk_key, GrowthConfig, GrowthCounter, MremapArgs, CHUNK_SHIFT, GROWTH_COUNTER_SLOTS,
-        MAX_MREMAP_PENDING, MAX_PAGE_CHUNKS, MAX_TARGETS, PAGE_SHIFT, PAGE_SIZE,
+        MAX_MREMAP_PENDING, MAX_PAGE_CHUNKS, MAX_TARGETS, PAGE_SHIFT, PAGE_SIZE, THP_ALWAYS,
+        THP_NEVER,
     },
     AllocInfo, AllocKey, AllocKind, Counter, Pending, StackKey,
 };
@@ -64,6 +65,9 @@ const USER_TOP: u64 = 1 << 56;
 const CHUNK_SIZE: u64 = 1 << CHUNK_SHIFT;
 /// A transparent huge page.
 const HUGE_SIZE: u64 = 2 << 20;
+/// vm_flags bits (include/linux/mm.h; stable since 2.6.38).
+const VM_HUGEPAGE: u64 = 0x2000_0000;
+const VM_NOHUGEPAGE: u64 = 0x4000_0000;
 const PAGE_MASK: u64 = !(PAGE_SIZE - 1);
 /// x86 page-fault error code: the page was present (a protection fault, e.g. the first write
 /// to a zero page or to a copy-on-write page, which the not-present fault already counted).
@@ -139,11 +143,17 @@ extern "C" fn vma_kind(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -
         return 0;
     }
     ctx.kind = 2;
-    if ctx.cfg.thp_always != 0 {
+    if ctx.cfg.thp != THP_NEVER {
+        let flags = kernel_u64(vma, ctx.cfg.vma_vm_flags).unwrap_or(0);
+        let applies = if ctx.cfg.thp == THP_ALWAYS {
+            flags & VM_NOHUGEPAGE == 0
+        } else {
+            flags & VM_HUGEPAGE != 0
+        };
         let block = ctx.page & !(HUGE_SIZE - 1);
         let start = kernel_u64(vma, ctx.cfg.vma_vm_start).unwrap_or(u64::MAX);
         let end = kernel_u64(vma, ctx.cfg.vma_vm_end).unwrap_or(0);
-        if start <= block && block.wrapping_add(HUGE_SIZE) <= end {
+        if applies && start <= block && block.wrapping_add(HUGE_SIZE) <= end {
             ctx.kind = 3;
         }
     }

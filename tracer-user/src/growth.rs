@@ -17,7 +17,7 @@ use aya::{
 };
 use tracer_common::growth::{
     GrowthConfig, GrowthCounter, GROWTH_COUNTER_SLOTS, MAP_BRK, MAP_GROWTH_CONFIG,
-    MAP_GROWTH_COUNTERS, MAP_TARGETS,
+    MAP_GROWTH_COUNTERS, MAP_TARGETS, THP_ALWAYS, THP_MADVISE, THP_NEVER,
 };
 
 use crate::{bpf::Tracer, error::user, report::Report};
@@ -106,7 +106,14 @@ pub fn attach(tracer: &mut Tracer, pid: u32) -> Result<Vec<&'static str>> {
                 vma_vm_file: field("vm_file")?,
                 vma_vm_start: field("vm_start")?,
                 vma_vm_end: field("vm_end")?,
-                thp_always: u64::from(thp.contains("[always]")),
+                vma_vm_flags: field("vm_flags")?,
+                thp: if thp.contains("[always]") {
+                    THP_ALWAYS
+                } else if thp.contains("[madvise]") {
+                    THP_MADVISE
+                } else {
+                    THP_NEVER
+                },
             },
             0,
         )?;
@@ -232,7 +239,7 @@ pub fn annotate(report: &mut Report, counters: &[u64; GROWTH_COUNTER_SLOTS as us
     if huge > 0 {
         report.complete = false;
         report.notes.push(format!(
-            "{huge} faults were in 2 MiB blocks where transparent huge pages (`always` on this host) may have mapped 2 MiB at once; each counts 4 KiB, so those stacks' numbers are lower bounds"
+            "{huge} faults were in 2 MiB blocks where transparent huge pages may have mapped 2 MiB at once; each counts 4 KiB, so those stacks' numbers are lower bounds"
         ));
     }
     // Rewrite exact mode's wording where it speaks of allocations.
@@ -424,6 +431,8 @@ mod tests {
         assert!(off >= 40 && off % 8 == 0, "{off}");
         assert_eq!(member_offset(&btf, "vm_area_struct", "vm_start"), Some(0));
         assert_eq!(member_offset(&btf, "vm_area_struct", "vm_end"), Some(8));
+        // In an anonymous union with `__vm_flags`.
+        assert!(member_offset(&btf, "vm_area_struct", "vm_flags").is_some());
     }
 
     #[test]
