@@ -10,8 +10,9 @@ use core::mem::size_of;
 /// Traced processes: tgid -> flags (reserved, 0). Tracepoints fire for every process on the
 /// host; this is the first lookup of every program.
 pub const MAP_TARGETS: &str = "TARGETS";
-/// 2 MiB chunks of address space that hold (or held) recorded pages: [`chunk_key`] -> 1.
-/// Unmapping walks the chunks of its range and only looks at the pages of present ones.
+/// 2 MiB chunks of address space that hold (or held) recorded pages: [`chunk_key`] ->
+/// [`ChunkInfo`]. Unmapping walks the chunks of its range and only looks at the pages of
+/// present ones.
 pub const MAP_PAGE_CHUNKS: &str = "PAGE_CHUNKS";
 /// Current program break per traced process: tgid -> break (from `brk`'s return value).
 pub const MAP_BRK: &str = "BRK";
@@ -67,6 +68,21 @@ pub const THP_MADVISE: u64 = 1;
 /// ... `always`: every mapping without `MADV_NOHUGEPAGE`.
 pub const THP_ALWAYS: u64 = 2;
 
+/// Value of [`MAP_PAGE_CHUNKS`]: the chunk may hold recorded pages, and the last anonymous
+/// mapping seen in it, so that most faults need no mapping lookup (`bpf_find_vma` costs
+/// ~15 us in a fault, where it must defer its unlock to an irq_work). Every syscall that can
+/// change what is mapped in a range (munmap, mmap MAP_FIXED, brk, mremap) clears it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChunkInfo {
+    /// `[anon_start, anon_end)`: an anonymous private mapping (empty when unknown).
+    pub anon_start: u64,
+    pub anon_end: u64,
+    /// 1 when transparent huge pages apply to that mapping.
+    pub huge_ok: u64,
+}
+const _: () = assert!(size_of::<ChunkInfo>() == 24);
+
 /// Value of [`MAP_MREMAP_PENDING`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -110,4 +126,5 @@ mod pod {
     // SAFETY: plain-old-data, `#[repr(C)]`, no implicit padding (checked by the size asserts).
     unsafe impl aya::Pod for GrowthConfig {}
     unsafe impl aya::Pod for MremapArgs {}
+    unsafe impl aya::Pod for ChunkInfo {}
 }

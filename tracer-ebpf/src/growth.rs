@@ -29,9 +29,9 @@ use aya_ebpf::{
 };
 use tracer_common::{
     growth::{
-        chunk_key, GrowthConfig, GrowthCounter, MremapArgs, CHUNK_SHIFT, GROWTH_COUNTER_SLOTS,
-        MAX_MREMAP_PENDING, MAX_PAGE_CHUNKS, MAX_TARGETS, PAGE_SHIFT, PAGE_SIZE, THP_ALWAYS,
-        THP_NEVER,
+        chunk_key, ChunkInfo, GrowthConfig, GrowthCounter, MremapArgs, CHUNK_SHIFT,
+        GROWTH_COUNTER_SLOTS, MAX_MREMAP_PENDING, MAX_PAGE_CHUNKS, MAX_TARGETS, PAGE_SHIFT,
+        PAGE_SIZE, THP_ALWAYS, THP_NEVER,
     },
     AllocInfo, AllocKey, AllocKind, Counter, Pending, StackKey,
 };
@@ -42,7 +42,7 @@ use crate::maps::{add_totals, count, forget, record, tgid_of, ALLOCS, STACKS};
 pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 #[map]
-pub static PAGE_CHUNKS: HashMap<u64, u64> =
+pub static PAGE_CHUNKS: HashMap<u64, ChunkInfo> =
     HashMap::with_max_entries(MAX_PAGE_CHUNKS, BPF_F_NO_PREALLOC);
 
 #[map]
@@ -118,10 +118,12 @@ fn page_up(x: u64) -> u64 {
 #[repr(C)]
 struct VmaCtx {
     cfg: GrowthConfig,
-    page: u64,
-    /// 0: not found; 1: file-backed or shared; 2: anonymous private; 3: the same, and a
-    /// transparent huge page may be mapped by this fault.
+    /// 0: not found; 1: file-backed or shared; 2: anonymous private.
     kind: u64,
+    /// The mapping's range, and whether THP applies to it (anonymous only).
+    start: u64,
+    end: u64,
+    huge_ok: u64,
 }
 
 /// The u64 at byte `offset` of the kernel structure at `base`. The offset is bounded (every
@@ -143,6 +145,8 @@ extern "C" fn vma_kind(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -
         return 0;
     }
     ctx.kind = 2;
+    ctx.start = kernel_u64(vma, ctx.cfg.vma_vm_start).unwrap_or(0);
+    ctx.end = kernel_u64(vma, ctx.cfg.vma_vm_end).unwrap_or(0);
     if ctx.cfg.thp != THP_NEVER {
         let flags = kernel_u64(vma, ctx.cfg.vma_vm_flags).unwrap_or(0);
         let applies = if ctx.cfg.thp == THP_ALWAYS {
@@ -150,12 +154,7 @@ extern "C" fn vma_kind(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -
         } else {
             flags & VM_HUGEPAGE != 0
         };
-        let block = ctx.page & !(HUGE_SIZE - 1);
-        let start = kernel_u64(vma, ctx.cfg.vma_vm_start).unwrap_or(u64::MAX);
-        let end = kernel_u64(vma, ctx.cfg.vma_vm_end).unwrap_or(0);
-        if applies && start <= block && block.wrapping_add(HUGE_SIZE) <= end {
-            ctx.kind = 3;
-        }
+        ctx.huge_ok = u64::from(applies);
     }
     0
 }
@@ -173,43 +172,67 @@ fn on_fault(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let page = address & PAGE_MASK;
-    let Some(cfg) = GROWTH_CONFIG.get(0) else {
-        return 0;
-    };
-    let mut vctx = VmaCtx {
-        cfg: *cfg,
-        page,
-        kind: 0,
-    };
-    // SAFETY: helper calls; the callback only touches `vctx`.
-    let found = unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf(),
-            page,
-            vma_kind as *mut c_void,
-            (&raw mut vctx).cast(),
-            0,
-        )
-    };
-    if found != 0 || vctx.kind == 0 {
-        gcount(GrowthCounter::FaultVmaUnknown);
-        return 0;
-    }
-    if vctx.kind == 1 {
-        gcount(GrowthCounter::FaultFileBacked);
-        return 0;
-    }
-    if vctx.kind == 3 {
-        gcount(GrowthCounter::FaultMaybeHuge);
-    }
-    // The chunk must be marked before the page is recorded, or an unmap could miss it.
     let chunk = chunk_key(tgid, page);
-    if PAGE_CHUNKS.get_ptr(&chunk).is_none()
-        && PAGE_CHUNKS.insert(&chunk, &1, BPF_NOEXIST as u64).is_err()
-        && PAGE_CHUNKS.get_ptr(&chunk).is_none()
-    {
-        gcount(GrowthCounter::ChunkMapFull);
-        return 0;
+    let cached = PAGE_CHUNKS.get_ptr_mut(&chunk);
+    // SAFETY: `cached` points into the map value for this program run.
+    let mut info = cached.map(|p| unsafe { *p }).unwrap_or_default();
+    if !(info.anon_start <= page && page < info.anon_end) {
+        // Not known to be anonymous: ask the kernel for the mapping (the slow path).
+        let Some(cfg) = GROWTH_CONFIG.get(0) else {
+            return 0;
+        };
+        let mut vctx = VmaCtx {
+            cfg: *cfg,
+            kind: 0,
+            start: 0,
+            end: 0,
+            huge_ok: 0,
+        };
+        // SAFETY: helper calls; the callback only touches `vctx`.
+        let found = unsafe {
+            bpf_find_vma(
+                bpf_get_current_task_btf(),
+                page,
+                vma_kind as *mut c_void,
+                (&raw mut vctx).cast(),
+                0,
+            )
+        };
+        if found != 0 || vctx.kind == 0 {
+            gcount(GrowthCounter::FaultVmaUnknown);
+            return 0;
+        }
+        if vctx.kind == 1 {
+            gcount(GrowthCounter::FaultFileBacked);
+            return 0;
+        }
+        info = ChunkInfo {
+            anon_start: vctx.start,
+            anon_end: vctx.end,
+            huge_ok: vctx.huge_ok,
+        };
+        match cached {
+            // SAFETY: as above.
+            Some(p) => unsafe { *p = info },
+            None => {
+                // The chunk must be marked before the page is recorded, or an unmap could
+                // miss it.
+                if PAGE_CHUNKS
+                    .insert(&chunk, &info, BPF_NOEXIST as u64)
+                    .is_err()
+                    && PAGE_CHUNKS.get_ptr(&chunk).is_none()
+                {
+                    gcount(GrowthCounter::ChunkMapFull);
+                    return 0;
+                }
+            }
+        }
+    }
+    if info.huge_ok != 0 {
+        let block = page & !(HUGE_SIZE - 1);
+        if info.anon_start <= block && block.wrapping_add(HUGE_SIZE) <= info.anon_end {
+            gcount(GrowthCounter::FaultMaybeHuge);
+        }
     }
     let ip = field(ctx, 16);
     let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
@@ -259,6 +282,8 @@ pub fn growth_fault(ctx: TracePointContext) -> u32 {
 
 const OP_RELEASE: u64 = 0;
 const OP_MOVE: u64 = 1;
+/// Only forget the cached mappings of the range's chunks.
+const OP_INVALIDATE: u64 = 2;
 
 #[repr(C)]
 struct RangeCtx {
@@ -297,7 +322,9 @@ fn move_page(tgid: u32, from: u64, to: u64, marked: &mut u64) {
     let chunk = chunk_key(tgid, to);
     if *marked != chunk {
         if PAGE_CHUNKS.get_ptr(&chunk).is_none()
-            && PAGE_CHUNKS.insert(&chunk, &1, BPF_NOEXIST as u64).is_err()
+            && PAGE_CHUNKS
+                .insert(&chunk, &ChunkInfo::default(), BPF_NOEXIST as u64)
+                .is_err()
             && PAGE_CHUNKS.get_ptr(&chunk).is_none()
         {
             lose(&info);
@@ -341,7 +368,16 @@ extern "C" fn chunk_step(i: u64, ctx: *mut c_void) -> i64 {
     let c = unsafe { &*ctx.cast::<RangeCtx>() };
     let chunk_start = (c.start & !(CHUNK_SIZE - 1)).wrapping_add(i << CHUNK_SHIFT);
     let key = chunk_key(c.tgid as u32, chunk_start);
-    if PAGE_CHUNKS.get_ptr(&key).is_none() {
+    let Some(info) = PAGE_CHUNKS.get_ptr_mut(&key) else {
+        return 0;
+    };
+    // What is mapped here changes: forget the anonymous mapping seen in this chunk.
+    // SAFETY: points into the map value for this program run.
+    unsafe {
+        (*info).anon_start = 0;
+        (*info).anon_end = 0;
+    }
+    if c.op == OP_INVALIDATE {
         return 0;
     }
     let chunk_end = chunk_start.wrapping_add(CHUNK_SIZE);
@@ -507,6 +543,13 @@ pub fn growth_mremap_exit(ctx: TracePointContext) -> u32 {
     if new_len < old_len {
         // Shrunk: the tail is gone (moved or not).
         release(tgid, old.wrapping_add(new_len), old_len - new_len);
+    }
+    if ret != old {
+        // Whatever was mapped at the destination (MREMAP_FIXED) was replaced.
+        walk_range(tgid, ret, ret.wrapping_add(new_len), OP_INVALIDATE, 0);
+    } else if new_len > old_len {
+        // Grown in place over what was free.
+        walk_range(tgid, ret, ret.wrapping_add(new_len), OP_INVALIDATE, 0);
     }
     if ret != old && old_len != 0 {
         let kept = if new_len < old_len { new_len } else { old_len };
