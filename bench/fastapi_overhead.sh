@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Request throughput of the demo FastAPI app (demo/app.py, uvicorn, 127.0.0.1 only) untraced,
 # traced by leaktrace (exact mode), traced without Python frames (--no-python: what the frame
-# walk costs), traced with --pymalloc, and sampled (--mode sampled, default 512 KiB), interleaved
-# in one run. MODES picks a subset.
+# walk costs), traced with --pymalloc, sampled (--mode sampled, default 512 KiB), and growth
+# mode (--mode growth: page-fault tracepoints, no uprobes), interleaved in one run. MODES picks
+# a subset.
 # Load: wrk, 1 thread, 8 connections, bounded by time. Prints requests/s per mode (median of
 # ROUNDS) and the ratio to untraced. Needs root, ./dev setup, a release build, and wrk (Debian).
 # usage: bench/fastapi_overhead.sh [ROUNDS] [SECONDS] [PATH]
@@ -39,7 +40,7 @@ start_app() {
     done
 }
 
-# One measurement; $1 = mode (untraced | exact | pymalloc). Prints requests/s.
+# One measurement; $1 = mode (untraced | exact | nopython | pymalloc | growth). Prints requests/s.
 measure() {
     local mode=$1 tracer="" rps
     start_app
@@ -49,6 +50,7 @@ measure() {
         [ "$mode" = nopython ] && extra=(--no-python) && ready="leaktrace: attached"
         [ "$mode" = sampled ] && extra=(--mode sampled)
         [ "$mode" = sampled-noret ] && extra=(--mode sampled --bench-no-return-probe)
+        [ "$mode" = growth ] && extra=(--mode growth)
         "$LT" attach "$app" --interval 3600 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$work/lt.err" &
         tracer=$!
         echo "$tracer" >"$work/tracer.pid"
@@ -65,7 +67,7 @@ measure() {
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-MODES=${MODES:-untraced exact nopython pymalloc}
+MODES=${MODES:-untraced exact nopython pymalloc sampled growth}
 declare -A results
 for round in $(seq "$ROUNDS"); do
     for mode in $MODES; do

@@ -8,6 +8,7 @@
 use core::mem::size_of;
 
 pub mod sampling;
+pub mod growth;
 
 /// Outstanding heap allocations: [`AllocKey`] -> [`AllocInfo`].
 pub const MAP_ALLOCS: &str = "ALLOCS";
@@ -75,12 +76,14 @@ pub enum AllocKind {
     PyMalloc = 11,
     PyCalloc = 12,
     PyRealloc = 13,
+    /// `--mode growth`: a page of anonymous memory first touched (one page per record).
+    PageFault = 14,
     /// Used only in [`Pending`]: `free`, `munmap` and friends never allocate.
     Other = 15,
 }
 
 impl AllocKind {
-    pub const ALL: [AllocKind; 14] = [
+    pub const ALL: [AllocKind; 15] = [
         AllocKind::Malloc,
         AllocKind::Calloc,
         AllocKind::Realloc,
@@ -95,6 +98,7 @@ impl AllocKind {
         AllocKind::PyMalloc,
         AllocKind::PyCalloc,
         AllocKind::PyRealloc,
+        AllocKind::PageFault,
     ];
 
     pub fn from_u32(v: u32) -> Option<AllocKind> {
@@ -118,6 +122,7 @@ impl AllocKind {
             AllocKind::PyMalloc => "PyObject_Malloc",
             AllocKind::PyCalloc => "PyObject_Calloc",
             AllocKind::PyRealloc => "PyObject_Realloc",
+            AllocKind::PageFault => "[page fault]",
             AllocKind::Other => "?",
         }
     }

@@ -1,7 +1,9 @@
-//! leaktrace's kernel side: uprobes and uretprobes on the allocator entry points of a target.
+//! leaktrace's kernel side: uprobes and uretprobes on the allocator entry points of a target,
+//! and, for `--mode growth`, page-fault and memory-syscall tracepoints (growth.rs).
 //!
-//! Every program here is attached per process (`UProbeScope::OneProcess`), so it only ever runs
-//! in a traced process. The hot path is short on purpose: no logging, a handful of map
+//! Every uprobe here is attached per process (`UProbeScope::OneProcess`), so it only ever runs
+//! in a traced process; the tracepoints run everywhere and return after one map lookup for
+//! processes that are not traced. The hot path is short on purpose: no logging, a handful of map
 //! operations, and early returns for everything that is not an allocation we can track.
 #![no_std]
 #![no_main]
@@ -14,6 +16,7 @@
 
 mod alloc;
 mod free;
+mod growth;
 mod maps;
 mod mmap;
 mod python;

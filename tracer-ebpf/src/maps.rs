@@ -207,7 +207,7 @@ pub fn take_pending(pid_tgid: u64, ret_sp: u64) -> Option<Pending> {
 /// mode the totals are estimates: each recorded block counts for its weight (bytes, and
 /// allocations in [`sampling::COUNT_SCALE`] units), the same on the way in and out.
 #[inline(always)]
-fn add_totals(stack: &StackKey, size: u64, sign: i64) {
+pub fn add_totals(stack: &StackKey, size: u64, sign: i64) {
     let (bytes, allocs) = sampling::weights(size, sample_bytes(), table);
     add_weighted(stack, bytes, allocs, sign);
 }

@@ -115,6 +115,8 @@ pub struct Limits {
     pub probe_at_entry: bool,
     /// Attach no return probe (benchmarks: what the return trap costs).
     pub no_return_probe: bool,
+    /// Which programs to load: uprobes (exact) or tracepoints (growth).
+    pub mode: crate::mode::Mode,
 }
 
 /// One attached probe, for the progress line and the docs.
@@ -126,7 +128,7 @@ pub struct Attached {
 }
 
 pub struct Tracer {
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
     sampling: Option<Sampling>,
     probe_at_entry: bool,
     no_return_probe: bool,
@@ -235,11 +237,16 @@ impl Tracer {
                 table.set(i as u32, v, 0)?;
             }
         }
+        // Only the programs the mode attaches are loaded (and verified).
         for (name, program) in ebpf.programs_mut() {
-            let probe: &mut UProbe = program.try_into()?;
-            probe
-                .load()
-                .with_context(|| format!("the kernel rejected eBPF program `{name}`"))?;
+            let loaded = match (program, limits.mode) {
+                (aya::programs::Program::UProbe(p), crate::mode::Mode::Exact | crate::mode::Mode::Sampled) => {
+                    p.load()
+                }
+                (aya::programs::Program::TracePoint(p), crate::mode::Mode::Growth) => p.load(),
+                _ => continue,
+            };
+            loaded.with_context(|| format!("the kernel rejected eBPF program `{name}`"))?;
         }
         let events = RingBuf::try_from(
             ebpf.take_map(MAP_EVENTS)
@@ -253,6 +260,17 @@ impl Tracer {
             links: Default::default(),
             no_return_probe: limits.no_return_probe,
         })
+    }
+
+    /// Starts tracing process `pid` with the mode's tracepoints (which run for every process
+    /// and look their tgid up first). Worker processes are added the same way.
+    pub fn add_target(&mut self, pid: u32) -> Result<()> {
+        crate::growth::add_target(self, pid)
+    }
+
+    /// Stops tracing process `pid` (its recorded pages stay until the report).
+    pub fn remove_target(&mut self, pid: u32) -> Result<()> {
+        crate::growth::remove_target(self, pid)
     }
 
     /// Attaches every allocator probe in `module` (as seen from this process, e.g. through

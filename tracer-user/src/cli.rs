@@ -118,8 +118,11 @@ pub struct TraceArgs {
     /// Report format (default: from the output's extension, else svg).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
-    /// What the probes record: every allocator call (`exact`), or a byte-based Poisson sample
-    /// (`sampled`: far cheaper; reported figures are unbiased estimates).
+    /// What is recorded: every allocator call (`exact`, uprobes on malloc & co); a byte-based
+    /// Poisson sample of them (`sampled`: cheaper, figures are unbiased estimates); or, with no
+    /// uprobes at all, resident anonymous pages first touched while traced, by the stack that
+    /// touched them (`growth`: page-fault and memory-syscall tracepoints; near-zero cost once
+    /// memory stops growing).
     #[arg(long, value_enum, default_value = "exact")]
     pub mode: Mode,
     /// With --mode sampled: mean bytes allocated between two samples (default 512K; accepts
@@ -262,6 +265,11 @@ impl TraceArgs {
                 self.mode.as_str()
             )));
         }
+        if self.mode == Mode::Growth && self.pymalloc {
+            return Err(usage(
+                "--pymalloc adds uprobes and --mode growth uses none: drop one of them".into(),
+            ));
+        }
         if self.mode == Mode::Sampled && self.pymalloc {
             return Err(usage(
                 "--pymalloc cannot be combined with --mode sampled yet: use --mode exact with --pymalloc".into(),
@@ -398,6 +406,26 @@ mod tests {
         };
         assert_eq!(a.duration, Some(Duration::from_millis(2500)));
         assert_eq!(a.min_age, Duration::ZERO);
+    }
+
+    #[test]
+    fn mode_defaults_to_exact_and_growth_refuses_pymalloc() {
+        let cli = Cli::try_parse_from(["leaktrace", "attach", "42"]).unwrap();
+        let Command::Attach(a) = cli.command else {
+            panic!("attach")
+        };
+        assert_eq!(a.trace.mode, crate::mode::Mode::Exact);
+        let cli = Cli::try_parse_from(["leaktrace", "attach", "42", "--mode", "growth"]).unwrap();
+        let Command::Attach(a) = &cli.command else {
+            panic!("attach")
+        };
+        assert_eq!(a.trace.mode, crate::mode::Mode::Growth);
+        assert!(Cli::try_parse_from(["leaktrace", "attach", "1", "--mode", "fast"]).is_err());
+        let cli =
+            Cli::try_parse_from(["leaktrace", "attach", "1", "--mode", "growth", "--pymalloc"])
+                .unwrap();
+        let err = run(cli).unwrap_err();
+        assert_eq!(crate::error::code_of(&err), crate::error::exit::USAGE);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod compare;
 pub mod elf;
 pub mod error;
 pub mod limits;
+pub mod growth;
 pub mod mode;
 pub mod preflight;
 pub mod procmaps;

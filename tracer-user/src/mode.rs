@@ -1,4 +1,4 @@
-//! Tracing modes (`--mode`) and the estimator of `--mode sampled`.
+//! Tracing modes (`--mode`: exact, sampled, growth) and the estimator of `--mode sampled`.
 //!
 //! In sampled mode the kernel records an allocation of `s` bytes with probability
 //! `p(s) = 1 - exp(-s/N)` (byte-based Poisson sampling, see [`tracer_common::sampling`]); each
@@ -24,6 +24,9 @@ pub enum Mode {
     /// Byte-based Poisson sampling, one sample per --sample-bytes on average; reported
     /// figures are unbiased estimates.
     Sampled,
+    /// No allocator uprobes: resident pages first touched while traced (page-fault and
+    /// memory-syscall tracepoints), by the stack that touched them.
+    Growth,
 }
 
 impl Mode {
@@ -32,6 +35,7 @@ impl Mode {
         match self {
             Mode::Exact => "exact",
             Mode::Sampled => "sampled",
+            Mode::Growth => "growth",
         }
     }
 }

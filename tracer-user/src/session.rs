@@ -233,9 +233,21 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             sampling: opts.sampling,
             probe_at_entry: opts.probe_at_entry,
             no_return_probe: opts.bench_no_return_probe,
+            mode: opts.mode,
         })
         .and_then(|mut tracer| {
-            let probes = tracer.attach(target.pid, &target.allocator_host_path)?;
+            let probes = match opts.mode {
+                crate::mode::Mode::Exact | crate::mode::Mode::Sampled => {
+                    tracer.attach(target.pid, &target.allocator_host_path)?
+                }
+                crate::mode::Mode::Growth => crate::growth::attach(&mut tracer, target.pid)?
+                    .into_iter()
+                    .map(|function| crate::bpf::Attached {
+                        function,
+                        offset: 0,
+                    })
+                    .collect(),
+            };
             Ok((tracer, probes))
         });
         let (tracer, attached) = match attached {
@@ -257,8 +269,12 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             })
             .collect();
         eprintln!(
-            "leaktrace: attached {} probes in {} ms: {}",
+            "leaktrace: attached {} {} in {} ms: {}",
             attached.len(),
+            match opts.mode {
+                crate::mode::Mode::Exact | crate::mode::Mode::Sampled => "probes",
+                crate::mode::Mode::Growth => "tracepoints (no uprobes)",
+            },
             t0.elapsed().as_millis(),
             probes.join(" ")
         );
@@ -552,12 +568,21 @@ impl Session {
                 }
             };
             self.waiting.remove(&pid);
-            match self.tracer.attach(pid, &target.allocator_host_path) {
-                Ok(probes) => {
+            let attached = match self.opts.mode {
+                crate::mode::Mode::Growth => self
+                    .tracer
+                    .add_target(pid)
+                    .map(|()| "its page faults".to_string()),
+                crate::mode::Mode::Exact | crate::mode::Mode::Sampled => self
+                    .tracer
+                    .attach(pid, &target.allocator_host_path)
+                    .map(|probes| format!("{} probes", probes.len())),
+            };
+            match attached {
+                Ok(what) => {
                     eprintln!(
-                        "leaktrace: following worker pid {pid} ({}): {} probes in {} ms",
+                        "leaktrace: following worker pid {pid} ({}): {what} in {} ms",
                         target.exe,
-                        probes.len(),
                         t0.elapsed().as_millis()
                     );
                     let _ = self.resolver.refresh(pid);
@@ -594,6 +619,9 @@ impl Session {
         for pid in gone {
             let proc = self.procs.remove(&pid).expect("listed above");
             let tids: Vec<u32> = proc.py_tids.into_iter().collect();
+            if self.opts.mode == crate::mode::Mode::Growth {
+                let _ = self.tracer.remove_target(pid);
+            }
             if let Err(e) = self.tracer.forget_process(pid, &tids) {
                 eprintln!("leaktrace: warning: cleaning up after pid {pid}: {e:#}");
             }
@@ -777,21 +805,22 @@ impl Session {
     fn native_frames(&mut self, key: &StackKey) -> Vec<Frame> {
         let pid = key.tgid;
         let kind = AllocKind::from_u32(key.kind).unwrap_or(AllocKind::Other);
-        let mut frames = vec![Frame::native(
-            kind.function_name(),
-            Some(
-                self.procs
-                    .get(&pid)
-                    .unwrap_or_else(|| self.root_proc())
-                    .target
-                    .allocator_module(),
-            ),
-        )];
+        let fault = kind == AllocKind::PageFault;
+        let module = (!fault).then(|| {
+            self.procs
+                .get(&pid)
+                .unwrap_or_else(|| self.root_proc())
+                .target
+                .allocator_module()
+        });
+        let mut frames = vec![Frame::native(kind.function_name(), module)];
         // ips[0] is the probed instruction (the allocator itself); the rest are return
         // addresses. Frame-pointer unwinding from a function's entry skips its caller, whose
         // return address the probe read from [sp] (unless the kernel already added it).
+        // A page fault's ips[0] is the faulting instruction (its `caller`), or for a fault
+        // taken by the kernel in a syscall, the syscall's call site: kept.
         let ips = self.tracer.stack(key.stack_id).unwrap_or_default();
-        let rest = ips.get(1..).unwrap_or_default();
+        let rest = ips.get(usize::from(!fault)..).unwrap_or_default();
         let mut returns: Vec<u64> = Vec::with_capacity(rest.len() + 1);
         if key.caller != 0 && rest.first() != Some(&key.caller) {
             returns.push(key.caller);
@@ -966,7 +995,11 @@ impl Session {
                 s.added_bytes = (last.1 - first.1).max(0.0) as u64;
             }
         }
-        Ok(self.report(stop, &counters, stacks))
+        let mut report = self.report(stop, &counters, stacks);
+        if self.opts.mode == crate::mode::Mode::Growth {
+            crate::growth::annotate(&mut report, &crate::growth::counters(&self.tracer)?);
+        }
+        Ok(report)
     }
 
     /// SIGUSR1: writes a timestamped report next to the final one, and goes on tracing.
@@ -1278,5 +1311,9 @@ pub fn short_stack(frames: &[Frame]) -> String {
         parts.push("...".into());
     }
     let allocator = frames.last().map(|f| f.function.as_str()).unwrap_or("?");
+    if allocator.starts_with('[') {
+        // Already bracketed: `[page fault]`.
+        return format!("{} {allocator}", parts.join(" < "));
+    }
     format!("{} [{allocator}]", parts.join(" < "))
 }
