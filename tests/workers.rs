@@ -244,7 +244,7 @@ fn gunicorn_workers_restarted_after_max_requests_are_followed() {
             "--min-age",
             "0.5",
             "--interval",
-            "1",
+            "2",
             "--per-process",
         ],
     );
@@ -300,7 +300,14 @@ fn gunicorn_workers_restarted_after_max_requests_are_followed() {
     };
     let mut tracer = tracer;
     tracer.signal(SIGINT);
-    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
+    // Every replacement worker imported the app while traced: thousands of stacks to resolve,
+    // and ~22 probes per worker to close (each close waits for the kernel, one at a time).
+    assert_eq!(
+        tracer.wait(Duration::from_secs(180)),
+        0,
+        "{}",
+        tracer.stderr.text()
+    );
     let report = read_json(&out);
     let pids = report["target"]["pids"].as_array().unwrap();
     assert!(pids.len() >= 5, "master, 2 workers, replacements: {pids:?}");
@@ -366,7 +373,9 @@ fn uvicorn_workers_are_summed_and_kept_apart_per_process() {
         // ~100 ms, before leaktrace publishes it, have native stacks only (counted): the
         // thread pool may still grow a little under this load.
         let attributed = live_allocs(&stacks);
-        let unknown = report["counters"]["python_thread_unknown"].as_u64().unwrap();
+        // Allocations whose return was missed are counted as dropped.
+        let unknown = report["counters"]["python_thread_unknown"].as_u64().unwrap()
+            + report["totals"]["dropped"].as_u64().unwrap();
         assert!(attributed <= 200, "{report:#}");
         assert!(
             attributed == 200 || (attributed >= 180 && unknown > 0),
