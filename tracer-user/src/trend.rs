@@ -88,11 +88,16 @@ pub fn classify(points: &[(f64, f64)], allocated_bytes: f64) -> Option<Trend> {
     }
     let t0 = points.first()?.0;
     let t1 = points.last()?.0;
-    let last_third: Vec<(f64, f64)> = points
+    let mut last_third: Vec<(f64, f64)> = points
         .iter()
         .copied()
         .filter(|p| p.0 >= t1 - (t1 - t0) / 3.0)
         .collect();
+    // Samples a few milliseconds off their interval can leave one point in the last third,
+    // which has no slope: take the last two then.
+    if last_third.len() < 2 {
+        last_third = points[points.len() - 2..].to_vec();
+    }
     let rise_last = robust_slope(&last_third).unwrap_or(0.0) * (t1 - t0) / 3.0;
     let whole = robust_slope(points).unwrap_or(0.0);
     if rise_last > STILL_GROWING * end && whole > 0.0 {
@@ -115,6 +120,19 @@ mod tests {
     /// Deterministic noise in [-1, 1].
     fn noise(i: f64) -> f64 {
         ((i * 12.9898).sin() * 43758.5453).fract() * 2.0 - 1.0
+    }
+
+    #[test]
+    fn a_leak_with_one_sample_in_its_last_third_is_growing() {
+        // Measured on the demo: samples every 5 s, the series starting at the first interval,
+        // the last third holding only the final sample.
+        let points = [
+            (5.039, 10_241_131.0),
+            (10.044, 19_304_975.0),
+            (15.043, 29_799_286.0),
+            (20.055, 31_774_090.0),
+        ];
+        assert_eq!(classify(&points, 31_774_090.0), Some(Trend::Growing));
     }
 
     #[test]
