@@ -207,28 +207,7 @@ fn folded_and_svg_outputs() {
 #[test]
 fn python_module_level_list_leak_grows_and_is_reported() {
     require_root();
-    let script = root().join("tests/fixtures/list_leak.py");
-    let py = Proc::spawn(Command::new(python()).arg(&script));
-    py.stdout.wait_for("ready", T);
-    let out = out_path("python-list.json");
-    let mut tracer = attach(
-        py.pid(),
-        &[
-            "--interval",
-            "0.5",
-            "--min-age",
-            "0.2",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
-    tracer.stderr.wait_for("recording Python frames", T);
-    py.signal(SIGUSR1);
-    py.stdout.wait_for("done 2000", T);
-    std::thread::sleep(Duration::from_millis(500));
-    tracer.signal(SIGINT);
-    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
-    let report = read_json(&out);
+    let (report, stdout) = trace_list_leak("python-list.json", &[]);
     let leaked = 2000 * 10240;
     let live = report["totals"]["live_bytes"].as_u64().unwrap();
     assert!(live >= leaked, "live {live} < leaked {leaked}");
@@ -242,9 +221,7 @@ fn python_module_level_list_leak_grows_and_is_reported() {
     let growth = top["growth_bytes_per_s"].as_f64().expect("growth measured");
     assert!(growth > 1e6, "the leak grows ~8 MB/s, measured {growth}");
     // The live tables printed while tracing grew too.
-    let tables: Vec<String> = tracer
-        .stdout
-        .text()
+    let tables: Vec<String> = stdout
         .lines()
         .filter(|l| l.starts_with('['))
         .map(str::to_string)

@@ -270,30 +270,7 @@ fn growth_mode_attaches_no_uprobe_and_leaves_nothing_after_sigkill() {
 #[test]
 fn python_list_leak_is_named_among_the_top_growing_stacks() {
     require_root();
-    let script = root().join("tests/fixtures/list_leak.py");
-    let py = Proc::spawn(Command::new(python()).arg(&script));
-    py.stdout.wait_for("ready", T);
-    let out = out_path("growth-python-list.json");
-    let mut tracer = attach(
-        py.pid(),
-        &[
-            "--mode",
-            "growth",
-            "--interval",
-            "0.5",
-            "--min-age",
-            "0.2",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
-    tracer.stderr.wait_for("recording Python frames", T);
-    py.signal(SIGUSR1);
-    py.stdout.wait_for("done 2000", T);
-    std::thread::sleep(Duration::from_millis(500));
-    tracer.signal(SIGINT);
-    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
-    let report = read_json(&out);
+    let (report, _) = trace_list_leak("growth-python-list.json", &["--mode", "growth"]);
     assert_eq!(report["mode"], "growth");
     // 2000 objects of 10 KiB: ~20 MB of pages first touched while copying into them.
     let leaked = 2000 * 10240;

@@ -390,3 +390,26 @@ pub fn wait_until_serving(server: &Proc, port: u16) {
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Traces `fixtures/list_leak.py` (2000 objects of 10 KiB kept in a module-level list once it
+/// gets SIGUSR1) with `leaktrace attach ... EXTRA`; returns the JSON report written to `out`
+/// and what leaktrace printed on stdout (its live tables).
+pub fn trace_list_leak(out: &str, extra: &[&str]) -> (Value, String) {
+    const T: Duration = Duration::from_secs(60);
+    let script = root().join("tests/fixtures/list_leak.py");
+    let py = Proc::spawn(Command::new(python()).arg(&script));
+    py.stdout.wait_for("ready", T);
+    let out = out_path(out);
+    let mut args = extra.to_vec();
+    args.extend_from_slice(&["--interval", "0.5", "--min-age", "0.2", "-o"]);
+    args.push(out.to_str().unwrap());
+    let mut tracer = attach(py.pid(), &args);
+    tracer.stderr.wait_for("recording Python frames", T);
+    // SAFETY: kill(2) on a child this test started.
+    assert_eq!(unsafe { libc::kill(py.pid() as i32, libc::SIGUSR1) }, 0);
+    py.stdout.wait_for("done 2000", T);
+    thread::sleep(Duration::from_millis(500));
+    tracer.signal(libc::SIGINT);
+    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
+    (read_json(&out), tracer.stdout.text())
+}
