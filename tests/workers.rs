@@ -80,7 +80,10 @@ fn descendants(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let mut queue = vec![pid];
     while let Some(p) = queue.pop() {
-        for task in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten() {
+        for task in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+        {
             let text = std::fs::read_to_string(task.unwrap().path().join("children"));
             for c in text.unwrap_or_default().split_whitespace() {
                 let c: u32 = c.parse().unwrap();
@@ -166,7 +169,10 @@ fn leak_stacks(report: &Value) -> Vec<&Value> {
 }
 
 fn live_allocs(stacks: &[&Value]) -> u64 {
-    stacks.iter().map(|s| s["live_allocs"].as_u64().unwrap()).sum()
+    stacks
+        .iter()
+        .map(|s| s["live_allocs"].as_u64().unwrap())
+        .sum()
 }
 
 /// GET /leak; returns (worker pid, payloads that worker keeps), retrying resets.
@@ -315,7 +321,9 @@ fn gunicorn_workers_restarted_after_max_requests_are_followed() {
     assert!(notes.contains("exited after"), "{notes}");
     // The live workers' payloads, worker by worker; nothing of the exited workers, whose
     // memory went with them. A thread's first ~100 ms have no Python stack (counted).
-    let unknown = report["counters"]["python_thread_unknown"].as_u64().unwrap();
+    let unknown = report["counters"]["python_thread_unknown"]
+        .as_u64()
+        .unwrap();
     let found = leaks_by_pid(&report);
     for pid in found.keys() {
         assert!(live_workers.contains(pid), "stacks of exited worker {pid}");
@@ -374,7 +382,9 @@ fn uvicorn_workers_are_summed_and_kept_apart_per_process() {
         // thread pool may still grow a little under this load.
         let attributed = live_allocs(&stacks);
         // Allocations whose return was missed are counted as dropped.
-        let unknown = report["counters"]["python_thread_unknown"].as_u64().unwrap()
+        let unknown = report["counters"]["python_thread_unknown"]
+            .as_u64()
+            .unwrap()
             + report["totals"]["dropped"].as_u64().unwrap();
         assert!(attributed <= 200, "{report:#}");
         assert!(
@@ -393,7 +403,10 @@ fn uvicorn_workers_are_summed_and_kept_apart_per_process() {
                 .map(|s| s["live_allocs"].as_u64().unwrap())
                 .max()
                 .unwrap();
-            assert!(largest * 10 >= attributed * 9, "{largest} of {attributed} in one stack");
+            assert!(
+                largest * 10 >= attributed * 9,
+                "{largest} of {attributed} in one stack"
+            );
         } else {
             let mut seen: Vec<u64> = roots
                 .iter()
@@ -425,7 +438,13 @@ fn no_children_traces_the_given_process_only() {
     let out = out_path("uvicorn-no-children.json");
     let mut tracer = attach(
         server.pid(),
-        &["-o", out.to_str().unwrap(), "--no-children", "--duration", "2"],
+        &[
+            "-o",
+            out.to_str().unwrap(),
+            "--no-children",
+            "--duration",
+            "2",
+        ],
     );
     assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
     let report = read_json(&out);

@@ -7,8 +7,8 @@
 
 use core::mem::size_of;
 
-pub mod sampling;
 pub mod growth;
+pub mod sampling;
 
 /// Outstanding heap allocations: [`AllocKey`] -> [`AllocInfo`].
 pub const MAP_ALLOCS: &str = "ALLOCS";

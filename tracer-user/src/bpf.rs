@@ -240,9 +240,10 @@ impl Tracer {
         // Only the programs the mode attaches are loaded (and verified).
         for (name, program) in ebpf.programs_mut() {
             let loaded = match (program, limits.mode) {
-                (aya::programs::Program::UProbe(p), crate::mode::Mode::Exact | crate::mode::Mode::Sampled) => {
-                    p.load()
-                }
+                (
+                    aya::programs::Program::UProbe(p),
+                    crate::mode::Mode::Exact | crate::mode::Mode::Sampled,
+                ) => p.load(),
                 (aya::programs::Program::TracePoint(p), crate::mode::Mode::Growth) => p.load(),
                 _ => continue,
             };

@@ -124,7 +124,11 @@ impl Proc {
 }
 
 /// CPython's functions that map a pymalloc arena.
-const PYMALLOC_ARENA_FUNCTIONS: &[&str] = &["_PyObject_ArenaMmap", "_PyMem_ArenaAlloc", "_PyObject_ArenaMalloc"];
+const PYMALLOC_ARENA_FUNCTIONS: &[&str] = &[
+    "_PyObject_ArenaMmap",
+    "_PyMem_ArenaAlloc",
+    "_PyObject_ArenaMalloc",
+];
 /// The frame standing for every Python stack that mapped a pymalloc arena.
 pub const PYMALLOC_ARENAS_FRAME: &str =
     "[pymalloc arenas: objects of 512 B or less, attributed one by one with --pymalloc]";
@@ -496,8 +500,7 @@ impl Session {
     async fn follow_python_start(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(3);
         let root = self.root;
-        while self.opts.python && Instant::now() < deadline && self.root_proc().target.is_alive()
-        {
+        while self.opts.python && Instant::now() < deadline && self.root_proc().target.is_alive() {
             let proc = self.root_proc();
             if proc.python.is_none() {
                 let _ = self.resolver.refresh(root);
@@ -757,13 +760,19 @@ impl Session {
             Vec::new()
         };
         if python.is_empty() {
-            return process.into_iter().chain(native.into_iter().rev()).collect();
+            return process
+                .into_iter()
+                .chain(native.into_iter().rev())
+                .collect();
         }
         // A pymalloc arena (objects of 512 bytes or less) is not the Python code that happened
         // to need a new one: objects of every other function live in it and keep it mapped.
         // Blaming it on that code ranked an endpoint that frees everything above real leaks
         // (tests/scenarios, the export control), so arenas are one stack of their own.
-        if native.iter().any(|f| PYMALLOC_ARENA_FUNCTIONS.contains(&f.function.as_str())) {
+        if native
+            .iter()
+            .any(|f| PYMALLOC_ARENA_FUNCTIONS.contains(&f.function.as_str()))
+        {
             let label = Frame {
                 function: PYMALLOC_ARENAS_FRAME.to_string(),
                 file: None,
@@ -780,11 +789,15 @@ impl Session {
         }
         // Native frames from the leaf outward: the allocator and its caller, then whatever is
         // not the interpreter itself (a C extension), up to the first interpreter frame.
-        let interp_module = self.procs.get(&key.tgid).and_then(|p| p.python.as_ref()).and_then(|i| {
-            Path::new(&i.module)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        });
+        let interp_module = self
+            .procs
+            .get(&key.tgid)
+            .and_then(|p| p.python.as_ref())
+            .and_then(|i| {
+                Path::new(&i.module)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            });
         let mut leaf = Vec::new();
         if self.opts.native {
             for (i, f) in native.into_iter().enumerate() {
