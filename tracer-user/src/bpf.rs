@@ -133,8 +133,8 @@ pub struct Tracer {
     probe_at_entry: bool,
     no_return_probe: bool,
     events: RingBuf<aya::maps::MapData>,
-    /// Probes attached per process (program name, link), detached when the process exits.
-    links: std::collections::HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Every probe attached (program name, link), detached together in [`Tracer::detach_all`].
+    links: Vec<(&'static str, UProbeLinkId)>,
 }
 
 /// Every counter, summed over CPUs.
@@ -192,13 +192,12 @@ fn conflict_hint(e: anyhow::Error, function: &str) -> anyhow::Error {
 }
 
 /// Drops (detaches) links from several threads at once and waits for all of them.
-fn close_concurrently(links: Vec<UProbeLink>) {
+fn close_concurrently(mut links: Vec<UProbeLink>) {
     const THREADS: usize = 32;
     if links.is_empty() {
         return;
     }
     let per_thread = links.len().div_ceil(THREADS);
-    let mut links = links;
     std::thread::scope(|scope| {
         while !links.is_empty() {
             let chunk: Vec<UProbeLink> = links.drain(..per_thread.min(links.len())).collect();
@@ -344,7 +343,6 @@ impl Tracer {
             };
             let target = PathBuf::from(module);
             self.attach_one(
-                pid,
                 probe.program,
                 f.file_offset + offset,
                 probe.cookie,
@@ -360,7 +358,7 @@ impl Tracer {
             })?;
             if needs_return && !self.no_return_probe {
                 // The return probe must sit on the function's first byte.
-                self.attach_one(pid, RETURN_PROGRAM, f.file_offset, 0, &target, scope)
+                self.attach_one(RETURN_PROGRAM, f.file_offset, 0, &target, scope)
                     .with_context(|| {
                         format!(
                             "failed to attach uretprobe `{function}` in `{}`",
@@ -375,7 +373,6 @@ impl Tracer {
 
     fn attach_one(
         &mut self,
-        pid: u32,
         program: &'static str,
         file_offset: u64,
         cookie: u64,
@@ -392,7 +389,7 @@ impl Tracer {
             cookie: (cookie != 0).then_some(cookie),
         };
         let link = probe.attach(point, target, scope)?;
-        self.links.entry(pid).or_default().push((program, link));
+        self.links.push((program, link));
         Ok(())
     }
 
@@ -439,37 +436,20 @@ impl Tracer {
         self.update_tstates(&[], tids)
     }
 
-    /// Takes the links of process `pid` (all processes with `None`) out of their programs.
-    fn take_links(&mut self, pid: Option<u32>) -> Vec<UProbeLink> {
-        let pids: Vec<u32> = match pid {
-            Some(p) => vec![p],
-            None => self.links.keys().copied().collect(),
-        };
-        let mut out = Vec::new();
-        for pid in pids {
-            for (program, link) in self.links.remove(&pid).unwrap_or_default() {
-                let probe: Option<&mut UProbe> = self
-                    .ebpf
-                    .program_mut(program)
-                    .and_then(|p| p.try_into().ok());
-                if let Some(link) = probe.and_then(|p| p.take_link(link).ok()) {
-                    out.push(link);
-                }
-            }
-        }
-        out
-    }
-
     /// Detaches every probe, concurrently (each detach waits for a kernel grace period, and
     /// concurrent waits share one): returns once none is attached.
     pub fn detach_all(&mut self) {
-        let links = self.take_links(None);
+        let mut links = Vec::new();
+        for (program, link) in std::mem::take(&mut self.links) {
+            let probe: Option<&mut UProbe> = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok());
+            if let Some(link) = probe.and_then(|p| p.take_link(link).ok()) {
+                links.push(link);
+            }
+        }
         close_concurrently(links);
-    }
-
-    /// Processes with probes attached.
-    pub fn attached_pids(&self) -> Vec<u32> {
-        self.links.keys().copied().collect()
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
