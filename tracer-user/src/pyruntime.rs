@@ -16,7 +16,7 @@ use crate::{
     elf::ElfFile,
     procmaps::ProcMaps,
     python::{
-        layout::{layout_for, Layout},
+        layout::{debug_offsets, layout_for, Layout},
         linetable, version,
     },
     report::{Frame, FrameKind},
@@ -133,7 +133,14 @@ impl InterpFiles {
                 )));
             }
         };
-        let layout = layout_for(major, minor).map_err(|e| NotPython::Unsupported(e.to_string()))?;
+        let layout = if (major, minor) >= (3, 13) {
+            // 3.13+ describe their own layout in `_Py_DebugOffsets`, statically initialized at
+            // the start of `_PyRuntime`: read it from the file, never assume it.
+            let bytes = elf.initial_bytes("_PyRuntime").unwrap_or_default();
+            self_described(bytes, major, minor, path)?
+        } else {
+            layout_for(major, minor).map_err(|e| NotPython::Unsupported(e.to_string()))?
+        };
         let file = std::sync::Arc::new(InterpFile {
             elf,
             runtime_vaddr,
@@ -160,6 +167,37 @@ impl InterpFiles {
             }
         }
     }
+}
+
+/// The layout a 3.13+ interpreter in `path` describes in its `_Py_DebugOffsets` (`bytes`: the
+/// start of its `_PyRuntime`), or why it gets native stacks only: a version leaktrace has no
+/// table for, a free-threaded build, a struct that is truncated, foreign, or names another
+/// version than the file does.
+fn self_described(
+    bytes: &[u8],
+    major: u32,
+    minor: u32,
+    path: &str,
+) -> std::result::Result<Layout, NotPython> {
+    let parsed = debug_offsets::parse(bytes).map_err(|e| {
+        NotPython::Unsupported(match e {
+            // Already names the version and what is supported.
+            debug_offsets::DebugOffsetsError::UnknownMinor { .. } => e.to_string(),
+            _ => format!("cannot read the layout of Python {major}.{minor} in `{path}`: {e}"),
+        })
+    })?;
+    if parsed.minor != minor {
+        return Err(NotPython::Unsupported(format!(
+            "`{path}` says it is Python {major}.{minor} but its _Py_DebugOffsets says 3.{}",
+            parsed.minor
+        )));
+    }
+    if parsed.free_threaded {
+        return Err(NotPython::Unsupported(format!(
+            "Python {major}.{minor} in `{path}` is a free-threaded build (Py_GIL_DISABLED), whose frames leaktrace does not read yet"
+        )));
+    }
+    Ok(parsed.layout)
 }
 
 /// The shared libraries the dynamic loader resolves for `exe`, without running any of its code
@@ -230,7 +268,7 @@ impl Interpreter {
                 continue;
             };
             let mem = Memory::open(pid).map_err(|e| NotPython::Unsupported(e.to_string()))?;
-            let mut interp = Interpreter {
+            let interp = Interpreter {
                 pid,
                 major: file.major,
                 minor: file.minor,
@@ -243,11 +281,17 @@ impl Interpreter {
                 code_cache: HashMap::new(),
                 frame_cache: HashMap::new(),
             };
-            // 3.13+ describes its own layout at the start of _PyRuntime: prefer it.
+            // 3.13+: the struct in memory is the one the interpreter runs with (the file's
+            // initial bytes were read before); a readable one that disagrees is refused.
             if file.minor >= 13 {
-                if let Some(bytes) = interp.mem.read(interp.runtime, 4096) {
-                    if let Some(l) = crate::python::layout::parse_debug_offsets(&bytes) {
-                        interp.layout = l;
+                if let Some(bytes) = interp.mem.read(interp.runtime, debug_offsets::READ_BYTES) {
+                    let live = self_described(&bytes, file.major, file.minor, &interp.module)?;
+                    if live != interp.layout {
+                        return Err(NotPython::Unsupported(format!(
+                            "the _Py_DebugOffsets of Python {} in `{}` differ between the file and the process",
+                            interp.version(),
+                            interp.module
+                        )));
                     }
                 }
             }
@@ -499,8 +543,13 @@ pub fn config_for(l: &Layout, minor: u32, max_depth: u32) -> PyConfig {
             frame_back: l.iframe_previous,
             frame_instr: l.iframe_instr,
             frame_owner: opt(l.iframe_owner),
-            owner_cstack: l.owner_cstack,
+            owner_shim_min: l.owner_shim_min,
             code_name: l.code_name,
+            frame_code_tag_mask: if Layout::has(l.iframe_code_tag_mask) {
+                l.iframe_code_tag_mask
+            } else {
+                0
+            },
         };
     match minor {
         ..=10 => PyConfig {
@@ -512,8 +561,9 @@ pub fn config_for(l: &Layout, minor: u32, max_depth: u32) -> PyConfig {
             frame_back: l.frame_back,
             frame_instr: l.frame_lasti,
             frame_owner: NO_FIELD,
-            owner_cstack: 0,
+            owner_shim_min: 0,
             code_name: l.code_name,
+            frame_code_tag_mask: 0,
         },
         11 | 12 => interpreter_frames(FrameModel::CFrame, l.tstate_cframe, l.cframe_current_frame),
         _ => interpreter_frames(FrameModel::CurrentFrame, l.tstate_current_frame, NO_FIELD),
@@ -592,7 +642,7 @@ mod tests {
 
     #[test]
     fn every_supported_layout_fits_the_frame_window() {
-        for minor in 8..=13 {
+        for minor in 8..=15 {
             let layout = layout_for(3, minor).unwrap();
             let interp_cfg = |model_minor: u32| config_for(&layout, model_minor, 128);
             assert!(frame_fields_fit(&interp_cfg(minor)), "3.{minor}");
