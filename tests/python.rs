@@ -666,3 +666,59 @@ fn an_unknown_minor_version_gets_one_line_and_native_stacks() {
     assert_eq!(functions(top).last().unwrap(), "malloc");
     assert!(top["live_allocs"].as_u64().unwrap() >= 1000, "{top:#}");
 }
+
+/// `leaktrace run` inside a container (the sid root with its own mount namespace: `/proc`,
+/// `/sys`, `/dev`, leaktrace's binary and the report folder mounted in, nothing left behind
+/// when the namespace ends): Debian's 3.14 and 3.15, static and shared, from the first
+/// allocation. (From the host, `run` of `chroot DIR python` would probe the host's C library,
+/// which the chrooted program does not use.)
+#[test]
+fn run_inside_a_root_traces_3_14_and_3_15_from_the_first_allocation() {
+    require_root();
+    let bin = leaktrace_bin().canonicalize().unwrap();
+    for py in every_python().into_iter().filter(|p| p.chroot.is_some()) {
+        let label = &py.label;
+        let r = py.chroot.clone().unwrap();
+        let script = py.fixture("py_leak.py");
+        let out = out_path(&format!("py-run-{}.json", file_label(label)));
+        let out_dir = out.parent().unwrap().canonicalize().unwrap();
+        for d in ["opt/leaktrace/bin", "opt/leaktrace/out"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        let inside_out = format!(
+            "/opt/leaktrace/out/{}",
+            out.file_name().unwrap().to_str().unwrap()
+        );
+        let script_sh = format!(
+            "set -e; R={r}; mount -t proc proc $R/proc; mount --rbind /sys $R/sys; \
+             mount --rbind /dev $R/dev; mount --bind {bin_dir} $R/opt/leaktrace/bin; \
+             mount --bind {out_dir} $R/opt/leaktrace/out; \
+             exec chroot $R /opt/leaktrace/bin/{bin_name} run --duration 4 -o {inside_out} \
+             -- {exe} {script} --now",
+            r = r.display(),
+            bin_dir = bin.parent().unwrap().display(),
+            bin_name = bin.file_name().unwrap().to_str().unwrap(),
+            out_dir = out_dir.display(),
+            exe = py.exe.display(),
+        );
+        let mut tracer = Proc::spawn(
+            Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(&script_sh),
+        );
+        let ready = tracer.stdout.wait_for("ready", T);
+        let pid: i32 = ready.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(tracer.wait(T), 0, "{label}: {}", tracer.stderr.text());
+        // The command goes on running after tracing stops; end it (we started it).
+        // SAFETY: kill(2) on the command this test started (same PID namespace).
+        unsafe { libc::kill(pid, 9) };
+        let report = read_json(&out);
+        check_leak_report(&report, label, Some(("main", "SITE:main_calls_leaky")));
+        assert_eq!(top(&report)["live_allocs"], 1000, "{label}");
+        assert_eq!(
+            report["target"]["python"],
+            format!("3.{}", py.minor),
+            "{label}"
+        );
+    }
+}
