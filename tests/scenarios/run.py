@@ -227,9 +227,14 @@ def available_versions():
                 die(f"pyenv has Python {v} but .venvs/{v} is missing: run ./dev setup")
             found.append(v)
     for v in SID_VERSIONS:
-        if venv_python(v).exists():
+        if venv_exists(v):
             found.append(v)
     return found
+
+
+def venv_exists(version):
+    # A sid venv's bin/python links to the root's /usr/bin/python3.X: not resolvable from here.
+    return (venv_python(version).parent.parent / "pyvenv.cfg").exists()
 
 
 def run_version(version, args, env_extra, procs, out_dir):
@@ -500,7 +505,7 @@ def main():
     if not versions:
         die("no CPython found (pyenv 3.8-3.13, or the sid root's 3.14/3.15): run ./dev setup")
     for v in versions:
-        if not venv_python(v).exists():
+        if not venv_exists(v):
             die(f"{venv_python(v).parent.parent} is missing: run ./dev setup")
     args.out.mkdir(parents=True, exist_ok=True)
     mode = "pymalloc" if args.pymalloc else "default"
