@@ -328,9 +328,12 @@ fn trace_small_leak(py: &Python, extra: &[&str], out: &str) -> (Value, String) {
 fn pymalloc_attributes_small_objects_one_by_one() {
     require_root();
     let line = line_of("py_small_leak.py", "SITE:small");
+    // pyenv's (with a symbol table: pymalloc's own functions are probed) and Debian's shared
+    // 3.14/3.15 (stripped: only the exported PyObject_* functions, which libpython's own
+    // object allocations still call).
     for py in every_python()
         .into_iter()
-        .filter(|p| p.label.starts_with("pyenv"))
+        .filter(|p| p.label.starts_with("pyenv") || (p.chroot.is_some() && !p.static_build))
     {
         let label = &py.label;
         // Without --pymalloc, 100-byte objects live in pymalloc arenas: no stack holds them
@@ -342,10 +345,16 @@ fn pymalloc_attributes_small_objects_one_by_one() {
             }
         }
         let (report, stderr) = trace_small_leak(&py, &["--pymalloc"], "small-pymalloc.json");
-        assert!(
-            stderr.contains("--pymalloc: probing _PyObject_Malloc"),
-            "{label}: {stderr}"
-        );
+        let probes = if py.chroot.is_some() {
+            assert!(
+                stderr.contains("has no symbol table: only calls through the exported"),
+                "{label}: {stderr}"
+            );
+            "--pymalloc: probing PyObject_Malloc"
+        } else {
+            "--pymalloc: probing _PyObject_Malloc"
+        };
+        assert!(stderr.contains(probes), "{label}: {stderr}");
         let top = &report["stacks"][0];
         assert_eq!(
             python_frames(top).last(),
@@ -372,6 +381,30 @@ fn pymalloc_on_a_stripped_interpreter_says_what_it_misses() {
         stderr.contains("has no symbol table: only calls through the exported"),
         "{stderr}"
     );
+    // Debian's static 3.14/3.15 (stripped, LTO): the interpreter's own object allocations
+    // never go through the exported PyObject_Malloc, so --pymalloc sees none of the 5000
+    // objects; the arena that holds them (its function unnamed) keeps the Python stack that
+    // mapped it, one mmap, as without --pymalloc.
+    for py in every_python()
+        .into_iter()
+        .filter(|p| p.chroot.is_some() && p.static_build)
+    {
+        let label = &py.label;
+        let (report, stderr) = trace_small_leak(&py, &["--pymalloc"], "small-static.json");
+        assert!(
+            stderr.contains("has no symbol table: only calls through the exported"),
+            "{label}: {stderr}"
+        );
+        let stacks = report["stacks"].as_array().unwrap();
+        let arena = stacks.iter().find(|s| {
+            python_frames(s).last().map(|f| f.0.as_str()) == Some("leaky_small")
+                && functions(s).last().map(String::as_str) == Some("mmap")
+        });
+        assert!(
+            arena.is_some_and(|s| s["live_bytes"].as_u64().unwrap() >= 1 << 20),
+            "{label}: the arena keeps the stack that mapped it: {stacks:#?}"
+        );
+    }
 }
 
 /// Text of a tmux pane.
