@@ -756,3 +756,92 @@ fn run_inside_a_root_traces_3_14_and_3_15_from_the_first_allocation() {
         );
     }
 }
+
+/// Python 3.15 builds have frame pointers (PEP 831), and so do extensions built with its
+/// flags: a C extension's frames come out whole under the Python frame that called it, on
+/// Debian's static and shared 3.15 alike (fixtures/py_ext_leak.c, built in the sid root).
+#[test]
+fn c_extension_frames_come_out_whole_on_3_15() {
+    require_root();
+    for py in every_python()
+        .into_iter()
+        .filter(|p| p.minor == 15 && p.chroot.is_some())
+    {
+        let label = &py.label;
+        let r = py.chroot.clone().unwrap();
+        let script = py.fixture("py_ext_leak_main.py");
+        let dir = format!("/opt/leaktrace/ext-{}", std::process::id());
+        std::fs::create_dir_all(r.join(dir.trim_start_matches('/'))).unwrap();
+        std::fs::copy(
+            root().join("tests/fixtures/py_ext_leak.c"),
+            r.join(dir.trim_start_matches('/')).join("py_ext_leak.c"),
+        )
+        .unwrap();
+        let status = Command::new("chroot")
+            .arg(&r)
+            .args(["sh", "-c"])
+            .arg(format!(
+                "cd {dir} && gcc $(python3.15-config --cflags) -shared -fPIC -o \
+                 py_ext_leak$(python3.15-config --extension-suffix) py_ext_leak.c"
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the extension in the sid root");
+        let target = Proc::spawn(py.command().arg(&script).env("PYTHONPATH", &dir));
+        target.stdout.wait_for("ready", T);
+        let out = out_path(&format!("py-ext-{}.json", file_label(label)));
+        let mut tracer = attach(
+            target.pid(),
+            &["-o", out.to_str().unwrap(), "--min-age", "0.5"],
+        );
+        tracer.stderr.wait_for("recording Python frames", T);
+        target.signal(SIGUSR1);
+        target.stdout.wait_for("done", T);
+        std::thread::sleep(Duration::from_millis(800));
+        tracer.signal(SIGINT);
+        assert_eq!(tracer.wait(T), 0, "{label}: {}", tracer.stderr.text());
+        let _ = std::fs::remove_dir_all(r.join(dir.trim_start_matches('/')));
+        let report = read_json(&out);
+        let stack = top(&report);
+        assert_eq!(
+            python_frames(stack).last(),
+            Some(&(
+                "leaky_ext".to_string(),
+                line_of("py_ext_leak_main.py", "SITE:ext_call")
+            )),
+            "{label}: {stack:#}"
+        );
+        assert_eq!(stack["live_allocs"], 1000, "{label}: {stack:#}");
+        // Under the Python frame: the extension's method, its three calls, the allocator.
+        let native: Vec<(String, u64)> = stack["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["kind"] == "native")
+            .map(|f| {
+                (
+                    f["function"].as_str().unwrap().to_string(),
+                    f["line"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = native.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(
+            names,
+            ["leak", "leak_a", "leak_b", "leak_c", "malloc"],
+            "{label}: {native:?}"
+        );
+        for (function, marker) in [
+            ("leak_a", "SITE:leak_a"),
+            ("leak_b", "SITE:leak_b"),
+            ("leak_c", "SITE:leak_c"),
+        ] {
+            let line = native.iter().find(|f| f.0 == function).unwrap().1;
+            assert_eq!(
+                line,
+                line_of("py_ext_leak.c", marker),
+                "{label}: {function}"
+            );
+        }
+    }
+}
