@@ -10,6 +10,7 @@
 
 pub mod layout;
 pub mod linetable;
+pub mod runtime;
 pub mod version;
 
 pub use layout::{layout_for, Layout, UnsupportedVersion};

@@ -13,7 +13,7 @@ use tracer_common::{
     StackKey,
 };
 
-use crate::aggregate::LiveAlloc;
+use crate::analysis::aggregate::LiveAlloc;
 
 /// `--mode`: what the allocator probes record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

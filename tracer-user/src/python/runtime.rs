@@ -13,13 +13,12 @@ use anyhow::{Context, Result};
 use tracer_common::{FrameModel, PyConfig, PyFrame, MAX_PY_FRAMES, NO_FIELD, PY_FRAME_WINDOW};
 
 use crate::{
-    elf::ElfFile,
-    procmaps::ProcMaps,
+    output::report::{Frame, FrameKind},
     python::{
         layout::{layout_for, Layout},
         linetable, version,
     },
-    report::{Frame, FrameKind},
+    target::{elf::ElfFile, procmaps::ProcMaps},
 };
 
 /// Longest string read from the target (names, file names).
@@ -199,7 +198,7 @@ impl Interpreter {
         files: &mut InterpFiles,
     ) -> std::result::Result<Interpreter, NotPython> {
         // libpython first (pyenv, most distributions), else an executable that embeds it.
-        let mut candidates: Vec<&crate::procmaps::Mapping> = maps
+        let mut candidates: Vec<&crate::target::procmaps::Mapping> = maps
             .iter()
             .filter(|m| m.is_file())
             .filter(|m| {
@@ -217,7 +216,8 @@ impl Interpreter {
             if !seen.insert(path.clone()) {
                 continue;
             }
-            let Some(file) = files.get(&path, &crate::procmaps::openable_path(pid, m))? else {
+            let Some(file) = files.get(&path, &crate::target::procmaps::openable_path(pid, m))?
+            else {
                 continue;
             };
             // The mapping of the file with the lowest offset gives the load bias.

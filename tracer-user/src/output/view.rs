@@ -12,7 +12,7 @@ use ratatui::{
     DefaultTerminal,
 };
 
-use crate::report::human_bytes;
+use crate::output::report::human_bytes;
 
 /// One stack in a view.
 #[derive(Clone, Debug, PartialEq)]

@@ -20,7 +20,7 @@ use tracer_common::growth::{
     MAP_GROWTH_COUNTERS, MAP_TARGETS, THP_ALWAYS, THP_MADVISE, THP_NEVER,
 };
 
-use crate::{bpf::Tracer, error::user, report::Report};
+use crate::{error::user, output::report::Report, probes::bpf::Tracer};
 
 /// (program, tracepoint category, tracepoint name). Field offsets used by the programs are
 /// those of this kernel's `format` files (checked by the integration tests' attach).
@@ -219,7 +219,7 @@ pub fn counters(tracer: &Tracer) -> Result<[u64; GROWTH_COUNTER_SLOTS as usize]>
 
 /// Turns an exact-mode report into a growth-mode one: mode, counters, drops, notes.
 pub fn annotate(report: &mut Report, counters: &[u64; GROWTH_COUNTER_SLOTS as usize]) {
-    report.mode = crate::mode::Mode::Growth.as_str().to_string();
+    report.mode = crate::probes::mode::Mode::Growth.as_str().to_string();
     for (c, name) in COUNTER_NAMES {
         report
             .counters

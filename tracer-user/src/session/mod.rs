@@ -13,15 +13,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::{AllocKind, Counter, MapEvent, MapEventKind, StackKey};
 
 use crate::{
-    aggregate::{self, LiveAlloc, Resolved, Series},
-    bpf::{Counters, Limits, Tracer},
+    analysis::{
+        aggregate::{self, LiveAlloc, Resolved, Series},
+        regions::Regions,
+    },
     error::{exit, user},
-    preflight,
-    pyruntime::{Interpreter, NotPython},
-    regions::Regions,
-    report::{human_bytes, Format, Frame, Report, StackReport, Target, Totals, SCHEMA},
-    symbolize::Resolver,
-    target::TargetProcess,
+    output::report::{human_bytes, Format, Frame, Report, StackReport, Target, Totals, SCHEMA},
+    probes::bpf::{Counters, Limits, Tracer},
+    python::runtime::{Interpreter, NotPython},
+    resolve::symbolize::Resolver,
+    target::{preflight, process::TargetProcess},
 };
 
 /// Settings of `leaktrace attach`.
@@ -36,10 +37,10 @@ pub struct AttachOptions {
     pub format: Format,
     pub max_allocs: u32,
     /// Every map's size (`max_allocs` is `maps.allocs`).
-    pub maps: crate::limits::MapLimits,
-    pub mode: crate::mode::Mode,
+    pub maps: crate::probes::limits::MapLimits,
+    pub mode: crate::probes::mode::Mode,
     /// `--mode sampled`: the sampling parameters.
-    pub sampling: Option<crate::mode::Sampling>,
+    pub sampling: Option<crate::probes::mode::Sampling>,
     /// Walk Python frames when the target is a supported CPython.
     pub python: bool,
     /// Also probe pymalloc (`--pymalloc`).
@@ -49,9 +50,9 @@ pub struct AttachOptions {
     /// No return probes (benchmarks).
     pub bench_no_return_probe: bool,
     /// How tables, the live view and the summary rank stacks.
-    pub sort: crate::view::SortBy,
+    pub sort: crate::output::view::SortBy,
     /// What flamegraphs and folded output measure.
-    pub flame: crate::report::Flame,
+    pub flame: crate::output::report::Flame,
     /// `top`: a full-screen live view instead of periodic tables.
     pub live_view: bool,
     /// Keep native frames in stacks that have Python frames.
@@ -157,9 +158,9 @@ struct Session {
     /// Set when leaktrace started the target itself (`run`).
     child: Option<u32>,
     /// Files examined for an interpreter.
-    interp_files: crate::pyruntime::InterpFiles,
+    interp_files: crate::python::runtime::InterpFiles,
     /// Where intervals are shown: tables, or `top`'s live view.
-    view: Box<dyn crate::view::View>,
+    view: Box<dyn crate::output::view::View>,
 }
 
 pub fn attach(opts: AttachOptions) -> Result<i32> {
@@ -182,12 +183,12 @@ fn preflight_checks() -> Result<()> {
 /// Returns the command's exit status when it exited while traced.
 pub fn run_command(options: impl FnOnce(u32) -> AttachOptions, argv: &[String]) -> Result<i32> {
     preflight_checks()?;
-    let (pid, exe) = crate::spawn::spawn_stopped(argv)?;
+    let (pid, exe) = crate::target::spawn::spawn_stopped(argv)?;
     let opts = options(pid);
     let target = match TargetProcess::for_new_command(pid, &exe) {
         Ok(t) => t,
         Err(e) => {
-            crate::spawn::kill_and_reap(pid);
+            crate::target::spawn::kill_and_reap(pid);
             return Err(e);
         }
     };
@@ -201,7 +202,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         Ok(out) => out,
         Err(e) => {
             if let Some(pid) = child {
-                crate::spawn::kill_and_reap(pid);
+                crate::target::spawn::kill_and_reap(pid);
             }
             return Err(e);
         }
@@ -217,7 +218,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         let mut sighup = signal(SignalKind::hangup())?;
         let mut sigusr1 = signal(SignalKind::user_defined1())?;
 
-        let (_lock, other) = crate::target::TraceLock::take(target.pid);
+        let (_lock, other) = crate::target::process::TraceLock::take(target.pid);
         if let Some(other) = other {
             eprintln!(
                 "leaktrace: warning: another leaktrace (pid {other}) is tracing pid {} too: both work, but the target pays for both",
@@ -230,7 +231,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         );
         let t0 = Instant::now();
         let attached = Tracer::load(Limits {
-            maps: crate::limits::MapLimits {
+            maps: crate::probes::limits::MapLimits {
                 allocs: opts.max_allocs,
                 ..opts.maps
             },
@@ -241,12 +242,12 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         })
         .and_then(|mut tracer| {
             let probes = match opts.mode {
-                crate::mode::Mode::Exact | crate::mode::Mode::Sampled => {
+                crate::probes::mode::Mode::Exact | crate::probes::mode::Mode::Sampled => {
                     tracer.attach(target.pid, &target.allocator_host_path)?
                 }
-                crate::mode::Mode::Growth => crate::growth::attach(&mut tracer, target.pid)?
+                crate::probes::mode::Mode::Growth => crate::probes::growth::attach(&mut tracer, target.pid)?
                     .into_iter()
-                    .map(|function| crate::bpf::Attached {
+                    .map(|function| crate::probes::bpf::Attached {
                         function,
                         offset: 0,
                     })
@@ -258,7 +259,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             Ok(v) => v,
             Err(e) => {
                 if let Some(pid) = child {
-                    crate::spawn::kill_and_reap(pid);
+                    crate::target::spawn::kill_and_reap(pid);
                 }
                 return Err(e);
             }
@@ -276,8 +277,8 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             "leaktrace: attached {} {} in {} ms: {}",
             attached.len(),
             match opts.mode {
-                crate::mode::Mode::Exact | crate::mode::Mode::Sampled => "probes",
-                crate::mode::Mode::Growth => "tracepoints (no uprobes)",
+                crate::probes::mode::Mode::Exact | crate::probes::mode::Mode::Sampled => "probes",
+                crate::probes::mode::Mode::Growth => "tracepoints (no uprobes)",
             },
             t0.elapsed().as_millis(),
             probes.join(" ")
@@ -311,9 +312,9 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             child,
             interp_files: Default::default(),
             view: if opts.live_view {
-                crate::view::for_top(opts.pid, opts.top, opts.sort)
+                crate::output::view::for_top(opts.pid, opts.top, opts.sort)
             } else {
-                Box::new(crate::view::TextView {
+                Box::new(crate::output::view::TextView {
                     top: opts.top,
                     sort: opts.sort,
                 })
@@ -324,7 +325,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
                 let exe = session.root_proc().target.exe.clone();
                 session.interp_files.prepare_for(Path::new(&exe));
             }
-            crate::spawn::resume(pid);
+            crate::target::spawn::resume(pid);
             session.follow_python_start().await?;
         } else {
             session.find_python(root)?;
@@ -344,7 +345,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
                 _ = sigusr1.recv() => session.write_snapshot()?,
                 _ = tick.tick() => {
                     ticks += 1;
-                    if let Some(crate::view::Key::Quit) = session.view.poll_keys()? {
+                    if let Some(crate::output::view::Key::Quit) = session.view.poll_keys()? {
                         break Stop::Signal("q");
                     }
                     session.drain();
@@ -449,7 +450,9 @@ impl Session {
             // time after exec.
             Err(NotPython::Absent) if started_by_us || !is_root => {
                 // A worker that already maps its C library and no interpreter runs no Python.
-                let has_libc = maps.find_file(crate::procmaps::is_libc_name).is_some();
+                let has_libc = maps
+                    .find_file(crate::target::procmaps::is_libc_name)
+                    .is_some();
                 if !is_root && has_libc && maps.find_file(|n| n.contains("python")).is_none() {
                     proc.python_search_done = true;
                 }
@@ -543,7 +546,7 @@ impl Session {
     /// moment ago) is tried again at the next round.
     fn follow_children(&mut self) {
         let me = std::process::id();
-        let found = crate::target::descendants(self.root, me, MAX_PROCESSES * 4);
+        let found = crate::target::process::descendants(self.root, me, MAX_PROCESSES * 4);
         for pid in found {
             if self.procs.contains_key(&pid) || self.skipped.contains(&pid) {
                 continue;
@@ -557,7 +560,7 @@ impl Session {
                 continue;
             }
             let t0 = Instant::now();
-            let target = match crate::target::TargetProcess::discover(pid) {
+            let target = match crate::target::process::TargetProcess::discover(pid) {
                 Ok(t) => t,
                 Err(e) => {
                     let tries = self.waiting.entry(pid).or_insert(0);
@@ -572,11 +575,11 @@ impl Session {
             };
             self.waiting.remove(&pid);
             let attached = match self.opts.mode {
-                crate::mode::Mode::Growth => self
+                crate::probes::mode::Mode::Growth => self
                     .tracer
                     .add_target(pid)
                     .map(|()| "its page faults".to_string()),
-                crate::mode::Mode::Exact | crate::mode::Mode::Sampled => self
+                crate::probes::mode::Mode::Exact | crate::probes::mode::Mode::Sampled => self
                     .tracer
                     .attach(pid, &target.allocator_host_path)
                     .map(|probes| format!("{} probes", probes.len())),
@@ -622,7 +625,7 @@ impl Session {
         for pid in gone {
             let proc = self.procs.remove(&pid).expect("listed above");
             let tids: Vec<u32> = proc.py_tids.into_iter().collect();
-            if self.opts.mode == crate::mode::Mode::Growth {
+            if self.opts.mode == crate::probes::mode::Mode::Growth {
                 let _ = self.tracer.remove_target(pid);
             }
             if let Err(e) = self.tracer.forget_process(pid, &tids) {
@@ -678,7 +681,7 @@ impl Session {
                 file: None,
                 line: None,
                 module: None,
-                kind: crate::report::FrameKind::Python,
+                kind: crate::output::report::FrameKind::Python,
             });
         }
         frames.reverse();
@@ -754,7 +757,7 @@ impl Session {
                         .file_name()
                         .map_or(e.clone(), |n| n.to_string_lossy().into_owned())
                 }),
-                kind: crate::report::FrameKind::Process,
+                kind: crate::output::report::FrameKind::Process,
             }]
         } else {
             Vec::new()
@@ -778,7 +781,7 @@ impl Session {
                 file: None,
                 line: None,
                 module: None,
-                kind: crate::report::FrameKind::Python,
+                kind: crate::output::report::FrameKind::Python,
             };
             let leaf = native.into_iter().take(2).collect::<Vec<_>>();
             return process
@@ -856,7 +859,7 @@ impl Session {
     }
 
     /// The view's picture of this interval: totals and one row per distinct stack.
-    fn view_snapshot(&mut self) -> Result<crate::view::Snapshot> {
+    fn view_snapshot(&mut self) -> Result<crate::output::view::Snapshot> {
         let counters = self.tracer.counters()?;
         let live = self.live_by_stack()?;
         let (bytes, allocs) = live.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
@@ -882,7 +885,7 @@ impl Session {
             .into_iter()
             .map(|(k, t)| (k, t.total_bytes))
             .collect();
-        let mut rows: Vec<crate::view::Row> = Vec::new();
+        let mut rows: Vec<crate::output::view::Row> = Vec::new();
         let mut row_keys: Vec<Vec<StackKey>> = Vec::new();
         for (key, (bytes, count)) in chosen {
             let label = short_stack(&self.frames(&key));
@@ -893,7 +896,7 @@ impl Session {
                     row_keys[i].push(key);
                 }
                 None => {
-                    rows.push(crate::view::Row {
+                    rows.push(crate::output::view::Row {
                         label,
                         live_bytes: bytes,
                         live_allocs: count,
@@ -907,11 +910,11 @@ impl Session {
         for (row, keys) in rows.iter_mut().zip(&row_keys) {
             let points = self.series.merged(keys);
             let allocated_bytes: u64 = keys.iter().filter_map(|k| allocated.get(k)).sum();
-            row.growth_bytes_per_s = crate::trend::robust_slope(&points);
-            row.trend = crate::trend::classify(&points, allocated_bytes as f64)
-                .map(crate::trend::Trend::as_str);
+            row.growth_bytes_per_s = crate::analysis::trend::robust_slope(&points);
+            row.trend = crate::analysis::trend::classify(&points, allocated_bytes as f64)
+                .map(crate::analysis::trend::Trend::as_str);
         }
-        Ok(crate::view::Snapshot {
+        Ok(crate::output::view::Snapshot {
             elapsed_s: self.started.elapsed().as_secs_f64(),
             live_bytes: bytes,
             live_allocs: allocs,
@@ -954,7 +957,7 @@ impl Session {
             count: 1,
         });
         // Sampled mode: each recorded block stands for its weight.
-        let live = crate::mode::weigh(self.tracer.sampling(), heap, now_ns, min_age_ns)
+        let live = crate::probes::mode::weigh(self.tracer.sampling(), heap, now_ns, min_age_ns)
             .into_iter()
             .chain(self.regions.pieces().map(|(r, count)| LiveAlloc {
                 stack: r.stack,
@@ -1001,16 +1004,20 @@ impl Session {
         // Growth and trend from the whole window's samples of each stack as reported.
         for s in &mut stacks {
             let points = self.series.merged(&keys_by_frames[&s.frames]);
-            s.growth_bytes_per_s = crate::trend::robust_slope(&points).or(s.growth_bytes_per_s);
-            s.trend = crate::trend::classify(&points, s.alloc_bytes as f64)
+            s.growth_bytes_per_s =
+                crate::analysis::trend::robust_slope(&points).or(s.growth_bytes_per_s);
+            s.trend = crate::analysis::trend::classify(&points, s.alloc_bytes as f64)
                 .map(|t| t.as_str().to_string());
             if let (Some(first), Some(last)) = (points.first(), points.last()) {
                 s.added_bytes = (last.1 - first.1).max(0.0) as u64;
             }
         }
         let mut report = self.report(stop, &counters, stacks);
-        if self.opts.mode == crate::mode::Mode::Growth {
-            crate::growth::annotate(&mut report, &crate::growth::counters(&self.tracer)?);
+        if self.opts.mode == crate::probes::mode::Mode::Growth {
+            crate::probes::growth::annotate(
+                &mut report,
+                &crate::probes::growth::counters(&self.tracer)?,
+            );
         }
         Ok(report)
     }
@@ -1064,7 +1071,7 @@ impl Session {
         print_summary(&opts, &target, &report, stop);
         if let Some(pid) = child {
             if stop == Stop::TargetExited {
-                let status = crate::spawn::reap(pid);
+                let status = crate::target::spawn::reap(pid);
                 eprintln!("leaktrace: the command exited with status {status}");
                 return Ok(status);
             }
@@ -1187,7 +1194,7 @@ fn print_summary(opts: &AttachOptions, target: &TargetProcess, report: &Report, 
             report.totals.dropped,
         );
     let mut ranked: Vec<&StackReport> = report.stacks.iter().collect();
-    if opts.sort == crate::view::SortBy::Growth {
+    if opts.sort == crate::output::view::SortBy::Growth {
         ranked.sort_by(|a, b| {
             let g = |s: &StackReport| s.growth_bytes_per_s.unwrap_or(f64::NEG_INFINITY);
             g(b).total_cmp(&g(a)).then(b.live_bytes.cmp(&a.live_bytes))
@@ -1198,7 +1205,7 @@ fn print_summary(opts: &AttachOptions, target: &TargetProcess, report: &Report, 
             "  {:>10} {:>8} {:>12} {:>9}  {}",
             human_bytes(s.live_bytes),
             s.live_allocs,
-            crate::view::human_rate(s.growth_bytes_per_s),
+            crate::output::view::human_rate(s.growth_bytes_per_s),
             s.trend.as_deref().unwrap_or("-"),
             short_stack(&s.frames)
         );
@@ -1256,7 +1263,7 @@ mod tests {
             file: Some(format!("/srv/app/{f}.py")),
             line: Some(line),
             module: None,
-            kind: crate::report::FrameKind::Python,
+            kind: crate::output::report::FrameKind::Python,
         };
         let frames = vec![
             py("main", 30),
@@ -1299,7 +1306,7 @@ pub fn short_stack(frames: &[Frame]) -> String {
     let python: Vec<&Frame> = frames
         .iter()
         .rev()
-        .filter(|f| f.kind == crate::report::FrameKind::Python)
+        .filter(|f| f.kind == crate::output::report::FrameKind::Python)
         .collect();
     if python.is_empty() {
         let mut parts: Vec<String> = frames.iter().rev().take(SHOWN).map(Frame::label).collect();

@@ -292,7 +292,7 @@ impl Report {
         match format {
             Format::Json => self.write_json(w),
             Format::Svg => self.write_svg_by(flame, w),
-            Format::Pprof => crate::profile::write_pprof(self, w),
+            Format::Pprof => crate::output::pprof::write_pprof(self, w),
             Format::Folded => {
                 let mut w = w;
                 w.write_all(self.folded_by(flame).as_bytes())?;

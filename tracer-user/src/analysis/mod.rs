@@ -1,0 +1,3 @@
+pub mod aggregate;
+pub mod regions;
+pub mod trend;

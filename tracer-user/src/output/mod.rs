@@ -1,0 +1,4 @@
+pub mod compare;
+pub mod pprof;
+pub mod report;
+pub mod view;

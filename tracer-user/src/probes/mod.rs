@@ -1,0 +1,4 @@
+pub mod bpf;
+pub mod growth;
+pub mod limits;
+pub mod mode;
