@@ -264,17 +264,6 @@ impl Tracer {
         })
     }
 
-    /// Starts tracing process `pid` with the mode's tracepoints (which run for every process
-    /// and look their tgid up first). Worker processes are added the same way.
-    pub fn add_target(&mut self, pid: u32) -> Result<()> {
-        crate::probes::growth::add_target(self, pid)
-    }
-
-    /// Stops tracing process `pid` (its recorded pages stay until the report).
-    pub fn remove_target(&mut self, pid: u32) -> Result<()> {
-        crate::probes::growth::remove_target(self, pid)
-    }
-
     /// Attaches every allocator probe in `module` (as seen from this process, e.g. through
     /// `/proc/PID/root`) to process `pid` only.
     pub fn attach(&mut self, pid: u32, module: &Path) -> Result<Vec<Attached>> {

@@ -140,12 +140,13 @@ pub fn attach(tracer: &mut Tracer, pid: u32) -> Result<Vec<&'static str>> {
         })?;
         names.push(*name);
     }
-    tracer.add_target(pid)?;
+    add_target(tracer, pid)?;
     Ok(names)
 }
 
-/// Adds `pid` to the traced set; its brk is seeded from /proc (the kernel keeps it up to date
-/// from then on, at every `brk` call).
+/// Starts tracing process `pid` with the mode's tracepoints (which run for every process and
+/// look their tgid up first); worker processes are added the same way. Its brk is seeded from
+/// /proc (the kernel keeps it up to date from then on, at every `brk` call).
 pub fn add_target(tracer: &mut Tracer, pid: u32) -> Result<()> {
     {
         let mut targets: HashMap<&mut MapData, u32, u32> = HashMap::try_from(
@@ -171,6 +172,7 @@ pub fn add_target(tracer: &mut Tracer, pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Stops tracing process `pid` (its recorded pages stay until the report).
 pub fn remove_target(tracer: &mut Tracer, pid: u32) -> Result<()> {
     if let Some(m) = tracer.ebpf.map_mut(MAP_TARGETS) {
         let mut targets: HashMap<&mut MapData, u32, u32> = HashMap::try_from(m)?;

@@ -575,10 +575,10 @@ impl Session {
             };
             self.waiting.remove(&pid);
             let attached = match self.opts.mode {
-                crate::probes::mode::Mode::Growth => self
-                    .tracer
-                    .add_target(pid)
-                    .map(|()| "its page faults".to_string()),
+                crate::probes::mode::Mode::Growth => {
+                    crate::probes::growth::add_target(&mut self.tracer, pid)
+                        .map(|()| "its page faults".to_string())
+                }
                 crate::probes::mode::Mode::Exact | crate::probes::mode::Mode::Sampled => self
                     .tracer
                     .attach(pid, &target.allocator_host_path)
@@ -626,7 +626,7 @@ impl Session {
             let proc = self.procs.remove(&pid).expect("listed above");
             let tids: Vec<u32> = proc.py_tids.into_iter().collect();
             if self.opts.mode == crate::probes::mode::Mode::Growth {
-                let _ = self.tracer.remove_target(pid);
+                let _ = crate::probes::growth::remove_target(&mut self.tracer, pid);
             }
             if let Err(e) = self.tracer.forget_process(pid, &tids) {
                 eprintln!("leaktrace: warning: cleaning up after pid {pid}: {e:#}");
