@@ -3,7 +3,8 @@
 #![no_main]
 use leaktrace::output::{
     compare,
-    report::{Flame, Format, Report},
+    format::Format,
+    report::{Flame, Report},
 };
 use libfuzzer_sys::fuzz_target;
 

@@ -11,7 +11,7 @@ use tracer_common::{
 
 use crate::{
     error::{user, UserError},
-    output::report::Format,
+    output::format::Format,
     probes::{
         limits::MapLimits,
         mode::{parse_sample_bytes, Mode, Sampling, DEFAULT_SAMPLE_BYTES},

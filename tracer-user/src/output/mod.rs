@@ -1,4 +1,5 @@
 pub mod compare;
+pub mod format;
 pub mod pprof;
 pub mod report;
 pub mod view;

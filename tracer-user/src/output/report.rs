@@ -1,4 +1,5 @@
 //! The report: the `leaktrace/v1` JSON schema and its renderings (folded stacks, SVG).
+//! [`super::format`] picks a rendering by format (and adds pprof).
 
 use std::{collections::BTreeMap, io::Write};
 
@@ -157,39 +158,6 @@ impl Report {
     }
 }
 
-/// Output formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Svg,
-    Folded,
-    Json,
-    /// gzipped protobuf (`perftools.profiles.Profile`): go tool pprof, Pyroscope, Grafana.
-    Pprof,
-}
-
-impl Format {
-    /// The file extension for this format.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Format::Svg => "svg",
-            Format::Folded => "folded",
-            Format::Json => "json",
-            Format::Pprof => "pb.gz",
-        }
-    }
-
-    /// The format implied by a file name, if its extension names one.
-    pub fn from_path(path: &std::path::Path) -> Option<Format> {
-        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
-            "svg" => Some(Format::Svg),
-            "folded" | "txt" | "collapsed" => Some(Format::Folded),
-            "json" => Some(Format::Json),
-            "pprof" | "pb" | "gz" => Some(Format::Pprof),
-            _ => None,
-        }
-    }
-}
-
 impl Report {
     /// `frame;frame;frame BYTES` lines of live bytes, outermost first, sorted for
     /// deterministic output.
@@ -234,7 +202,7 @@ impl Report {
         self.write_svg_by(Flame::Live, w)
     }
 
-    fn write_svg_by(&self, flame: Flame, mut w: impl Write) -> Result<()> {
+    pub fn write_svg_by(&self, flame: Flame, mut w: impl Write) -> Result<()> {
         let folded = self.folded_by(flame);
         let what = match flame {
             Flame::Live => "Surviving allocations",
@@ -281,24 +249,6 @@ impl Report {
             inferno::flamegraph::Palette::Basic(inferno::flamegraph::color::BasicPalette::Mem);
         inferno::flamegraph::from_lines(&mut opts, folded.lines(), &mut w)
             .context("cannot render the flamegraph")
-    }
-
-    pub fn write(&self, format: Format, w: impl Write) -> Result<()> {
-        self.write_as(format, Flame::Live, w)
-    }
-
-    /// Writes the report; `flame` chooses what SVG and folded output measure.
-    pub fn write_as(&self, format: Format, flame: Flame, w: impl Write) -> Result<()> {
-        match format {
-            Format::Json => self.write_json(w),
-            Format::Svg => self.write_svg_by(flame, w),
-            Format::Pprof => crate::output::pprof::write_pprof(self, w),
-            Format::Folded => {
-                let mut w = w;
-                w.write_all(self.folded_by(flame).as_bytes())?;
-                Ok(())
-            }
-        }
     }
 }
 
@@ -449,21 +399,6 @@ pub(crate) mod tests {
             .contains("No allocation older than 1 s"));
     }
 
-    #[test]
-    fn formats_from_extension() {
-        use std::path::Path;
-        assert_eq!(
-            Format::from_path(Path::new("a/leaks.svg")),
-            Some(Format::Svg)
-        );
-        assert_eq!(Format::from_path(Path::new("x.JSON")), Some(Format::Json));
-        assert_eq!(
-            Format::from_path(Path::new("x.folded")),
-            Some(Format::Folded)
-        );
-        assert_eq!(Format::from_path(Path::new("x")), None);
-    }
-
     /// Compares `actual` with `tests/data/NAME`; `LEAKTRACE_BLESS=1` rewrites the file. On a
     /// mismatch the actual output is left next to it as `NAME.actual`.
     fn golden(name: &str, actual: &str) {
@@ -509,33 +444,6 @@ pub(crate) mod tests {
         let folded = r.folded();
         assert_eq!(folded.lines().count(), r.stacks.len(), "{folded}");
         assert!(folded.contains("a b:c  (x: y.py"), "{folded}");
-    }
-
-    /// From the fuzz target `report_json`: numbers no tracer writes, every format still
-    /// renders (inferno adds the folded values up in `usize`).
-    #[test]
-    fn huge_numbers_render() {
-        let mut r = sample();
-        let twin = r.stacks[0].clone();
-        r.stacks.push(twin);
-        for s in &mut r.stacks {
-            s.live_bytes = u64::MAX;
-            s.added_bytes = u64::MAX;
-            s.trend = Some("growing".to_string());
-        }
-        r.totals.live_bytes = u64::MAX;
-        r.duration_s = f64::MAX;
-        for flame in [Flame::Live, Flame::Growth] {
-            let folded = r.folded_by(flame);
-            let sum: u64 = folded
-                .lines()
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                .sum();
-            assert!(sum <= MAX_FOLDED_TOTAL + r.stacks.len() as u64, "{sum}");
-            for format in [Format::Json, Format::Folded, Format::Svg, Format::Pprof] {
-                r.write_as(format, flame, std::io::sink()).unwrap();
-            }
-        }
     }
 
     #[test]

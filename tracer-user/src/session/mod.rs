@@ -18,7 +18,10 @@ use crate::{
         regions::Regions,
     },
     error::{exit, user},
-    output::report::{human_bytes, Format, Frame, Report, StackReport, Target, Totals, SCHEMA},
+    output::{
+        format::Format,
+        report::{human_bytes, Frame, Report, StackReport, Target, Totals, SCHEMA},
+    },
     probes::bpf::{Counters, Limits, Tracer},
     python::runtime::{Interpreter, NotPython},
     resolve::symbolize::Resolver,
