@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use tracer_common::StackKey;
 
-use crate::output::report::{Frame, StackReport};
+use crate::{output::report::StackReport, resolve::frame::Frame};
 
 /// One live allocation, from the kernel's map or from the tracked mmap ranges.
 #[derive(Clone, Copy, Debug)]

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, io::Write};
 
 use anyhow::{Context, Result};
 
-use crate::output::report::{human_bytes, Frame, Report};
+use crate::{
+    output::report::{human_bytes, Report},
+    resolve::frame::Frame,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StackDelta {

@@ -6,7 +6,10 @@ use std::{collections::HashMap, io::Write};
 
 use anyhow::{Context, Result};
 
-use crate::output::report::{Frame, Report, SCHEMA};
+use crate::{
+    output::report::{Report, SCHEMA},
+    resolve::frame::Frame,
+};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Profile {

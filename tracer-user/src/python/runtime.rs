@@ -13,11 +13,11 @@ use anyhow::{Context, Result};
 use tracer_common::{FrameModel, PyConfig, PyFrame, MAX_PY_FRAMES, NO_FIELD, PY_FRAME_WINDOW};
 
 use crate::{
-    output::report::{Frame, FrameKind},
     python::{
         layout::{layout_for, Layout},
         linetable, version,
     },
+    resolve::frame::{Frame, FrameKind},
     target::{elf::ElfFile, procmaps::ProcMaps},
 };
 

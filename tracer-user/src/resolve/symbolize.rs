@@ -15,7 +15,7 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    output::report::Frame,
+    resolve::frame::Frame,
     target::procmaps::{Mapping, ProcMaps},
 };
 
@@ -120,7 +120,7 @@ impl Resolver {
                     file,
                     line,
                     module,
-                    kind: crate::output::report::FrameKind::Native,
+                    kind: crate::resolve::frame::FrameKind::Native,
                 }
             }
             _ => unknown(addr, Some((mapping, module))),

@@ -20,11 +20,11 @@ use crate::{
     error::{exit, user},
     output::{
         format::Format,
-        report::{human_bytes, Frame, Report, StackReport, Target, Totals, SCHEMA},
+        report::{human_bytes, Report, StackReport, Target, Totals, SCHEMA},
     },
     probes::bpf::{Counters, Limits, Tracer},
     python::runtime::{Interpreter, NotPython},
-    resolve::symbolize::Resolver,
+    resolve::{frame::Frame, symbolize::Resolver},
     target::{preflight, process::TargetProcess},
 };
 
@@ -684,7 +684,7 @@ impl Session {
                 file: None,
                 line: None,
                 module: None,
-                kind: crate::output::report::FrameKind::Python,
+                kind: crate::resolve::frame::FrameKind::Python,
             });
         }
         frames.reverse();
@@ -760,7 +760,7 @@ impl Session {
                         .file_name()
                         .map_or(e.clone(), |n| n.to_string_lossy().into_owned())
                 }),
-                kind: crate::output::report::FrameKind::Process,
+                kind: crate::resolve::frame::FrameKind::Process,
             }]
         } else {
             Vec::new()
@@ -784,7 +784,7 @@ impl Session {
                 file: None,
                 line: None,
                 module: None,
-                kind: crate::output::report::FrameKind::Python,
+                kind: crate::resolve::frame::FrameKind::Python,
             };
             let leaf = native.into_iter().take(2).collect::<Vec<_>>();
             return process
@@ -1266,7 +1266,7 @@ mod tests {
             file: Some(format!("/srv/app/{f}.py")),
             line: Some(line),
             module: None,
-            kind: crate::output::report::FrameKind::Python,
+            kind: crate::resolve::frame::FrameKind::Python,
         };
         let frames = vec![
             py("main", 30),
@@ -1309,7 +1309,7 @@ pub fn short_stack(frames: &[Frame]) -> String {
     let python: Vec<&Frame> = frames
         .iter()
         .rev()
-        .filter(|f| f.kind == crate::output::report::FrameKind::Python)
+        .filter(|f| f.kind == crate::resolve::frame::FrameKind::Python)
         .collect();
     if python.is_empty() {
         let mut parts: Vec<String> = frames.iter().rev().take(SHOWN).map(Frame::label).collect();
