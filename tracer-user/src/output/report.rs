@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, io::Write};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::resolve::frame::Frame;
+use crate::{analysis::aggregate::StackReport, resolve::frame::Frame};
 
 pub const SCHEMA: &str = "leaktrace/v1";
 
@@ -25,29 +25,6 @@ pub struct Totals {
     pub frees_seen: u64,
     /// Allocations that could not be tracked (map full, lost events, missed returns).
     pub dropped: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StackReport {
-    /// Outermost call first, allocation site last.
-    pub frames: Vec<Frame>,
-    pub live_bytes: u64,
-    pub live_allocs: u64,
-    pub oldest_age_s: f64,
-    pub growth_bytes_per_s: Option<f64>,
-    // Additions to v1.
-    /// Bytes allocated from this stack while traced (freed or not).
-    #[serde(default)]
-    pub alloc_bytes: u64,
-    /// Allocations made from this stack while traced (freed or not).
-    #[serde(default)]
-    pub alloc_count: u64,
-    /// `growing`, `plateaued`, `churning` or `transient`; null when not classified.
-    #[serde(default)]
-    pub trend: Option<String>,
-    /// Live bytes gained between the first and the last sample of the window (0 if none).
-    #[serde(default)]
-    pub added_bytes: u64,
 }
 
 /// What a flamegraph measures.

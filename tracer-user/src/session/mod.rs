@@ -14,13 +14,13 @@ use tracer_common::{AllocKind, Counter, MapEvent, MapEventKind, StackKey};
 
 use crate::{
     analysis::{
-        aggregate::{self, LiveAlloc, Resolved, Series},
+        aggregate::{self, LiveAlloc, Resolved, Series, StackReport},
         regions::Regions,
     },
     error::{exit, user},
     output::{
         format::Format,
-        report::{human_bytes, Report, StackReport, Target, Totals, SCHEMA},
+        report::{human_bytes, Report, Target, Totals, SCHEMA},
     },
     probes::bpf::{Counters, Limits, Tracer},
     python::runtime::{Interpreter, NotPython},
@@ -960,7 +960,7 @@ impl Session {
             count: 1,
         });
         // Sampled mode: each recorded block stands for its weight.
-        let live = crate::probes::mode::weigh(self.tracer.sampling(), heap, now_ns, min_age_ns)
+        let live = aggregate::weigh(self.tracer.sampling(), heap, now_ns, min_age_ns)
             .into_iter()
             .chain(self.regions.pieces().map(|(r, count)| LiveAlloc {
                 stack: r.stack,
