@@ -1,2 +1,3 @@
 pub mod frame;
+pub mod python;
 pub mod symbolize;

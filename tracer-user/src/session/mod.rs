@@ -24,7 +24,7 @@ use crate::{
     },
     probes::bpf::{Counters, Limits, Tracer},
     python::runtime::{Interpreter, NotPython},
-    resolve::{frame::Frame, symbolize::Resolver},
+    resolve::{frame::Frame, python::PyFrames, symbolize::Resolver},
     target::{preflight, process::TargetProcess},
 };
 
@@ -158,6 +158,8 @@ struct Session {
     started: Instant,
     /// Resolved Python stacks by (process, stack hash), outermost frame first.
     py_frames: HashMap<(u32, u64), Vec<Frame>>,
+    /// Code objects and frames read from each process's interpreter so far.
+    py_code: HashMap<u32, PyFrames>,
     /// Set when leaktrace started the target itself (`run`).
     child: Option<u32>,
     /// Files examined for an interpreter.
@@ -312,6 +314,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             series: Series::default(),
             started: Instant::now(),
             py_frames: HashMap::new(),
+            py_code: HashMap::new(),
             child,
             interp_files: Default::default(),
             view: if opts.live_view {
@@ -636,6 +639,7 @@ impl Session {
             }
             self.regions.drop_process(pid);
             self.py_frames.retain(|(p, _), _| *p != pid);
+            self.py_code.remove(&pid);
             let t = self.started.elapsed().as_secs_f64();
             self.exited.push((pid, t));
             eprintln!("leaktrace: worker pid {pid} exited after {t:.1} s: no longer traced");
@@ -669,14 +673,15 @@ impl Session {
         if let Some(frames) = self.py_frames.get(&(tgid, key)) {
             return frames.clone();
         }
-        let interp = self.procs.get_mut(&tgid).and_then(|p| p.python.as_mut());
+        let interp = self.procs.get(&tgid).and_then(|p| p.python.as_ref());
         let (Some(interp), Some(stack)) = (interp, self.tracer.py_stack(key)) else {
             return Vec::new();
         };
+        let code = self.py_code.entry(tgid).or_default();
         let len = (stack.len as usize).min(stack.frames.len());
         let mut frames: Vec<Frame> = stack.frames[..len]
             .iter()
-            .filter_map(|f| interp.frame(*f))
+            .filter_map(|f| code.frame(interp, *f))
             .collect();
         if stack.truncated != 0 {
             frames.push(Frame {
