@@ -5,8 +5,8 @@
 //! same maps exact mode uses (kind [`AllocKind::PageFault`]), so the series, trends, rankings
 //! and every report format work unchanged. This module attaches the tracepoints (mounting
 //! tracefs when it is not), finds the one kernel structure offset the programs need in the
-//! kernel's BTF, keeps the set of traced processes, and adds the mode's counters and notes to
-//! reports.
+//! kernel's BTF, keeps the set of traced processes, and reads the mode's counters (the session
+//! adds them and the mode's notes to reports: `session/report.rs`).
 
 use std::path::Path;
 
@@ -20,7 +20,7 @@ use tracer_common::growth::{
     MAP_GROWTH_COUNTERS, MAP_TARGETS, THP_ALWAYS, THP_MADVISE, THP_NEVER,
 };
 
-use crate::{error::user, output::report::Report, probes::bpf::Tracer};
+use crate::{error::user, probes::bpf::Tracer};
 
 /// (program, tracepoint category, tracepoint name). Field offsets used by the programs are
 /// those of this kernel's `format` files (checked by the integration tests' attach).
@@ -217,44 +217,6 @@ pub fn counters(tracer: &Tracer) -> Result<[u64; GROWTH_COUNTER_SLOTS as usize]>
         *slot = map.get(&(i as u32), 0)?.iter().sum();
     }
     Ok(out)
-}
-
-/// Turns an exact-mode report into a growth-mode one: mode, counters, drops, notes.
-pub fn annotate(report: &mut Report, counters: &[u64; GROWTH_COUNTER_SLOTS as usize]) {
-    report.mode = crate::probes::mode::Mode::Growth.as_str().to_string();
-    for (c, name) in COUNTER_NAMES {
-        report
-            .counters
-            .insert(name.to_string(), counters[c as usize]);
-    }
-    let lost = counters[GrowthCounter::FaultVmaUnknown as usize]
-        + counters[GrowthCounter::ChunkMapFull as usize]
-        + counters[GrowthCounter::PageMoveLost as usize];
-    if lost > 0 {
-        report.totals.dropped += lost;
-        report.complete = false;
-        report.notes.push(format!(
-            "{lost} page faults or moves could not be recorded (mapping unreadable at that instant, or maps full): the numbers are lower bounds"
-        ));
-    }
-    let huge = counters[GrowthCounter::FaultMaybeHuge as usize];
-    if huge > 0 {
-        report.complete = false;
-        report.notes.push(format!(
-            "{huge} faults were in 2 MiB blocks where transparent huge pages may have mapped 2 MiB at once; each counts 4 KiB, so those stacks' numbers are lower bounds"
-        ));
-    }
-    // Rewrite exact mode's wording where it speaks of allocations.
-    for note in &mut report.notes {
-        if note.contains("allocations were not tracked") {
-            *note = note.replace("allocations were not tracked", "pages were not recorded");
-        }
-    }
-    report.notes.insert(
-        0,
-        "growth mode: sizes are resident anonymous pages (4 KiB each) first touched while traced, attributed to the stack that touched them; pages faulted in before attaching are not counted, and a page stays counted until it is unmapped, madvise-freed, or given back by brk/mremap (freeing to the allocator without returning memory to the kernel keeps it resident)"
-            .to_string(),
-    );
 }
 
 /// Byte offset of member `member` of `struct name` in raw BTF `data` (the kernel's

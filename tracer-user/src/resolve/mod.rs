@@ -1,3 +1,4 @@
 pub mod frame;
 pub mod python;
+pub mod stacks;
 pub mod symbolize;
