@@ -2,6 +2,9 @@
 //! then every 100 ms drain the kernel's events, follow workers, publish Python threads and
 //! resolve new stacks; at each interval sample and show a table (analysis/, output/); on a
 //! stop condition build and write the report (report.rs) and detach.
+//!
+//! Owns the session's state and the order things happen in; the work itself is in the stages.
+//! May call every stage; only `cli` calls it.
 
 mod report;
 
