@@ -35,6 +35,8 @@ use crate::{
     },
     probes::{
         bpf::{Limits, Tracer},
+        growth,
+        mode::Mode,
         targets::{PythonOptions, Targets},
     },
     resolve::{stacks::Stacks, symbolize::Resolver},
@@ -54,7 +56,7 @@ pub struct AttachOptions {
     pub max_allocs: u32,
     /// Every map's size (`max_allocs` is `maps.allocs`).
     pub maps: crate::probes::limits::MapLimits,
-    pub mode: crate::probes::mode::Mode,
+    pub mode: Mode,
     /// `--mode sampled`: the sampling parameters.
     pub sampling: Option<crate::probes::mode::Sampling>,
     /// Walk Python frames when the target is a supported CPython.
@@ -196,10 +198,10 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         })
         .and_then(|mut tracer| {
             let probes = match opts.mode {
-                crate::probes::mode::Mode::Exact | crate::probes::mode::Mode::Sampled => {
+                Mode::Exact | Mode::Sampled => {
                     tracer.attach(target.pid, &target.allocator_host_path)?
                 }
-                crate::probes::mode::Mode::Growth => crate::probes::growth::attach(&mut tracer, target.pid)?
+                Mode::Growth => growth::attach(&mut tracer, target.pid)?
                     .into_iter()
                     .map(|function| crate::probes::bpf::Attached {
                         function,
@@ -231,8 +233,8 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             "leaktrace: attached {} {} in {} ms: {}",
             attached.len(),
             match opts.mode {
-                crate::probes::mode::Mode::Exact | crate::probes::mode::Mode::Sampled => "probes",
-                crate::probes::mode::Mode::Growth => "tracepoints (no uprobes)",
+                Mode::Exact | Mode::Sampled => "probes",
+                Mode::Growth => "tracepoints (no uprobes)",
             },
             t0.elapsed().as_millis(),
             probes.join(" ")
