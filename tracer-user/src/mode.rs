@@ -311,10 +311,9 @@ mod tests {
         let s = Sampling { n: 1000 };
         let stack = StackKey {
             tgid: 1,
-            stack_id: 1,
-            caller: 0,
             kind: 0,
-            _pad: 0,
+            native_stack: 1,
+            caller: 0,
             py_stack: 0,
         };
         let allocs: Vec<LiveAlloc> = (0..1000)

@@ -62,7 +62,8 @@ pub struct Totals {
     pub live_allocs: u64,
     pub allocs_seen: u64,
     pub frees_seen: u64,
-    /// Allocations that could not be tracked (map full, lost events, missed returns).
+    /// Allocations that could not be tracked (a map full, lost events): `alloc_map_full +
+    /// pending_map_full + mmap_events_lost`.
     pub dropped: u64,
 }
 
@@ -81,12 +82,35 @@ pub struct StackReport {
     /// Allocations made from this stack while traced (freed or not).
     #[serde(default)]
     pub alloc_count: u64,
-    /// `growing`, `plateaued`, `churning` or `transient`; null when not classified.
+    /// `growing`, `plateaued`, `churning`, `transient` or `uncertain`; null without samples.
     #[serde(default)]
     pub trend: Option<String>,
     /// Live bytes gained between the first and the last sample of the window (0 if none).
     #[serde(default)]
     pub added_bytes: u64,
+    /// `--mode sampled`: recorded allocations behind `live_bytes` and `live_allocs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_samples: Option<u64>,
+    /// `--mode sampled`: recorded allocations that entered or left the stack's live set
+    /// between the window's first and last sample, behind `growth_bytes_per_s` and
+    /// `added_bytes` (an upper bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_samples: Option<u64>,
+    /// `--mode sampled`: one standard deviation of `growth_bytes_per_s` from sampling (at
+    /// most `sample_bytes * sqrt(max(growth_samples, 1)) / window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_stderr_bytes_per_s: Option<f64>,
+}
+
+/// Estimates from fewer recorded allocations than this are marked in tables (`~`, and the
+/// sample count).
+pub const FEW_SAMPLES: u64 = 5;
+
+impl StackReport {
+    /// Whether its figures are estimates from fewer than [`FEW_SAMPLES`] samples.
+    pub fn few_samples(&self) -> bool {
+        self.live_samples.is_some_and(|n| n < FEW_SAMPLES)
+    }
 }
 
 /// What a flamegraph measures.
@@ -110,7 +134,8 @@ pub struct Report {
     /// Allocations younger than this were left out.
     #[serde(default)]
     pub min_age_s: f64,
-    /// False when anything was lost: the numbers are then lower bounds.
+    /// False exactly when `totals.dropped` is not zero: an allocation made while traced is
+    /// missing, and the numbers are lower bounds.
     #[serde(default = "yes")]
     pub complete: bool,
     /// Every loss and activity counter from the kernel side, by name.
@@ -240,10 +265,28 @@ impl Report {
             Flame::Live => "Surviving allocations",
             Flame::Growth => "Growth of growing stacks",
         };
+        // Sampled mode: the totals are estimates, from this many recorded allocations.
+        let (estimated, samples) = match self.sample_bytes {
+            Some(_) => {
+                let counts: Vec<u64> = self.stacks.iter().filter_map(|s| s.live_samples).collect();
+                let k: u64 = counts.iter().sum();
+                let from = match (counts.is_empty(), k) {
+                    // A report written before sample counts were kept.
+                    (true, _) => ", estimated".to_string(),
+                    (false, 1) => ", estimated from 1 sample".to_string(),
+                    (false, k) => format!(", estimated from {k} samples"),
+                };
+                ("~", from)
+            }
+            None => ("", String::new()),
+        };
         let title = format!(
-            "{what}: {} in {} allocations (pid {})",
+            "{what}: {}{} in {}{} allocations{} (pid {})",
+            estimated,
             human_bytes(self.totals.live_bytes),
+            estimated,
             self.totals.live_allocs,
+            samples,
             self.target
                 .pids
                 .iter()
@@ -368,6 +411,9 @@ pub(crate) mod tests {
                     alloc_count: 2000,
                     trend: Some("growing".into()),
                     added_bytes: 2_048_000,
+                    live_samples: None,
+                    growth_samples: None,
+                    growth_stderr_bytes_per_s: None,
                 },
                 StackReport {
                     frames: vec![
@@ -383,6 +429,9 @@ pub(crate) mod tests {
                     alloc_count: 1,
                     trend: None,
                     added_bytes: 0,
+                    live_samples: None,
+                    growth_samples: None,
+                    growth_stderr_bytes_per_s: None,
                 },
             ],
             min_age_s: 1.0,

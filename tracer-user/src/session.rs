@@ -133,6 +133,17 @@ const PYMALLOC_ARENA_FUNCTIONS: &[&str] = &[
 pub const PYMALLOC_ARENAS_FRAME: &str =
     "[pymalloc arenas: objects of 512 B or less, attributed one by one with --pymalloc]";
 
+/// What one kernel stack holds now.
+#[derive(Clone, Copy, Debug, Default)]
+struct LiveNow {
+    bytes: u64,
+    allocs: u64,
+    /// Bytes allocated from it while traced (kernel totals only).
+    allocated: u64,
+    /// Sampled mode: the recorded blocks behind `bytes` (kernel totals only).
+    samples: aggregate::Sample,
+}
+
 struct Session {
     opts: AttachOptions,
     /// The process named on the command line (or started by `run`).
@@ -709,18 +720,22 @@ impl Session {
         });
     }
 
-    /// Live bytes per stack right now: the kernel's totals plus tracked mappings.
-    fn live_by_stack(&self) -> Result<HashMap<StackKey, (u64, u64)>> {
-        let mut live: HashMap<StackKey, (u64, u64)> = HashMap::new();
+    /// Live bytes per stack right now: the kernel's totals plus tracked mappings (which are
+    /// exact in every mode: no samples).
+    fn live_by_stack(&self) -> Result<HashMap<StackKey, LiveNow>> {
+        let mut live: HashMap<StackKey, LiveNow> = HashMap::new();
         for (key, totals) in self.tracer.stack_totals()? {
             let e = live.entry(key).or_default();
-            e.0 += totals.live_bytes.max(0) as u64;
-            e.1 += totals.live_allocs.max(0) as u64;
+            e.bytes += totals.live_bytes.max(0) as u64;
+            e.allocs += totals.live_allocs.max(0) as u64;
+            e.samples.live_samples += totals.live_samples.max(0) as u64;
+            e.samples.recorded_samples += totals.total_samples;
+            e.allocated += totals.total_bytes;
         }
         for (r, count) in self.regions.pieces() {
             let e = live.entry(r.stack).or_default();
-            e.0 += r.len();
-            e.1 += count;
+            e.bytes += r.len();
+            e.allocs += count;
         }
         Ok(live)
     }
@@ -729,9 +744,24 @@ impl Session {
         self.resolve_new_python_stacks();
         let t = self.started.elapsed().as_secs_f64();
         let live = self.live_by_stack()?;
-        self.series
-            .push(t, live.into_iter().map(|(k, (bytes, _))| (k, bytes)));
+        self.series.push(
+            t,
+            live.into_iter().map(|(k, l)| {
+                (
+                    k,
+                    aggregate::Sample {
+                        bytes: l.bytes,
+                        ..l.samples
+                    },
+                )
+            }),
+        );
         Ok(())
+    }
+
+    /// Mean bytes between samples in sampled mode: the noise scale of every estimate.
+    fn sample_bytes(&self) -> Option<f64> {
+        self.tracer.sampling().map(|s| s.n as f64)
     }
 
     /// Frames of a stack, outermost first, allocator last: Python frames where the
@@ -832,7 +862,7 @@ impl Session {
         // return address the probe read from [sp] (unless the kernel already added it).
         // A page fault's ips[0] is the faulting instruction (its `caller`), or for a fault
         // taken by the kernel in a syscall, the syscall's call site: kept.
-        let ips = self.tracer.stack(key.stack_id).unwrap_or_default();
+        let ips = self.tracer.stack(key.native_stack).unwrap_or_default();
         let rest = ips.get(usize::from(!fault)..).unwrap_or_default();
         let mut returns: Vec<u64> = Vec::with_capacity(rest.len() + 1);
         if key.caller != 0 && rest.first() != Some(&key.caller) {
@@ -859,10 +889,12 @@ impl Session {
     fn view_snapshot(&mut self) -> Result<crate::view::Snapshot> {
         let counters = self.tracer.counters()?;
         let live = self.live_by_stack()?;
-        let (bytes, allocs) = live.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
-        let mut keys: Vec<(StackKey, (u64, u64))> =
-            live.into_iter().filter(|(_, v)| v.0 > 0).collect();
-        keys.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+        let (bytes, allocs) = live
+            .values()
+            .fold((0, 0), |a, v| (a.0 + v.bytes, a.1 + v.allocs));
+        let mut keys: Vec<(StackKey, LiveNow)> =
+            live.into_iter().filter(|(_, v)| v.bytes > 0).collect();
+        keys.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.cmp(&b.0)));
         // Symbolize only the biggest and fastest-growing stacks: the rest are not shown.
         let limit = self.opts.top.saturating_mul(4).max(40);
         let mut by_growth = keys.clone();
@@ -870,45 +902,45 @@ impl Session {
             let g = |k: &StackKey| self.series.growth(k).unwrap_or(f64::NEG_INFINITY);
             g(&b.0).total_cmp(&g(&a.0))
         });
-        let mut chosen: Vec<(StackKey, (u64, u64))> = keys.iter().take(limit).copied().collect();
+        let mut chosen: Vec<(StackKey, LiveNow)> = keys.iter().take(limit).copied().collect();
         for k in by_growth.into_iter().take(limit) {
             if !chosen.iter().any(|c| c.0 == k.0) {
                 chosen.push(k);
             }
         }
-        let allocated: HashMap<StackKey, u64> = self
-            .tracer
-            .stack_totals()?
-            .into_iter()
-            .map(|(k, t)| (k, t.total_bytes))
-            .collect();
+        let sampled = self.sample_bytes();
         let mut rows: Vec<crate::view::Row> = Vec::new();
         let mut row_keys: Vec<Vec<StackKey>> = Vec::new();
-        for (key, (bytes, count)) in chosen {
+        let mut row_allocated: Vec<u64> = Vec::new();
+        for (key, now) in chosen {
             let label = short_stack(&self.frames(&key));
+            let samples = now.samples.live_samples;
             match rows.iter().position(|r| r.label == label) {
                 Some(i) => {
-                    rows[i].live_bytes += bytes;
-                    rows[i].live_allocs += count;
+                    rows[i].live_bytes += now.bytes;
+                    rows[i].live_allocs += now.allocs;
+                    rows[i].samples = rows[i].samples.map(|s| s + samples);
                     row_keys[i].push(key);
+                    row_allocated[i] += now.allocated;
                 }
                 None => {
                     rows.push(crate::view::Row {
                         label,
-                        live_bytes: bytes,
-                        live_allocs: count,
+                        live_bytes: now.bytes,
+                        live_allocs: now.allocs,
                         growth_bytes_per_s: None,
                         trend: None,
+                        samples: sampled.map(|_| samples),
                     });
                     row_keys.push(vec![key]);
+                    row_allocated.push(now.allocated);
                 }
             }
         }
-        for (row, keys) in rows.iter_mut().zip(&row_keys) {
+        for ((row, keys), allocated) in rows.iter_mut().zip(&row_keys).zip(&row_allocated) {
             let points = self.series.merged(keys);
-            let allocated_bytes: u64 = keys.iter().filter_map(|k| allocated.get(k)).sum();
-            row.growth_bytes_per_s = crate::trend::robust_slope(&points);
-            row.trend = crate::trend::classify(&points, allocated_bytes as f64)
+            row.growth_bytes_per_s = crate::trend::slope_of(&points);
+            row.trend = crate::trend::classify(&points, *allocated as f64, sampled)
                 .map(crate::trend::Trend::as_str);
         }
         Ok(crate::view::Snapshot {
@@ -947,6 +979,15 @@ impl Session {
             .map(|(k, t)| (k, (t.total_bytes, t.total_allocs)))
             .collect();
         let min_age_ns = self.opts.min_age.as_nanos() as u64;
+        // Sampled mode: the recorded blocks behind each stack's estimate.
+        let mut heap_samples: HashMap<StackKey, u64> = HashMap::new();
+        if self.tracer.sampling().is_some() {
+            for (_, info) in &heap {
+                if now_ns.saturating_sub(info.ts_ns) >= min_age_ns {
+                    *heap_samples.entry(info.stack).or_default() += 1;
+                }
+            }
+        }
         let heap = heap.iter().map(|(_, info)| LiveAlloc {
             stack: info.stack,
             size: info.size,
@@ -998,14 +1039,26 @@ impl Session {
             }
         }
         let mut stacks = aggregate::merge(resolved, now_ns);
+        let sampled = self.sample_bytes();
         // Growth and trend from the whole window's samples of each stack as reported.
         for s in &mut stacks {
-            let points = self.series.merged(&keys_by_frames[&s.frames]);
-            s.growth_bytes_per_s = crate::trend::robust_slope(&points).or(s.growth_bytes_per_s);
-            s.trend = crate::trend::classify(&points, s.alloc_bytes as f64)
+            let keys = &keys_by_frames[&s.frames];
+            let points = self.series.merged(keys);
+            s.growth_bytes_per_s = crate::trend::slope_of(&points).or(s.growth_bytes_per_s);
+            s.trend = crate::trend::classify(&points, s.alloc_bytes as f64, sampled)
                 .map(|t| t.as_str().to_string());
             if let (Some(first), Some(last)) = (points.first(), points.last()) {
-                s.added_bytes = (last.1 - first.1).max(0.0) as u64;
+                s.added_bytes = (last.bytes - first.bytes).max(0.0) as u64;
+            }
+            if let Some(n) = sampled {
+                s.live_samples = Some(keys.iter().filter_map(|k| heap_samples.get(k)).sum());
+                let (changes, span) = match (points.first(), points.last()) {
+                    (Some(a), Some(b)) => (crate::trend::changes(a, b), b.t - a.t),
+                    _ => (0, 0.0),
+                };
+                s.growth_samples = Some(changes);
+                s.growth_stderr_bytes_per_s = (span > 0.0 && s.growth_bytes_per_s.is_some())
+                    .then(|| n * (changes.max(1) as f64).sqrt() / span);
             }
         }
         let mut report = self.report(stop, &counters, stacks);
@@ -1078,31 +1131,13 @@ impl Session {
     }
 
     fn report(&self, stop: Option<Stop>, counters: &Counters, stacks: Vec<StackReport>) -> Report {
-        let mut notes = Vec::new();
+        let mut notes = loss_notes(counters);
         let dropped = counters.dropped();
-        if dropped > 0 {
-            notes.push(format!(
-                "{dropped} allocations were not tracked (map full or lost events): the numbers are lower bounds; raise --max-allocs (or --max-threads, --events-bytes: see the counters)"
-            ));
-        }
         if let Some(s) = self.opts.sampling {
             notes.push(format!(
                 "sampled mode (one sample per {} allocated on average): live bytes and counts are estimates, each recorded allocation of s bytes standing for s/(1-exp(-s/{})) bytes; stacks that allocated little may be missing",
                 human_bytes(s.n),
                 s.n
-            ));
-        }
-        let full = |c: Counter| counters.get(c);
-        if full(Counter::StackTotalsFull) > 0 {
-            notes.push(format!(
-                "{} allocations found the stack totals map full: live tables and growth miss those stacks (the report itself is complete); raise --max-stacks",
-                full(Counter::StackTotalsFull)
-            ));
-        }
-        if full(Counter::PyStacksFull) > 0 {
-            notes.push(format!(
-                "{} allocations found the Python stack map full and have native stacks only; raise --max-python-stacks",
-                full(Counter::PyStacksFull)
             ));
         }
         if let (Some(Stop::TargetExited), Some(_)) = (stop, self.child) {
@@ -1131,12 +1166,6 @@ impl Session {
                     .map(u32::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
-            ));
-        }
-        let stack_lost = counters.get(Counter::StackCollision) + counters.get(Counter::StackError);
-        if stack_lost > 0 {
-            notes.push(format!(
-                "{stack_lost} allocations have no native stack (stack map full or collided): they show only their direct caller"
             ));
         }
         Report {
@@ -1171,6 +1200,69 @@ impl Session {
     }
 }
 
+/// One note per loss counter that is not zero, each saying what was lost, whether the
+/// report's numbers are lower bounds because of it, and what to do. `complete` is false
+/// exactly when [`Counters::dropped`] is not zero (an allocation made while traced is missing
+/// from the numbers); the other losses leave every allocation counted, with less detail.
+pub fn loss_notes(counters: &Counters) -> Vec<String> {
+    let n = |c: Counter| counters.get(c);
+    let mut notes = Vec::new();
+    let dropped = counters.dropped();
+    if dropped > 0 {
+        // Each cause, with its own remedy.
+        let causes: Vec<String> = [
+            (Counter::AllocMapFull, "the allocation map was full: raise --max-allocs"),
+            (
+                Counter::PendingFull,
+                "more threads were inside an allocator call at once than tracked: raise --max-threads",
+            ),
+            (
+                Counter::EventsLost,
+                "the mmap event ring was full: raise --events-bytes",
+            ),
+        ]
+        .iter()
+        .filter(|(c, _)| n(*c) > 0)
+        .map(|(c, why)| format!("{} because {why}", n(*c)))
+        .collect();
+        notes.push(format!(
+            "{dropped} allocations were not tracked ({}): the numbers are lower bounds",
+            causes.join("; ")
+        ));
+    }
+    if n(Counter::MissedReturn) > 0 {
+        notes.push(format!(
+            "{} allocator calls never returned while traced (missed_return: a longjmp out of an allocator, a thread that ended inside one): such a call handed no memory to the program, so nothing is missing from the numbers; usually harmless",
+            n(Counter::MissedReturn)
+        ));
+    }
+    if n(Counter::StackCollision) > 0 {
+        notes.push(format!(
+            "{} allocations found the native stack map full (more distinct native stacks than --max-native-stacks): they are counted, with their direct caller only; raise --max-native-stacks",
+            n(Counter::StackCollision)
+        ));
+    }
+    if n(Counter::StackError) > 0 {
+        notes.push(format!(
+            "{} allocations have no native stack (the kernel could not unwind one): they are counted, with their direct caller only",
+            n(Counter::StackError)
+        ));
+    }
+    if n(Counter::StackTotalsFull) > 0 {
+        notes.push(format!(
+            "{} allocations found the stack totals map full: live tables and growth miss those stacks (the report itself is complete); raise --max-stacks",
+            n(Counter::StackTotalsFull)
+        ));
+    }
+    if n(Counter::PyStacksFull) > 0 {
+        notes.push(format!(
+            "{} allocations found the Python stack map full and have native stacks only; raise --max-python-stacks",
+            n(Counter::PyStacksFull)
+        ));
+    }
+    notes
+}
+
 fn print_summary(opts: &AttachOptions, target: &TargetProcess, report: &Report, stop: Stop) {
     let why = match stop {
         Stop::Duration => "duration reached".to_string(),
@@ -1195,12 +1287,15 @@ fn print_summary(opts: &AttachOptions, target: &TargetProcess, report: &Report, 
     }
     for s in ranked.into_iter().take(opts.top) {
         println!(
-            "  {:>10} {:>8} {:>12} {:>9}  {}",
-            human_bytes(s.live_bytes),
-            s.live_allocs,
-            crate::view::human_rate(s.growth_bytes_per_s),
-            s.trend.as_deref().unwrap_or("-"),
-            short_stack(&s.frames)
+            "{}",
+            crate::view::table_line(
+                s.live_bytes,
+                s.live_allocs,
+                s.growth_bytes_per_s,
+                s.trend.as_deref(),
+                s.live_samples,
+                &short_stack(&s.frames)
+            )
         );
     }
     for note in &report.notes {
