@@ -1367,6 +1367,49 @@ mod tests {
         assert_eq!(short_stack(&native), "malloc < main");
     }
 
+    fn counters(set: &[(Counter, u64)]) -> Counters {
+        let mut c = Counters::default();
+        for (k, v) in set {
+            c.0[*k as usize] = *v;
+        }
+        c
+    }
+
+    #[test]
+    fn each_loss_has_its_own_note_and_remedy() {
+        // Only missed returns: not a drop, no map to raise, nothing missing.
+        let c = counters(&[(Counter::MissedReturn, 2)]);
+        assert_eq!(c.dropped(), 0);
+        let notes = loss_notes(&c);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("2 allocator calls never returned"));
+        assert!(notes[0].contains("nothing is missing") && notes[0].contains("harmless"));
+        assert!(!notes[0].contains("--max-") && !notes[0].contains("lower bound"));
+        // A full native stack map: its own remedy, not a drop.
+        let c = counters(&[(Counter::StackCollision, 7)]);
+        assert_eq!(c.dropped(), 0);
+        let notes = loss_notes(&c);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].contains("native stack map full") && notes[0].contains("--max-native-stacks")
+        );
+        assert!(!notes[0].contains("--max-allocs"));
+        // Drops name each cause with its remedy, and only those that happened.
+        let c = counters(&[(Counter::AllocMapFull, 5), (Counter::EventsLost, 1)]);
+        assert_eq!(c.dropped(), 6);
+        let notes = loss_notes(&c);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].starts_with("6 allocations were not tracked"),
+            "{}",
+            notes[0]
+        );
+        assert!(notes[0].contains("5 because the allocation map was full: raise --max-allocs"));
+        assert!(notes[0].contains("1 because the mmap event ring was full: raise --events-bytes"));
+        assert!(!notes[0].contains("--max-threads") && notes[0].contains("lower bounds"));
+        assert!(loss_notes(&Counters::default()).is_empty());
+    }
+
     #[test]
     fn snapshot_names_carry_a_utc_timestamp() {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_795_476_060); // 2026-11-23 23:21:00
