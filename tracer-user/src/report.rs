@@ -134,8 +134,9 @@ pub struct Report {
     /// Allocations younger than this were left out.
     #[serde(default)]
     pub min_age_s: f64,
-    /// False exactly when `totals.dropped` is not zero: an allocation made while traced is
-    /// missing, and the numbers are lower bounds.
+    /// False exactly when the numbers are lower bounds: `totals.dropped` is not zero (an
+    /// allocation made while traced is missing), or, in growth mode, pages may count less
+    /// than they map (README: the rule).
     #[serde(default = "yes")]
     pub complete: bool,
     /// Every loss and activity counter from the kernel side, by name.
