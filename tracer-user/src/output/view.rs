@@ -12,23 +12,16 @@ use ratatui::{
     DefaultTerminal,
 };
 
-use crate::report::human_bytes;
-
-/// One stack in a view.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Row {
-    /// Innermost frames first, for a narrow column: `leaky (app.py:12) < main (app.py:30)`.
-    pub label: String,
-    pub live_bytes: u64,
-    pub live_allocs: u64,
-    pub growth_bytes_per_s: Option<f64>,
-    pub trend: Option<&'static str>,
-    /// `--mode sampled`: recorded allocations behind the row's estimates (None: exact).
-    pub samples: Option<u64>,
-}
+use crate::{
+    analysis::{
+        aggregate::FEW_SAMPLES,
+        interval::{Row, Snapshot},
+    },
+    output::report::human_bytes,
+};
 
 /// How a table shows an estimate: `~` before the live bytes and count, and `(1 sample)` after
-/// the stack, when fewer than [`crate::report::FEW_SAMPLES`] recorded allocations stand behind
+/// the stack, when fewer than [`FEW_SAMPLES`] recorded allocations stand behind
 /// them; nothing otherwise (exact figures, or enough samples).
 pub struct Marks {
     pub prefix: &'static str,
@@ -37,7 +30,7 @@ pub struct Marks {
 
 pub fn marks(samples: Option<u64>) -> Marks {
     match samples {
-        Some(n) if n < crate::report::FEW_SAMPLES => Marks {
+        Some(n) if n < FEW_SAMPLES => Marks {
             prefix: "~",
             suffix: format!(" ({n} sample{})", if n == 1 { "" } else { "s" }),
         },
@@ -67,18 +60,6 @@ pub fn table_line(
         trend.unwrap_or("-"),
         m.suffix
     )
-}
-
-/// Everything a view shows at one interval.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
-    pub elapsed_s: f64,
-    pub live_bytes: u64,
-    pub live_allocs: u64,
-    pub allocs_seen: u64,
-    pub frees_seen: u64,
-    pub dropped: u64,
-    pub rows: Vec<Row>,
 }
 
 /// How stacks are ranked in tables and views (`--sort`).
