@@ -185,10 +185,21 @@ impl Targets {
         interp: &Interpreter,
         tracer: &mut Tracer,
     ) -> Result<()> {
-        let host = Path::new("/proc")
-            .join(pid.to_string())
-            .join("root")
-            .join(interp.module.trim_start_matches('/'));
+        // The path maps print is as seen from leaktrace's root (a chrooted target's files keep
+        // their host path there): open the file through the mapping itself.
+        let host = crate::target::procmaps::ProcMaps::read(pid)
+            .ok()
+            .and_then(|maps| {
+                maps.iter()
+                    .find(|m| m.path.as_deref() == Some(interp.module.as_str()))
+                    .map(|m| crate::target::procmaps::openable_path(pid, m))
+            })
+            .unwrap_or_else(|| {
+                Path::new("/proc")
+                    .join(pid.to_string())
+                    .join("root")
+                    .join(interp.module.trim_start_matches('/'))
+            });
         let (probes, exported_only) = tracer.attach_pymalloc(pid, &host)?;
         if pid != self.root {
             return Ok(());

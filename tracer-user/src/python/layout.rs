@@ -4,7 +4,7 @@
 //! were produced by the C compiler from each version's own headers (`tools/pyoffsets/offsets.c`,
 //! built with `Py_BUILD_CORE`), and a test re-checks them whenever the pyenv interpreters are
 //! installed. They hold for x86_64 release builds; a `--with-pydebug` build (extra `_ob_next` /
-//! `_ob_prev` pointers in every object) or the 3.13 free-threaded build differs.
+//! `_ob_prev` pointers in every object) or a free-threaded build (3.13t, 3.14t) differs.
 //!
 //! # Finding the runtime
 //!
@@ -42,21 +42,33 @@
 //!   start for a frame that has not run yet, giving -2); on 3.13 it is `instr_ptr`, the
 //!   instruction executing or about to run. CPython itself feeds exactly these offsets to
 //!   `PyCode_Addr2Line`, and a negative offset means `co_firstlineno`.
-//! * 3.12+: frames whose `owner` byte equals [`Layout::owner_cstack`] are shims the interpreter
-//!   pushes on C-to-Python entry; skip them (on 3.12 their `f_code` is a static shim code
-//!   object, on 3.13 `f_executable` may be `None`, so check `ob_type` before treating it as a
-//!   code object). 3.11 has no shim frames; `is_entry` marks the first frame of each C call.
+//! * 3.12+: frames whose `owner` byte is at least [`Layout::owner_shim_min`] are shims the
+//!   interpreter pushes on C-to-Python entry; skip them (on 3.12 their `f_code` is a static shim
+//!   code object, on 3.13+ `f_executable` may be `None`, so check `ob_type` before treating it
+//!   as a code object). 3.11 has no shim frames; `is_entry` marks the first frame of each C
+//!   call. 3.14 calls its entry frames `FRAME_OWNED_BY_INTERPRETER` (3) and keeps
+//!   `FRAME_OWNED_BY_CSTACK` (4); 3.15 has only the former.
+//! * 3.14+: `f_executable` is a `_PyStackRef`, a tagged pointer: clear
+//!   [`Layout::iframe_code_tag_mask`] to get the code object.
+//! * 3.13+: the layout is read from the target's own `_Py_DebugOffsets`
+//!   ([`debug_offsets`]); the per-version `LAYOUT` tables check that parse.
 
 use std::fmt;
 
+pub mod debug_offsets;
 pub mod v3_10;
 pub mod v3_11;
 pub mod v3_12;
 pub mod v3_13;
+pub mod v3_14;
+pub mod v3_15;
 pub mod v3_8;
 pub mod v3_9;
 
-pub use v3_13::parse_debug_offsets;
+pub use debug_offsets::{DebugOffsets, DebugOffsetsError};
+
+/// The versions leaktrace reads, as its messages name them.
+pub const SUPPORTED: &str = "leaktrace supports 3.8-3.15";
 
 /// Byte offsets (and a few small constants) describing one CPython minor version's layout.
 ///
@@ -134,12 +146,19 @@ pub struct Layout {
     pub iframe_instr: u64,
     /// `previous`: the caller's `_PyInterpreterFrame*`. 3.11+ only.
     pub iframe_previous: u64,
-    /// `owner`: one `char` (0 thread, 1 generator, 2 frame object, 3 C stack). 3.11+ only.
+    /// `owner`: one `char` (0 thread, 1 generator, 2 frame object; then the frames that are
+    /// not Python code, see [`Layout::owner_shim_min`]). 3.11+ only.
     pub iframe_owner: u64,
     /// `is_entry`: one `bool`, set on the first frame of a C-level eval call. 3.11 only.
     pub iframe_is_entry: u64,
-    /// Value of `owner` (`FRAME_OWNED_BY_CSTACK`) for C-stack shim frames. 3.12+ only.
-    pub owner_cstack: u64,
+    /// Lowest `owner` of frames that are not Python code, skipped by the walk: 3 on 3.12/3.13
+    /// (`FRAME_OWNED_BY_CSTACK`, C-stack shims), 3 on 3.14 (`FRAME_OWNED_BY_INTERPRETER`, entry
+    /// frames, and `FRAME_OWNED_BY_CSTACK` = 4) and on 3.15 (`FRAME_OWNED_BY_INTERPRETER`, the
+    /// last owner). 3.12+ only.
+    pub owner_shim_min: u64,
+    /// Bits to clear in the code field of a frame: 0 while it is a `PyObject *` (3.11-3.13),
+    /// `Py_TAG_BITS` (3) on 3.14+ where `f_executable` is a tagged `_PyStackRef`. 3.11+ only.
+    pub iframe_code_tag_mask: u64,
 
     // --- PyCodeObject ---
     /// `co_filename`: `str`.
@@ -225,7 +244,8 @@ impl Layout {
             ("iframe_previous", self.iframe_previous),
             ("iframe_owner", self.iframe_owner),
             ("iframe_is_entry", self.iframe_is_entry),
-            ("owner_cstack", self.owner_cstack),
+            ("owner_shim_min", self.owner_shim_min),
+            ("iframe_code_tag_mask", self.iframe_code_tag_mask),
             ("code_filename", self.code_filename),
             ("code_name", self.code_name),
             ("code_qualname", self.code_qualname),
@@ -259,7 +279,7 @@ impl fmt::Display for UnsupportedVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unsupported Python version {}.{} (leaktrace supports 3.8-3.13)",
+            "unsupported Python version {}.{} ({SUPPORTED})",
             self.major, self.minor
         )
     }
@@ -276,286 +296,11 @@ pub fn layout_for(major: u32, minor: u32) -> Result<Layout, UnsupportedVersion> 
         (3, 11) => Ok(v3_11::LAYOUT),
         (3, 12) => Ok(v3_12::LAYOUT),
         (3, 13) => Ok(v3_13::LAYOUT),
+        (3, 14) => Ok(v3_14::LAYOUT),
+        (3, 15) => Ok(v3_15::LAYOUT),
         _ => Err(UnsupportedVersion { major, minor }),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::{Path, PathBuf};
-    use std::process::Command;
-
-    const MINORS: &[u32] = &[8, 9, 10, 11, 12, 13];
-
-    fn repo() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-    }
-
-    fn pyenv_root() -> PathBuf {
-        if let Ok(root) = std::env::var("PYENV_ROOT") {
-            return PathBuf::from(root);
-        }
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv")
-    }
-
-    /// The newest installed pyenv prefix for 3.`minor` (`versions/3.<minor>.*`), or `None`
-    /// when there is none and LEAKTRACE_NO_PYENV=1 allows skipping; panics otherwise.
-    fn prefix(minor: u32) -> Option<PathBuf> {
-        let versions = pyenv_root().join("versions");
-        let wanted = format!("3.{minor}.");
-        let found = std::fs::read_dir(&versions)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with(&wanted) && n[wanted.len()..].parse::<u32>().is_ok()
-                }) && p.join("bin").exists()
-            })
-            .max_by_key(|p| {
-                p.file_name().unwrap().to_str().unwrap()[wanted.len()..]
-                    .parse::<u32>()
-                    .unwrap()
-            });
-        if found.is_some() {
-            return found;
-        }
-        if std::env::var("LEAKTRACE_NO_PYENV").as_deref() == Ok("1") {
-            eprintln!(
-                "skipping CPython 3.{minor}: nothing under {}",
-                versions.display()
-            );
-            return None;
-        }
-        panic!(
-            "CPython 3.{minor} not installed under {}/3.{minor}.* (needed to verify the offsets; \
-             set LEAKTRACE_NO_PYENV=1 to skip)",
-            versions.display()
-        );
-    }
-
-    #[test]
-    fn dispatch_and_error() {
-        for &minor in MINORS {
-            assert!(layout_for(3, minor).is_ok());
-        }
-        assert_eq!(layout_for(3, 12).unwrap(), v3_12::LAYOUT);
-        let err = layout_for(3, 14).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unsupported Python version 3.14 (leaktrace supports 3.8-3.13)"
-        );
-        assert!(layout_for(3, 7).is_err());
-        assert!(layout_for(2, 7).is_err());
-    }
-
-    /// Which frame-walking fields each version has, as documented.
-    #[test]
-    fn presence_matches_docs() {
-        for &minor in MINORS {
-            let l = layout_for(3, minor).unwrap();
-            assert_eq!(Layout::has(l.runtime_tstate_current), minor <= 11);
-            assert_eq!(Layout::has(l.interp_ceval_gil), minor >= 12);
-            assert_eq!(Layout::has(l.tstate_native_thread_id), minor >= 11);
-            assert_eq!(Layout::has(l.tstate_frame), minor <= 10);
-            assert_eq!(Layout::has(l.frame_back), minor <= 10);
-            assert_eq!(Layout::has(l.tstate_cframe), minor == 11 || minor == 12);
-            assert_eq!(
-                Layout::has(l.cframe_current_frame),
-                minor == 11 || minor == 12
-            );
-            assert_eq!(Layout::has(l.tstate_current_frame), minor >= 13);
-            assert_eq!(Layout::has(l.iframe_code), minor >= 11);
-            assert_eq!(Layout::has(l.owner_cstack), minor >= 12);
-            assert_eq!(Layout::has(l.code_qualname), minor >= 11);
-            assert_eq!(Layout::has(l.code_code), minor <= 10);
-            assert_eq!(Layout::has(l.code_code_adaptive), minor >= 11);
-            let scale = match minor {
-                8 | 9 => 1,
-                10 => 2,
-                _ => Layout::ABSENT,
-            };
-            assert_eq!(l.frame_lasti_scale, scale);
-        }
-    }
-
-    /// Recompiles tools/pyoffsets/offsets.c against each version's headers and compares every
-    /// number with the tables.
-    #[test]
-    fn tables_match_headers() {
-        let script = repo().join("tools/pyoffsets/check.sh");
-        for &minor in MINORS {
-            if prefix(minor).is_none() {
-                continue;
-            }
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg("--print")
-                .arg(format!("3.{minor}"))
-                .output()
-                .expect("running tools/pyoffsets/check.sh");
-            assert!(
-                out.status.success(),
-                "offsets.c for 3.{minor} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let text = String::from_utf8(out.stdout).unwrap();
-            let layout = layout_for(3, minor).unwrap();
-            let mut expected: Vec<(String, u64)> = layout
-                .fields()
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v))
-                .collect();
-            if minor == 13 {
-                expected.extend(
-                    v3_13::DEBUG_OFFSETS_TABLE
-                        .iter()
-                        .map(|(n, v)| (format!("debug.{n}"), *v)),
-                );
-            }
-            let mut seen = 0;
-            for line in text.lines() {
-                let (name, value) = line.split_once(' ').unwrap();
-                if name == "version" {
-                    assert_eq!(value, format!("3.{minor}"));
-                    continue;
-                }
-                let value = if value == "absent" {
-                    Layout::ABSENT
-                } else {
-                    value.parse().unwrap()
-                };
-                let Some((_, rust)) = expected.iter().find(|(n, _)| n == name) else {
-                    panic!("3.{minor}: offsets.c prints {name}, which the Rust table lacks");
-                };
-                assert_eq!(*rust, value, "3.{minor} {name}: Rust table vs headers");
-                seen += 1;
-            }
-            assert_eq!(
-                seen,
-                expected.len(),
-                "3.{minor}: not every field was checked"
-            );
-        }
-    }
-
-    /// First `len` bytes of the `_PyRuntime` symbol's initial value in an ELF file.
-    fn runtime_bytes(path: &Path, len: usize) -> Vec<u8> {
-        use object::{Object, ObjectSection, ObjectSymbol};
-        let data = std::fs::read(path).unwrap();
-        let file = object::File::parse(&*data).unwrap();
-        let sym = file
-            .dynamic_symbols()
-            .chain(file.symbols())
-            .find(|s| s.name() == Ok("_PyRuntime"))
-            .expect("_PyRuntime symbol");
-        // CPython 3.10+ puts it in its own `.PyRuntime` section (initialized, like `.data`).
-        let section = file.section_by_index(sym.section_index().unwrap()).unwrap();
-        assert_eq!(section.kind(), object::SectionKind::Data);
-        let start = (sym.address() - section.address()) as usize;
-        section.data().unwrap()[start..start + len].to_vec()
-    }
-
-    #[test]
-    fn debug_offsets_from_libpython_3_13() {
-        let Some(prefix) = prefix(13) else {
-            return;
-        };
-        let bytes = runtime_bytes(&prefix.join("lib/libpython3.13.so.1.0"), 584);
-        assert_eq!(&bytes[..8], b"xdebugpy");
-        assert_eq!(parse_debug_offsets(&bytes), Some(v3_13::LAYOUT));
-        assert_eq!(parse_debug_offsets(&bytes[..583]), None);
-        let mut bad = bytes.clone();
-        bad[0] = b'X';
-        assert_eq!(parse_debug_offsets(&bad), None);
-        let mut v314 = bytes.clone();
-        v314[8..16].copy_from_slice(&0x030e00f0u64.to_le_bytes());
-        assert_eq!(parse_debug_offsets(&v314), None);
-        let mut ft = bytes.clone();
-        ft[16] = 1;
-        assert_eq!(parse_debug_offsets(&ft), None);
-        let mut wild = bytes;
-        wild[240..248].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(parse_debug_offsets(&wild), None);
-    }
-
-    /// Older versions have no cookie.
-    #[test]
-    fn no_debug_offsets_before_3_13() {
-        let Some(prefix) = prefix(12) else {
-            return;
-        };
-        let bytes = runtime_bytes(&prefix.join("lib/libpython3.12.so.1.0"), 584);
-        assert_eq!(parse_debug_offsets(&bytes), None);
-    }
-
-    /// End to end: each interpreter walks its own threads and frames by these offsets
-    /// (tests/data/python/walk_frames.py, via ctypes), and the names and lines decoded here
-    /// must match what CPython reports.
-    #[test]
-    fn live_walk_matches_interpreter() {
-        for &minor in MINORS {
-            let Some(prefix) = prefix(minor) else {
-                continue;
-            };
-            let layout = layout_for(3, minor).unwrap();
-            let json: serde_json::Map<String, serde_json::Value> = layout
-                .fields()
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v.into()))
-                .collect();
-            let out = Command::new(prefix.join(format!("bin/python3.{minor}")))
-                .arg(repo().join("tests/data/python/walk_frames.py"))
-                .arg(serde_json::Value::Object(json).to_string())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "3.{minor}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert_eq!(doc["version"], serde_json::json!([3, minor]));
-            assert_eq!(doc["problems"], serde_json::json!([]), "3.{minor}");
-            let frames = doc["frames"].as_array().unwrap();
-            let expected = doc["expected"].as_array().unwrap();
-            // The walk started inside a helper called by walk(); align on walk().
-            let start = frames.iter().position(|f| f["name"] == "walk").unwrap();
-            let frames = &frames[start..];
-            assert_eq!(frames.len(), expected.len(), "3.{minor}: frame count");
-            for (i, (got, want)) in frames.iter().zip(expected).enumerate() {
-                for key in ["name", "filename", "firstlineno"] {
-                    assert_eq!(got[key], want[key], "3.{minor} frame {i} {key}");
-                }
-                if minor >= 11 {
-                    assert_eq!(got["qualname"], want["qualname"], "3.{minor} frame {i}");
-                }
-                if i == 0 {
-                    continue; // walk() kept running after its frame was read
-                }
-                let table: Vec<u8> = {
-                    let hex = got["table"].as_str().unwrap();
-                    (0..hex.len())
-                        .step_by(2)
-                        .map(|k| u8::from_str_radix(&hex[k..k + 2], 16).unwrap())
-                        .collect()
-                };
-                let line = crate::python::linetable::line_number(
-                    3,
-                    minor,
-                    got["firstlineno"].as_i64().unwrap() as i32,
-                    &table,
-                    got["offset"].as_i64().unwrap(),
-                );
-                assert_eq!(
-                    line.map(u64::from),
-                    want["line"].as_u64(),
-                    "3.{minor} frame {i} ({}) line",
-                    want["name"]
-                );
-            }
-        }
-    }
-}
+pub(crate) mod tests;

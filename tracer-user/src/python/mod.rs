@@ -2,8 +2,9 @@
 //! eBPF or `/proc/<pid>/mem`), line-table decoders, interpreter version detection, and the live
 //! interpreter in a traced process (where it is, its threads).
 //!
-//! Supported: CPython 3.8 through 3.13 on x86_64, release (non-debug) builds with the GIL (not
-//! the 3.13 free-threaded build).
+//! Supported: CPython 3.8 through 3.15 on x86_64, release (non-debug) builds with the GIL (not
+//! the free-threaded builds, which are refused in one line). See README.md next to this file
+//! for what each version changed and how a new minor version is added.
 //!
 //! * [`layout`]: byte offsets of the fields needed to find threads, frames and code objects.
 //! * [`linetable`]: maps an instruction's byte offset in a code object to a source line.

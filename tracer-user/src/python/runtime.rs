@@ -1,3 +1,5 @@
+// size: just over the limit because of the unit tests on patched real 3.15 binaries (unknown
+// minor, free-threaded flag, mismatch, cookie), which belong next to the discovery they test.
 //! A live CPython interpreter inside a traced process: where it is, and how its threads map to
 //! kernel thread ids (what its code objects are called is read in `resolve::python`). Every
 //! read of the target's memory is bounded.
@@ -14,7 +16,7 @@ use tracer_common::{FrameModel, PyConfig, MAX_PY_FRAMES, NO_FIELD, PY_FRAME_WIND
 
 use crate::{
     python::{
-        layout::{layout_for, Layout},
+        layout::{debug_offsets, layout_for, Layout},
         version,
     },
     target::{elf::ElfFile, procmaps::ProcMaps},
@@ -115,7 +117,14 @@ impl InterpFiles {
                 )));
             }
         };
-        let layout = layout_for(major, minor).map_err(|e| NotPython::Unsupported(e.to_string()))?;
+        let layout = if (major, minor) >= (3, 13) {
+            // 3.13+ describe their own layout in `_Py_DebugOffsets`, statically initialized at
+            // the start of `_PyRuntime`: read it from the file, never assume it.
+            let bytes = elf.initial_bytes("_PyRuntime").unwrap_or_default();
+            self_described(bytes, major, minor, path)?
+        } else {
+            layout_for(major, minor).map_err(|e| NotPython::Unsupported(e.to_string()))?
+        };
         let file = std::sync::Arc::new(InterpFile {
             elf,
             runtime_vaddr,
@@ -142,6 +151,37 @@ impl InterpFiles {
             }
         }
     }
+}
+
+/// The layout a 3.13+ interpreter in `path` describes in its `_Py_DebugOffsets` (`bytes`: the
+/// start of its `_PyRuntime`), or why it gets native stacks only: a version leaktrace has no
+/// table for, a free-threaded build, a struct that is truncated, foreign, or names another
+/// version than the file does.
+fn self_described(
+    bytes: &[u8],
+    major: u32,
+    minor: u32,
+    path: &str,
+) -> std::result::Result<Layout, NotPython> {
+    let parsed = debug_offsets::parse(bytes).map_err(|e| {
+        NotPython::Unsupported(match e {
+            // Already names the version and what is supported.
+            debug_offsets::DebugOffsetsError::UnknownMinor { .. } => e.to_string(),
+            _ => format!("cannot read the layout of Python {major}.{minor} in `{path}`: {e}"),
+        })
+    })?;
+    if parsed.minor != minor {
+        return Err(NotPython::Unsupported(format!(
+            "`{path}` says it is Python {major}.{minor} but its _Py_DebugOffsets says 3.{}",
+            parsed.minor
+        )));
+    }
+    if parsed.free_threaded {
+        return Err(NotPython::Unsupported(format!(
+            "Python {major}.{minor} in `{path}` is a free-threaded build (Py_GIL_DISABLED), whose frames leaktrace does not read yet"
+        )));
+    }
+    Ok(parsed.layout)
 }
 
 /// The shared libraries the dynamic loader resolves for `exe`, without running any of its code
@@ -213,7 +253,7 @@ impl Interpreter {
                 continue;
             };
             let mem = Memory::open(pid).map_err(|e| NotPython::Unsupported(e.to_string()))?;
-            let mut interp = Interpreter {
+            let interp = Interpreter {
                 pid,
                 major: file.major,
                 minor: file.minor,
@@ -224,11 +264,17 @@ impl Interpreter {
                 mem,
                 pthread_tid_offset: None,
             };
-            // 3.13+ describes its own layout at the start of _PyRuntime: prefer it.
+            // 3.13+: the struct in memory is the one the interpreter runs with (the file's
+            // initial bytes were read before); a readable one that disagrees is refused.
             if file.minor >= 13 {
-                if let Some(bytes) = interp.mem.read(interp.runtime, 4096) {
-                    if let Some(l) = crate::python::layout::parse_debug_offsets(&bytes) {
-                        interp.layout = l;
+                if let Some(bytes) = interp.mem.read(interp.runtime, debug_offsets::READ_BYTES) {
+                    let live = self_described(&bytes, file.major, file.minor, &interp.module)?;
+                    if live != interp.layout {
+                        return Err(NotPython::Unsupported(format!(
+                            "the _Py_DebugOffsets of Python {} in `{}` differ between the file and the process",
+                            interp.version(),
+                            interp.module
+                        )));
                     }
                 }
             }
@@ -327,8 +373,13 @@ pub fn config_for(l: &Layout, minor: u32, max_depth: u32) -> PyConfig {
             frame_back: l.iframe_previous,
             frame_instr: l.iframe_instr,
             frame_owner: opt(l.iframe_owner),
-            owner_cstack: l.owner_cstack,
+            owner_shim_min: l.owner_shim_min,
             code_name: l.code_name,
+            frame_code_tag_mask: if Layout::has(l.iframe_code_tag_mask) {
+                l.iframe_code_tag_mask
+            } else {
+                0
+            },
         };
     match minor {
         ..=10 => PyConfig {
@@ -340,8 +391,9 @@ pub fn config_for(l: &Layout, minor: u32, max_depth: u32) -> PyConfig {
             frame_back: l.frame_back,
             frame_instr: l.frame_lasti,
             frame_owner: NO_FIELD,
-            owner_cstack: 0,
+            owner_shim_min: 0,
             code_name: l.code_name,
+            frame_code_tag_mask: 0,
         },
         11 | 12 => interpreter_frames(FrameModel::CFrame, l.tstate_cframe, l.cframe_current_frame),
         _ => interpreter_frames(FrameModel::CurrentFrame, l.tstate_current_frame, NO_FIELD),
@@ -417,10 +469,11 @@ pub fn find_offset_in(blobs: &[Vec<u8>], tids: &HashSet<u32>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn every_supported_layout_fits_the_frame_window() {
-        for minor in 8..=13 {
+        for minor in 8..=15 {
             let layout = layout_for(3, minor).unwrap();
             let interp_cfg = |model_minor: u32| config_for(&layout, model_minor, 128);
             assert!(frame_fields_fit(&interp_cfg(minor)), "3.{minor}");
@@ -430,6 +483,105 @@ mod tests {
         assert!(!frame_fields_fit(&cfg), "beyond the window");
         cfg.frame_back = 12;
         assert!(!frame_fields_fit(&cfg), "unaligned");
+    }
+
+    /// A copy of Debian's python3.15 with `patch` applied to its bytes (file offsets found by
+    /// symbol), in a scratch directory; `None` without the sid root (when allowed).
+    fn patched_python315(tag: &str, patch: impl Fn(&mut [u8], usize, usize)) -> Option<PathBuf> {
+        use object::{Object, ObjectSection, ObjectSymbol};
+        let root = crate::python::layout::tests::sid_root()?;
+        let mut data = std::fs::read(root.join("usr/bin/python3.15")).unwrap();
+        let file_offset = |name: &str| -> usize {
+            let file = object::File::parse(&*data).unwrap();
+            let sym = file
+                .dynamic_symbols()
+                .find(|s| s.name() == Ok(name))
+                .unwrap();
+            let section = file.section_by_index(sym.section_index().unwrap()).unwrap();
+            (section.file_range().unwrap().0 + sym.address() - section.address()) as usize
+        };
+        let (version, runtime) = (file_offset("Py_Version"), file_offset("_PyRuntime"));
+        patch(&mut data, version, runtime);
+        let dir = std::env::temp_dir().join(format!("leaktrace-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("python3");
+        std::fs::write(&path, data).unwrap();
+        Some(path)
+    }
+
+    fn refusal(path: &Path) -> String {
+        let s = path.to_str().unwrap();
+        match InterpFiles::default().get(s, path) {
+            Err(NotPython::Unsupported(why)) => why,
+            Err(NotPython::Absent) => panic!("{s}: no interpreter found"),
+            Ok(_) => panic!("{s}: accepted"),
+        }
+    }
+
+    /// Real 3.15 bytes, as they are: accepted, with the layout of the table.
+    #[test]
+    fn debian_315_binary_is_read_from_its_own_debug_offsets() {
+        let Some(path) = patched_python315("as-is", |_, _, _| {}) else {
+            return;
+        };
+        let file = InterpFiles::default()
+            .get(path.to_str().unwrap(), &path)
+            .unwrap_or_else(|_| panic!("refused"))
+            .unwrap();
+        assert_eq!((file.major, file.minor), (3, 15));
+        assert_eq!(file.layout, layout_for(3, 15).unwrap());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A minor version without a table (a real 3.15 binary whose version says 3.16): one line
+    /// naming it, never a layout.
+    #[test]
+    fn unknown_minor_is_named_and_refused() {
+        let Some(path) = patched_python315("v316", |d, version, runtime| {
+            d[version..version + 4].copy_from_slice(&0x031000a1u32.to_le_bytes());
+            d[runtime + 8..runtime + 16].copy_from_slice(&0x031000a1u64.to_le_bytes());
+        }) else {
+            return;
+        };
+        assert_eq!(
+            refusal(&path),
+            "unsupported Python version 3.16 (leaktrace supports 3.8-3.15)"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// `_Py_DebugOffsets.free_threaded` is read: such a build is refused in one line until
+    /// leaktrace reads its frames.
+    #[test]
+    fn free_threaded_build_is_refused() {
+        let Some(path) = patched_python315("ft", |d, _, runtime| d[runtime + 16] = 1) else {
+            return;
+        };
+        let why = refusal(&path);
+        assert!(
+            why.contains("free-threaded build (Py_GIL_DISABLED)"),
+            "{why}"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A struct that does not match the version the binary claims, or is cut short.
+    #[test]
+    fn inconsistent_or_damaged_debug_offsets_are_refused() {
+        let Some(path) = patched_python315("mismatch", |d, version, _| {
+            d[version..version + 4].copy_from_slice(&0x030e0af0u32.to_le_bytes());
+        }) else {
+            return;
+        };
+        let why = refusal(&path);
+        assert!(why.contains("its _Py_DebugOffsets says 3.15"), "{why}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let Some(path) = patched_python315("cookie", |d, _, runtime| d[runtime] = b'X') else {
+            return;
+        };
+        let why = refusal(&path);
+        assert!(why.contains("does not start with `xdebugpy`"), "{why}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
