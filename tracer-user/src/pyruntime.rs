@@ -16,6 +16,7 @@ use crate::{
     elf::ElfFile,
     procmaps::ProcMaps,
     python::{
+        freethreaded,
         layout::{layout_for, Layout},
         linetable, version,
     },
@@ -71,6 +72,8 @@ pub struct Interpreter {
     pub minor: u32,
     /// The file holding the interpreter (libpython or the executable), as the target sees it.
     pub module: String,
+    /// A free-threaded build (`Py_GIL_DISABLED`, "3.13t"): objects come from mimalloc.
+    pub free_threaded: bool,
     layout: Layout,
     runtime: u64,
     code_type: Option<u64>,
@@ -98,6 +101,8 @@ pub struct InterpFile {
     runtime_vaddr: u64,
     major: u32,
     minor: u32,
+    /// Exports the free-threaded build's own symbol (see [`crate::python::freethreaded`]).
+    free_threaded: bool,
     layout: Layout,
 }
 
@@ -133,12 +138,22 @@ impl InterpFiles {
                 )));
             }
         };
-        let layout = layout_for(major, minor).map_err(|e| NotPython::Unsupported(e.to_string()))?;
+        let free_threaded = elf.function(freethreaded::FT_ONLY_SYMBOL).is_some();
+        let layout = layout_for(major, minor).map_err(|e| {
+            NotPython::Unsupported(if free_threaded {
+                format!(
+                    "unsupported Python version {major}.{minor}t (free-threaded; leaktrace supports 3.8-3.13 and 3.13t)"
+                )
+            } else {
+                e.to_string()
+            })
+        })?;
         let file = std::sync::Arc::new(InterpFile {
             elf,
             runtime_vaddr,
             major,
             minor,
+            free_threaded,
             layout,
         });
         self.files.insert(path.to_string(), Some(file.clone()));
@@ -235,6 +250,7 @@ impl Interpreter {
                 major: file.major,
                 minor: file.minor,
                 module: path,
+                free_threaded: file.free_threaded,
                 layout: file.layout,
                 runtime: bias + file.runtime_vaddr,
                 code_type: file.elf.object("PyCode_Type").map(|a| bias + a),
@@ -243,12 +259,29 @@ impl Interpreter {
                 code_cache: HashMap::new(),
                 frame_cache: HashMap::new(),
             };
-            // 3.13+ describes its own layout at the start of _PyRuntime: prefer it.
+            // 3.13+ describes its own layout at the start of _PyRuntime: prefer it. A
+            // free-threaded build has no hard-coded table to fall back on.
             if file.minor >= 13 {
-                if let Some(bytes) = interp.mem.read(interp.runtime, 4096) {
-                    if let Some(l) = crate::python::layout::parse_debug_offsets(&bytes) {
-                        interp.layout = l;
+                let bytes = interp.mem.read(interp.runtime, 4096);
+                if let Some(ft) = bytes
+                    .as_deref()
+                    .and_then(freethreaded::debug_offsets_free_threaded)
+                {
+                    interp.free_threaded = ft;
+                }
+                match bytes
+                    .as_deref()
+                    .and_then(crate::python::layout::parse_debug_offsets)
+                {
+                    Some(l) => interp.layout = l,
+                    None if interp.free_threaded => {
+                        return Err(NotPython::Unsupported(format!(
+                            "free-threaded Python {} in `{}`: its _Py_DebugOffsets could not be read, and free-threaded builds have no built-in layout",
+                            interp.version(),
+                            interp.module
+                        )));
                     }
+                    None => {}
                 }
             }
             let cfg = interp.config(MAX_PY_FRAMES as u32);
@@ -263,8 +296,10 @@ impl Interpreter {
         Err(NotPython::Absent)
     }
 
+    /// `3.13`, or `3.13t` for a free-threaded build.
     pub fn version(&self) -> String {
-        format!("{}.{}", self.major, self.minor)
+        let t = if self.free_threaded { "t" } else { "" };
+        format!("{}.{}{t}", self.major, self.minor)
     }
 
     /// The walker's settings for this interpreter.

@@ -129,6 +129,8 @@ const PYMALLOC_ARENA_FUNCTIONS: &[&str] = &[
     "_PyMem_ArenaAlloc",
     "_PyObject_ArenaMalloc",
 ];
+use crate::python::freethreaded;
+pub use crate::python::freethreaded::MIMALLOC_SEGMENTS_FRAME;
 /// The frame standing for every Python stack that mapped a pymalloc arena.
 pub const PYMALLOC_ARENAS_FRAME: &str =
     "[pymalloc arenas: objects of 512 B or less, attributed one by one with --pymalloc]";
@@ -425,6 +427,14 @@ impl Session {
                     .set_python(pid, &interp.config(self.opts.max_python_depth))?;
                 if self.opts.pymalloc {
                     self.attach_pymalloc(pid, &interp)?;
+                } else if interp.free_threaded
+                    && is_root
+                    && self.opts.mode != crate::mode::Mode::Growth
+                {
+                    eprintln!(
+                        "leaktrace: note: Python {} is free-threaded: its objects come from mimalloc, not malloc, so they are not seen one by one (mimalloc's own mappings are one stack); add --pymalloc to see every object",
+                        interp.version()
+                    );
                 }
                 // Printed once everything is in place: scripts and tests wait for it.
                 if is_root {
@@ -473,7 +483,9 @@ impl Session {
             .join(pid.to_string())
             .join("root")
             .join(interp.module.trim_start_matches('/'));
-        let (probes, exported_only) = self.tracer.attach_pymalloc(pid, &host)?;
+        let (probes, exported_only) =
+            self.tracer
+                .attach_pymalloc(pid, &host, interp.free_threaded)?;
         if pid != self.root {
             return Ok(());
         }
@@ -759,6 +771,27 @@ impl Session {
         } else {
             Vec::new()
         };
+        // mimalloc's memory (free-threaded builds), like pymalloc's arenas below, holds the
+        // objects of every thread and function: one stack of its own, whoever mapped it.
+        if native
+            .iter()
+            .take(2)
+            .any(|f| freethreaded::is_mimalloc_os_function(&f.function))
+        {
+            let label = Frame {
+                function: MIMALLOC_SEGMENTS_FRAME.to_string(),
+                file: None,
+                line: None,
+                module: None,
+                kind: crate::report::FrameKind::Python,
+            };
+            let leaf = native.into_iter().take(2).collect::<Vec<_>>();
+            return process
+                .into_iter()
+                .chain(std::iter::once(label))
+                .chain(leaf.into_iter().rev())
+                .collect();
+        }
         if python.is_empty() {
             return process
                 .into_iter()

@@ -473,12 +473,117 @@ mod tests {
         let mut v314 = bytes.clone();
         v314[8..16].copy_from_slice(&0x030e00f0u64.to_le_bytes());
         assert_eq!(parse_debug_offsets(&v314), None);
+        // free_threaded is 0 or 1 (3.13t parses: see free_threaded_3_13t).
         let mut ft = bytes.clone();
-        ft[16] = 1;
+        ft[16] = 2;
         assert_eq!(parse_debug_offsets(&ft), None);
         let mut wild = bytes;
         wild[240..248].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(parse_debug_offsets(&wild), None);
+    }
+
+    /// The free-threaded CPython `./dev setup` builds (target/cpython-ft), or `None` when it
+    /// is missing and LEAKTRACE_NO_PYENV=1 allows skipping; panics otherwise.
+    fn ft_prefix() -> Option<(PathBuf, String)> {
+        let prefix = repo().join("target/cpython-ft/install");
+        let found = std::fs::read_dir(prefix.join("bin"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .find(|n| n.starts_with("python3.") && n.ends_with('t'));
+        if let Some(name) = found {
+            let v = name.trim_start_matches("python").to_string();
+            return Some((prefix, v));
+        }
+        if std::env::var("LEAKTRACE_NO_PYENV").as_deref() == Ok("1") {
+            eprintln!(
+                "skipping the free-threaded CPython: nothing under {}",
+                prefix.display()
+            );
+            return None;
+        }
+        panic!(
+            "no free-threaded CPython under {}: run ./dev setup (set LEAKTRACE_NO_PYENV=1 to skip)",
+            prefix.display()
+        );
+    }
+
+    /// 3.13t: `_Py_DebugOffsets` read from the free-threaded binary's own bytes gives, field
+    /// for field, the layout the C compiler computes from its headers (tools/pyoffsets/offsets.c
+    /// built with `Py_GIL_DISABLED`): the offsets the struct carries and the facts the parser
+    /// assumes for the fields it lacks (`interpreters.main`, the unicode state bits, ...).
+    #[test]
+    fn free_threaded_3_13t() {
+        let Some((prefix, v)) = ft_prefix() else {
+            return;
+        };
+        let exe = prefix.join(format!("bin/python{v}"));
+        let bytes = runtime_bytes(&exe, 584);
+        assert_eq!(
+            crate::python::freethreaded::debug_offsets_free_threaded(&bytes),
+            Some(true)
+        );
+        let parsed = parse_debug_offsets(&bytes).expect("3.13t debug offsets parse");
+        assert_ne!(parsed, v3_13::LAYOUT, "a free-threaded build differs");
+        assert_eq!(
+            parsed.object_type, 24,
+            "ob_type after the 24-byte ob_tid.. header"
+        );
+
+        let inc = prefix.join(format!("include/python{v}"));
+        let tmp = std::env::temp_dir().join(format!("leaktrace-offsets-ft-{}", std::process::id()));
+        let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "gcc".into()))
+            .args(["-O0", "-w", "-o"])
+            .arg(&tmp)
+            .arg(format!("-I{}", inc.display()))
+            .arg(format!("-I{}/internal", inc.display()))
+            .arg(repo().join("tools/pyoffsets/offsets.c"))
+            .status()
+            .expect("running gcc");
+        assert!(
+            status.success(),
+            "offsets.c against {} failed",
+            inc.display()
+        );
+        let out = Command::new(&tmp).output().unwrap();
+        let _ = std::fs::remove_file(&tmp);
+        let text = String::from_utf8(out.stdout).unwrap();
+        let fields = parsed.fields();
+        let (mut checked, mut debug_checked) = (0, 0);
+        for line in text.lines() {
+            let (name, value) = line.split_once(' ').unwrap();
+            if name == "version" {
+                assert_eq!(format!("{value}t"), v);
+                continue;
+            }
+            let value = if value == "absent" {
+                Layout::ABSENT
+            } else {
+                value.parse().unwrap()
+            };
+            if let Some(entry) = name.strip_prefix("debug.") {
+                // Same struct in both builds: the GIL build's entry table applies.
+                let (_, at) = v3_13::DEBUG_OFFSETS_TABLE
+                    .iter()
+                    .find(|(n, _)| *n == entry)
+                    .unwrap_or_else(|| panic!("{name} not in DEBUG_OFFSETS_TABLE"));
+                assert_eq!(*at, value, "{v} {name}");
+                debug_checked += 1;
+                continue;
+            }
+            let (_, parsed_value) = fields
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("offsets.c prints {name}, which Layout lacks"));
+            assert_eq!(
+                *parsed_value, value,
+                "{v} {name}: parsed debug offsets vs headers"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, fields.len(), "every Layout field checked");
+        assert_eq!(debug_checked, v3_13::DEBUG_OFFSETS_TABLE.len());
     }
 
     /// Older versions have no cookie.

@@ -8,6 +8,7 @@
 //! * [`linetable`]: maps an instruction's byte offset in a code object to a source line.
 //! * [`version`]: tells which Python a binary or shared library is.
 
+pub mod freethreaded;
 pub mod layout;
 pub mod linetable;
 pub mod version;

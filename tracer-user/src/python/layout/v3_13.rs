@@ -34,7 +34,8 @@
 //!
 //! Notes: the `gil_runtime_state_*` entries are offsets from the start of `PyInterpreterState`
 //! (of its embedded `_gil`), not from the start of `struct _gil_runtime_state`;
-//! `gil_runtime_state_enabled` is 0 in GIL builds. The struct is only stable within one minor
+//! `gil_runtime_state_enabled` is 0 in GIL builds (in 3.13t it is the offset of `enabled`: the
+//! GIL can be switched back on at run time there). The struct is only stable within one minor
 //! version (3.14 inserts entries), so [`parse_debug_offsets`] accepts 3.13.x only.
 //!
 //! Fields of [`Layout`] the struct does not carry are filled from facts that hold for every
@@ -157,8 +158,14 @@ fn entry(name: &str) -> usize {
 ///
 /// `bytes` are the first bytes of `_PyRuntime` (at least `sizeof(_Py_DebugOffsets)` = 584),
 /// read from the target's memory or from the `.data` section of its binary. Returns `None` if
-/// the cookie is wrong, the buffer is short, the version is not 3.13.x, the build is
-/// free-threaded, or an offset is implausible (not inside its structure's stated size).
+/// the cookie is wrong, the buffer is short, the version is not 3.13.x, or an offset is
+/// implausible (not inside its structure's stated size).
+///
+/// A free-threaded build (`free_threaded` = 1, 3.13t) is accepted: the struct has the same
+/// entries in both builds, only their values differ (a 32-byte `PyObject` header, so every
+/// object field sits 16 bytes further; a larger `PyThreadState`), and the facts assumed above
+/// hold for 3.13t too (checked by `python::layout::tests::free_threaded_3_13t`). What a
+/// free-threaded build changes beyond these offsets is described in [`super::super::freethreaded`].
 pub fn parse_debug_offsets(bytes: &[u8]) -> Option<Layout> {
     let u = |name: &str| -> Option<u64> {
         let at = entry(name);
@@ -172,7 +179,7 @@ pub fn parse_debug_offsets(bytes: &[u8]) -> Option<Layout> {
     if (version >> 24) & 0xff != 3 || (version >> 16) & 0xff != 13 {
         return None;
     }
-    if u("free_threaded")? != 0 {
+    if u("free_threaded")? > 1 {
         return None;
     }
     // An offset of `size` bytes at `off` must lie inside a structure of `limit` bytes.

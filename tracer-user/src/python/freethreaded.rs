@@ -1,0 +1,135 @@
+//! Free-threaded CPython (`--disable-gil`, `Py_GIL_DISABLED`: 3.13t, 3.14t, 3.15t): how it
+//! differs from the GIL build for an out-of-process reader, and the few facts leaktrace needs.
+//!
+//! Verified against CPython 3.13.15 built with `--disable-gil` by `./dev setup` (the upstream
+//! tarball inside Debian's `python3.13` source package); the 3.14t/3.15t notes are from
+//! CPython's own sources (`Include/object.h`, `Include/internal/pycore_debug_offsets.h`,
+//! `pycore_interpframe_structs.h`, `pycore_stackref.h`, `Objects/obmalloc.c`, mimalloc's
+//! `types.h`, `options.c`, `arena.c`, `prim/unix/prim.c`) and are not exercised by a test here
+//! (Debian's archive serves no 3.14/3.15 source package to build them from).
+//!
+//! # Telling a free-threaded build apart
+//!
+//! * `_Py_DebugOffsets.free_threaded` (the `u64` at byte 16 of `_PyRuntime`, 3.13+) is 1. The
+//!   struct has the same entries in both builds of one minor version; only values differ.
+//! * Without reading memory: a free-threaded binary exports [`FT_ONLY_SYMBOL`]
+//!   (`_Py_MergeZeroLocalRefcount`, called by the inline `Py_DECREF` of extensions built for
+//!   it, so it is in `.dynsym` even of a stripped interpreter), which GIL builds lack. Its file
+//!   names carry a `t` (`python3.13t`, `libpython3.13t.so.1.0`).
+//!
+//! # Object and thread layout (x86_64)
+//!
+//! * `PyObject` is 32 bytes instead of 16: `ob_tid` (owning thread, 8), `_padding`/`ob_flags`
+//!   (2), `ob_mutex` (1), `ob_gc_bits` (1), `ob_ref_local` (4), `ob_ref_shared` (8), then
+//!   `ob_type` at 24 (16 in GIL builds). Every field after the header (code objects, bytes,
+//!   str) moves by 16 bytes: all of them come from `_Py_DebugOffsets`, nothing is hard-coded.
+//! * `PyThreadState` is embedded first in a larger `_PyThreadStateImpl` (QSBR state, the
+//!   thread's mimalloc heaps, biased reference-count queue); the `interp->threads` list and
+//!   `native_thread_id` are as in GIL builds, so leaktrace's per-thread walk (every thread's
+//!   state published by kernel tid, refreshed as threads come and go) works unchanged. There
+//!   is no GIL holder to look at, and leaktrace never looks at one: an allocation on any
+//!   thread walks that thread's own frames.
+//! * 3.13t `_PyInterpreterFrame` is the GIL build's (`f_executable` a plain `PyObject*`,
+//!   `instr_ptr` into `co_code_adaptive`; specialization is off in 3.13t).
+//! * 3.14t (from its sources): `f_executable` is a `_PyStackRef` whose bit 0 is the deferred
+//!   reference-count tag (`Py_TAG_BITS` = 1, as in 3.14 GIL builds): mask it off. The frame
+//!   gains `int32_t tlbc_index` before `return_offset`, so `owner` moves (it comes from
+//!   `_Py_DebugOffsets`). Specialization is on and each thread may run its own copy of the
+//!   bytecode (thread-local bytecode): `instr_ptr` points into `co_tlbc->entries[tlbc_index]`
+//!   (`_PyCodeArray { Py_ssize_t size; char *entries[]; }`, entry 0 is `co_code_adaptive`), not
+//!   necessarily into `co_code_adaptive`. `_Py_DebugOffsets` 3.14 carries
+//!   `code_object.co_tlbc` and `interpreter_frame.tlbc_index` (0 in GIL builds). The byte
+//!   offset is `instr_ptr - entries[tlbc_index]`, or: the entry `e` with
+//!   `e <= instr_ptr < e + 2 * Py_SIZE(code)`.
+//! * 3.14t `PyASCIIObject.state`: `interned` becomes a whole `unsigned char` (atomic access), so
+//!   `kind` starts at bit 8 (compact bit 11, ascii bit 12) instead of bit 2 (5, 6); 3.13t keeps
+//!   the GIL build's bit fields.
+//! * Frame owners are the GIL build's (3.14: 0 thread, 1 generator, 2 frame object, 3 C stack,
+//!   4 interpreter).
+//!
+//! # Memory: mimalloc instead of pymalloc
+//!
+//! * `PyObject_Malloc` → `_PyObject_MiMalloc(ctx, n)` and `PyMem_Malloc` → `_PyMem_MiMalloc(ctx,
+//!   n)`, which allocate from the calling thread's mimalloc heaps; `PyObject_Free`/`PyMem_Free`
+//!   → `_PyObject_MiFree`/`_PyMem_MiFree` (`mi_free`, from any thread; some frees are delayed
+//!   until every thread passed a quiescent state, then go through the same functions).
+//!   `PyMem_RawMalloc` stays `malloc`. pymalloc is not used at all (`_PyObject_Malloc` exists but
+//!   is never called), at any size: a 10 KiB `bytes` object never reaches `malloc`.
+//! * mimalloc takes memory from the OS with `mmap` (anonymous, `PROT_READ|PROT_WRITE`,
+//!   `MAP_NORESERVE`), in arenas reserved [`MIMALLOC_ARENA_RESERVE`] at a time (its
+//!   `arena_reserve` option, 1 GiB on 64-bit, committed up front on Linux where memory is
+//!   overcommitted), carved into 32 MiB segments of 64 KiB slices; small (≤ 16 KiB), medium
+//!   (≤ 128 KiB) and large (≤ 16 MiB) objects share pages of segments, huge ones get a segment
+//!   of their own. Freed pages are given back later with `madvise` (purge), not `munmap`.
+//!
+//! What each mode sees there is in the README ("Free-threaded builds").
+
+/// Exported only by free-threaded builds (see the module docs).
+pub const FT_ONLY_SYMBOL: &str = "_Py_MergeZeroLocalRefcount";
+
+/// mimalloc's default `arena_reserve` on 64-bit: the address space it maps at a time.
+pub const MIMALLOC_ARENA_RESERVE: u64 = 1 << 30;
+
+/// Whether the `_Py_DebugOffsets` at the start of `bytes` (the first bytes of `_PyRuntime`,
+/// 3.13+) describe a free-threaded build; `None` without the cookie.
+pub fn debug_offsets_free_threaded(bytes: &[u8]) -> Option<bool> {
+    if bytes.get(..8)? != super::layout::v3_13::DEBUG_COOKIE {
+        return None;
+    }
+    let flag = u64::from_le_bytes(bytes.get(16..24)?.try_into().ok()?);
+    match flag {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+/// mimalloc's functions that map memory from the OS in CPython's bundled copy (the caller of
+/// `mmap` is one of them, depending on inlining).
+pub const MIMALLOC_OS_FUNCTIONS: &[&str] = &[
+    "unix_mmap_prim",
+    "unix_mmap",
+    "_mi_prim_alloc",
+    "mi_os_prim_alloc",
+    "mi_os_prim_alloc_aligned",
+    "_mi_os_alloc",
+    "_mi_os_alloc_aligned",
+];
+
+/// Whether a native frame's function is one of [`MIMALLOC_OS_FUNCTIONS`], also as the compiler's
+/// specialised copies (`unix_mmap_prim.constprop.0` in the 3.13t `./dev setup` builds).
+pub fn is_mimalloc_os_function(name: &str) -> bool {
+    let base = name.split('.').next().unwrap_or(name);
+    MIMALLOC_OS_FUNCTIONS.contains(&base)
+}
+
+/// The frame standing for every stack that mapped mimalloc memory.
+pub const MIMALLOC_SEGMENTS_FRAME: &str =
+    "[mimalloc segments: the free-threaded interpreter's objects, attributed one by one with --pymalloc]";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_threaded_flag() {
+        let mut b = vec![0u8; 64];
+        b[..8].copy_from_slice(b"xdebugpy");
+        assert_eq!(debug_offsets_free_threaded(&b), Some(false));
+        b[16] = 1;
+        assert_eq!(debug_offsets_free_threaded(&b), Some(true));
+        b[16] = 7;
+        assert_eq!(debug_offsets_free_threaded(&b), None);
+        assert_eq!(debug_offsets_free_threaded(&b[..20]), None);
+        b[0] = b'X';
+        assert_eq!(debug_offsets_free_threaded(&b), None);
+    }
+
+    #[test]
+    fn mimalloc_functions_with_compiler_suffixes() {
+        assert!(is_mimalloc_os_function("unix_mmap_prim.constprop.0"));
+        assert!(is_mimalloc_os_function("_mi_os_alloc"));
+        assert!(!is_mimalloc_os_function("_PyObject_ArenaMmap"));
+        assert!(!is_mimalloc_os_function("malloc"));
+    }
+}
