@@ -172,3 +172,82 @@ fn two_threads_get_their_own_stacks() {
         );
     }
 }
+
+/// `leaktrace run` from start-up on py_leak.py (`--now`), for `duration` seconds.
+fn run_leak(extra: &[&str], out: &str) -> Value {
+    let py = ft_python();
+    let script = root().join("tests/fixtures/py_leak.py");
+    let out = out_path(out);
+    let mut args = vec!["run", "--duration", "4", "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "--",
+        py.to_str().unwrap(),
+        script.to_str().unwrap(),
+        "--now",
+    ]);
+    let mut tracer = leaktrace(&args);
+    let ready = tracer.stdout.wait_for("ready", T);
+    let pid: i32 = ready.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
+    // The command goes on running after tracing stops; end it (we started it).
+    // SAFETY: kill(2) on the command this test started.
+    unsafe { libc::kill(pid, 9) };
+    read_json(&out)
+}
+
+/// Stacks whose first frame is the mimalloc label.
+fn segment_stacks(report: &Value) -> Vec<&Value> {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            functions(s)
+                .first()
+                .is_some_and(|f| f.starts_with("[mimalloc segments:"))
+        })
+        .collect()
+}
+
+#[test]
+fn mimalloc_segments_are_one_stack_of_their_own() {
+    require_root();
+    let report = run_leak(&[], "ft-run-segments.json");
+    let segments = segment_stacks(&report);
+    assert_eq!(segments.len(), 1, "one stack: {segments:#?}");
+    let s = segments[0];
+    assert_eq!(functions(s).last().unwrap(), "mmap", "{s:#}");
+    // The arena mimalloc maps at start-up: 1 GiB of address space.
+    assert!(
+        s["live_bytes"].as_u64().unwrap() >= 1 << 30,
+        "the start-up arena: {s:#}"
+    );
+    // No other stack holds mimalloc's mappings, and none blames them on Python code.
+    for other in report["stacks"].as_array().unwrap() {
+        if std::ptr::eq(other, s) {
+            continue;
+        }
+        assert!(
+            other["live_bytes"].as_u64().unwrap() < 1 << 20,
+            "only the segments stack is big: {other:#}"
+        );
+    }
+    // With --pymalloc the objects count one by one and the arena, mapped inside mimalloc's
+    // first allocation, does not count a second time.
+    let report = run_leak(&["--pymalloc"], "ft-run-pymalloc.json");
+    assert!(
+        segment_stacks(&report)
+            .iter()
+            .all(|s| s["live_bytes"].as_u64().unwrap() < 1 << 30),
+        "{:#?}",
+        segment_stacks(&report)
+    );
+    let top = &report["stacks"][0];
+    assert_eq!(
+        python_frames(top).last(),
+        Some(&("leaky".to_string(), line_of("py_leak.py", "SITE:leaky"))),
+        "{top:#}"
+    );
+    assert_eq!(top["live_allocs"], 1000, "{top:#}");
+}

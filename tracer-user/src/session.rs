@@ -785,11 +785,13 @@ impl Session {
                 module: None,
                 kind: crate::report::FrameKind::Python,
             };
-            let leaf = native.into_iter().take(2).collect::<Vec<_>>();
+            // The allocator frame only: mimalloc maps from more than one line, and where its
+            // memory came from inside mimalloc says nothing to the reader.
+            let leaf = native.into_iter().take(1);
             return process
                 .into_iter()
                 .chain(std::iter::once(label))
-                .chain(leaf.into_iter().rev())
+                .chain(leaf)
                 .collect();
         }
         if python.is_empty() {

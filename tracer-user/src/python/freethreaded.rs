@@ -105,7 +105,7 @@ pub fn is_mimalloc_os_function(name: &str) -> bool {
 
 /// The frame standing for every stack that mapped mimalloc memory.
 pub const MIMALLOC_SEGMENTS_FRAME: &str =
-    "[mimalloc segments: the free-threaded interpreter's objects, attributed one by one with --pymalloc]";
+    "[mimalloc segments: every object of the free-threaded interpreter, mapped 1 GiB at a time and touched as used; one by one with --pymalloc]";
 
 #[cfg(test)]
 mod tests {
