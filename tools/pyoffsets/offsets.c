@@ -27,6 +27,10 @@
 #if PY_MINOR_VERSION >= 12
 #include "internal/pycore_gil.h"
 #endif
+#if PY_MINOR_VERSION >= 14
+#include "internal/pycore_interpframe_structs.h"
+#include "internal/pycore_stackref.h"
+#endif
 
 #define P(name, value) printf("%s %llu\n", name, (unsigned long long)(value))
 #define ABSENT(name) printf("%s absent\n", name)
@@ -142,10 +146,22 @@ int main(void) {
     P("iframe_owner", offsetof(_PyInterpreterFrame, owner));
 #if PY_MINOR_VERSION == 11
     P("iframe_is_entry", offsetof(_PyInterpreterFrame, is_entry));
-    ABSENT("owner_cstack");
+    ABSENT("owner_shim_min");
 #else
     ABSENT("iframe_is_entry");
-    P("owner_cstack", FRAME_OWNED_BY_CSTACK);
+#if PY_MINOR_VERSION >= 14
+    /* 3.14 adds FRAME_OWNED_BY_INTERPRETER (3, entry frames) below FRAME_OWNED_BY_CSTACK (4);
+     * 3.15 drops FRAME_OWNED_BY_CSTACK. Every owner from INTERPRETER up is not Python code. */
+    P("owner_shim_min", FRAME_OWNED_BY_INTERPRETER);
+#else
+    P("owner_shim_min", FRAME_OWNED_BY_CSTACK);
+#endif
+#endif
+#if PY_MINOR_VERSION >= 14
+    /* f_executable is a _PyStackRef: a PyObject* whose low Py_TAG_BITS carry flags. */
+    P("iframe_code_tag_mask", Py_TAG_BITS);
+#else
+    P("iframe_code_tag_mask", 0);
 #endif
 #else
     ABSENT("iframe_code");
@@ -153,7 +169,8 @@ int main(void) {
     ABSENT("iframe_previous");
     ABSENT("iframe_owner");
     ABSENT("iframe_is_entry");
-    ABSENT("owner_cstack");
+    ABSENT("owner_shim_min");
+    ABSENT("iframe_code_tag_mask");
 #endif
 
     /* PyCodeObject */
@@ -199,7 +216,7 @@ int main(void) {
         P("unicode_ascii_bit", lowest_bit(w));
     }
 
-#if PY_MINOR_VERSION == 13
+#if PY_MINOR_VERSION >= 13
     /* Where each entry sits inside _Py_DebugOffsets (the start of _PyRuntime), and the
      * relations the Rust parser relies on to fill fields the struct lacks. */
     P("debug.cookie", offsetof(_Py_DebugOffsets, cookie));
@@ -238,9 +255,14 @@ int main(void) {
     P("debug.unicode_object.state", offsetof(_Py_DebugOffsets, unicode_object.state));
     P("debug.unicode_object.length", offsetof(_Py_DebugOffsets, unicode_object.length));
     P("debug.unicode_object.asciiobject_size", offsetof(_Py_DebugOffsets, unicode_object.asciiobject_size));
+#if PY_MINOR_VERSION >= 15
+    P("debug.unicode_object.compactunicodeobject_size", offsetof(_Py_DebugOffsets, unicode_object.compactunicodeobject_size));
+#endif
     P("debug.sizeof", sizeof(_Py_DebugOffsets));
     P("debug.main_minus_head", offsetof(_PyRuntimeState, interpreters.main) - offsetof(_PyRuntimeState, interpreters.head));
+#if PY_MINOR_VERSION <= 14
     P("debug.compact_minus_ascii", sizeof(PyCompactUnicodeObject) - sizeof(PyASCIIObject));
+#endif
 #endif
     return 0;
 }

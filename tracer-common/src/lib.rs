@@ -316,7 +316,8 @@ pub enum FrameModel {
     /// 3.11/3.12: `tstate->cframe->current_frame` is a `_PyInterpreterFrame`; `previous`,
     /// code, and a pointer to the current instruction.
     CFrame = 1,
-    /// 3.13+: `tstate->current_frame` is a `_PyInterpreterFrame`.
+    /// 3.13+: `tstate->current_frame` is a `_PyInterpreterFrame` (3.14+: its code field is a
+    /// tagged `_PyStackRef`, see [`PyConfig::frame_code_tag_mask`]).
     CurrentFrame = 2,
 }
 
@@ -344,12 +345,16 @@ pub struct PyConfig {
     pub frame_instr: u64,
     /// Frame: `owner` byte, or [`NO_FIELD`].
     pub frame_owner: u64,
-    /// `owner` value of frames that belong to the C stack (skipped), when `frame_owner` is set.
-    pub owner_cstack: u64,
+    /// Lowest `owner` value of frames that are not Python code (C-stack shims, interpreter
+    /// entry frames): recorded with code 0, skipped by user space. Used when `frame_owner` is set.
+    pub owner_shim_min: u64,
     /// Code object: `co_name`, read as an identity tag for the code object.
     pub code_name: u64,
+    /// Bits cleared from the frame's code field before it is used: the tag bits of a
+    /// `_PyStackRef` (3.14+), 0 where the field is a plain pointer.
+    pub frame_code_tag_mask: u64,
 }
-const _: () = assert!(size_of::<PyConfig>() == 72);
+const _: () = assert!(size_of::<PyConfig>() == 80);
 
 /// One Python frame as recorded in the kernel: the code object's address, the raw
 /// instruction position (an `int f_lasti`, or an instruction pointer), decoded in user space,

@@ -64,7 +64,7 @@ fn window_u8(buf: &[u8; PY_FRAME_WINDOW], off: u64) -> u8 {
     buf[off as usize & (PY_FRAME_WINDOW - 1)]
 }
 
-/// (code, instruction, previous frame, is a C-stack shim) of the frame at `frame`: one read
+/// (code, instruction, previous frame, is not Python code) of the frame at `frame`: one read
 /// of the frame's first bytes, or field by field when that read fails (a frame at the very
 /// end of a mapping).
 #[inline(always)]
@@ -76,19 +76,20 @@ fn read_frame(
     let has_owner = cfg.frame_owner != NO_FIELD;
     // SAFETY: bpf_probe_read_user_buf tolerates any source address.
     if unsafe { bpf_probe_read_user_buf(frame as *const u8, buf) }.is_ok() {
-        let shim = has_owner && u64::from(window_u8(buf, cfg.frame_owner)) == cfg.owner_cstack;
+        let shim = has_owner && u64::from(window_u8(buf, cfg.frame_owner)) >= cfg.owner_shim_min;
         return Some((
-            window_u64(buf, cfg.frame_code),
+            window_u64(buf, cfg.frame_code) & !cfg.frame_code_tag_mask,
             window_u64(buf, cfg.frame_instr),
             window_u64(buf, cfg.frame_back),
             shim,
         ));
     }
-    let code = read_u64(frame.wrapping_add(cfg.frame_code))?;
+    let code = read_u64(frame.wrapping_add(cfg.frame_code))? & !cfg.frame_code_tag_mask;
     let instr = read_u64(frame.wrapping_add(cfg.frame_instr))?;
     let back = read_u64(frame.wrapping_add(cfg.frame_back))?;
     let shim = has_owner
-        && read_u8(frame.wrapping_add(cfg.frame_owner)).map(u64::from) == Some(cfg.owner_cstack);
+        && read_u8(frame.wrapping_add(cfg.frame_owner))
+            .is_some_and(|owner| u64::from(owner) >= cfg.owner_shim_min);
     Some((code, instr, back, shim))
 }
 

@@ -10,6 +10,9 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 const MAX_ELF_BYTES: u64 = 2 << 30;
 /// Bytes of a function kept for probe placement.
 const HEAD_BYTES: usize = 16;
+/// Data symbols whose initial bytes (from the file) are kept, and how many: `_PyRuntime` starts
+/// with CPython 3.13+'s `_Py_DebugOffsets`, the layout description read before the target runs.
+const KEEP_INITIAL_BYTES: &[(&str, usize)] = &[("_PyRuntime", 4096)];
 
 /// Reads a whole file of the target (an executable or a library), refusing one larger than
 /// [`MAX_ELF_BYTES`]. The size is checked on the bytes read, not only on the file's metadata,
@@ -55,6 +58,8 @@ pub struct ElfFile {
     objects: HashMap<String, u64>,
     /// PT_LOAD segments: (vaddr, memsz, file offset, filesz).
     segments: Vec<(u64, u64, u64, u64)>,
+    /// Initial bytes of the data symbols of [`KEEP_INITIAL_BYTES`] present in the file.
+    initial: HashMap<String, Vec<u8>>,
 }
 
 impl ElfFile {
@@ -86,6 +91,7 @@ impl ElfFile {
                 objects.entry(name.to_string()).or_insert(sym.address());
                 continue;
             }
+
             if sym.kind() != SymbolKind::Text {
                 continue;
             }
@@ -124,11 +130,28 @@ impl ElfFile {
                 },
             );
         }
+        let mut initial = HashMap::new();
+        for &(name, len) in KEEP_INITIAL_BYTES {
+            if let Some(bytes) = objects
+                .get(name)
+                .and_then(|&vaddr| file_bytes_at(data, &segments, vaddr, len))
+            {
+                initial.insert(name.to_string(), bytes);
+            }
+        }
         Ok(Self {
             functions,
             objects,
             segments,
+            initial,
         })
+    }
+
+    /// The initial bytes, as the file holds them, at the start of a data symbol kept by
+    /// [`KEEP_INITIAL_BYTES`] (`_PyRuntime`): fewer when the file ends sooner, `None` when the
+    /// symbol is absent or has no bytes in the file (`.bss`).
+    pub fn initial_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.initial.get(name).map(Vec::as_slice)
     }
 
     pub fn function(&self, name: &str) -> Option<&Function> {
@@ -154,6 +177,27 @@ impl ElfFile {
             .find(|(_, _, off, filesz)| offset >= *off && offset - off < *filesz.max(&1))?;
         start.checked_sub(vaddr.checked_add(offset - seg_off)?)
     }
+}
+
+/// Up to `len` bytes the file holds at virtual address `vaddr` (within one PT_LOAD segment's
+/// file part); `None` when there are none.
+fn file_bytes_at(
+    data: &[u8],
+    segments: &[(u64, u64, u64, u64)],
+    vaddr: u64,
+    len: usize,
+) -> Option<Vec<u8>> {
+    let &(seg_addr, _, seg_off, filesz) = segments
+        .iter()
+        .find(|(a, size, _, _)| vaddr >= *a && vaddr - a < *size)?;
+    let rel = vaddr - seg_addr;
+    if rel >= filesz {
+        return None;
+    }
+    let at = usize::try_from(seg_off.checked_add(rel)?).ok()?;
+    let avail = usize::try_from(filesz - rel).ok()?.min(len);
+    let end = at.checked_add(avail)?.min(data.len());
+    Some(data.get(at..end)?.to_vec())
 }
 
 /// Chooses where in a function to put its uprobe.

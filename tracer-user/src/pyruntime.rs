@@ -16,8 +16,7 @@ use crate::{
     elf::ElfFile,
     procmaps::ProcMaps,
     python::{
-        freethreaded,
-        layout::{layout_for, Layout},
+        layout::{debug_offsets, layout_for, Layout},
         linetable, version,
     },
     report::{Frame, FrameKind},
@@ -138,16 +137,16 @@ impl InterpFiles {
                 )));
             }
         };
-        let free_threaded = elf.function(freethreaded::FT_ONLY_SYMBOL).is_some();
-        let layout = layout_for(major, minor).map_err(|e| {
-            NotPython::Unsupported(if free_threaded {
-                format!(
-                    "unsupported Python version {major}.{minor}t (free-threaded; leaktrace supports 3.8-3.13 and 3.13t)"
-                )
-            } else {
-                e.to_string()
-            })
-        })?;
+        let (layout, free_threaded) = if (major, minor) >= (3, 13) {
+            // 3.13+ describe their own layout in `_Py_DebugOffsets`, statically initialized at
+            // the start of `_PyRuntime`: read it from the file, never assume it.
+            let bytes = elf.initial_bytes("_PyRuntime").unwrap_or_default();
+            self_described(bytes, major, minor, path)?
+        } else {
+            let layout =
+                layout_for(major, minor).map_err(|e| NotPython::Unsupported(e.to_string()))?;
+            (layout, false)
+        };
         let file = std::sync::Arc::new(InterpFile {
             elf,
             runtime_vaddr,
@@ -175,6 +174,41 @@ impl InterpFiles {
             }
         }
     }
+}
+
+/// The layout a 3.13+ interpreter in `path` describes in its `_Py_DebugOffsets` (`bytes`: the
+/// start of its `_PyRuntime`), or why it gets native stacks only: a version leaktrace has no
+/// table for, a free-threaded build, a struct that is truncated, foreign, or names another
+/// version than the file does.
+fn self_described(
+    bytes: &[u8],
+    major: u32,
+    minor: u32,
+    path: &str,
+) -> std::result::Result<(Layout, bool), NotPython> {
+    let parsed = debug_offsets::parse(bytes).map_err(|e| {
+        NotPython::Unsupported(match e {
+            // Already names the version and what is supported.
+            debug_offsets::DebugOffsetsError::UnknownMinor { .. } => e.to_string(),
+            _ => format!("cannot read the layout of Python {major}.{minor} in `{path}`: {e}"),
+        })
+    })?;
+    if parsed.minor != minor {
+        return Err(NotPython::Unsupported(format!(
+            "`{path}` says it is Python {major}.{minor} but its _Py_DebugOffsets says 3.{}",
+            parsed.minor
+        )));
+    }
+    // Free-threaded builds: 3.13t is read and tested (target/cpython-ft); 3.14t changes more
+    // than the struct describes (thread-local bytecode: `instr_ptr` may point into a thread's
+    // own copy of the code; a byte-wide `interned` moves the string kind bits), which
+    // leaktrace does not handle yet: refused rather than read with wrong lines.
+    if parsed.free_threaded && minor != 13 {
+        return Err(NotPython::Unsupported(format!(
+            "Python {major}.{minor}t in `{path}` is a free-threaded build (Py_GIL_DISABLED) whose frames leaktrace does not read yet (it reads the free-threaded 3.13t only)"
+        )));
+    }
+    Ok((parsed.layout, parsed.free_threaded))
 }
 
 /// The shared libraries the dynamic loader resolves for `exe`, without running any of its code
@@ -245,7 +279,7 @@ impl Interpreter {
                 continue;
             };
             let mem = Memory::open(pid).map_err(|e| NotPython::Unsupported(e.to_string()))?;
-            let mut interp = Interpreter {
+            let interp = Interpreter {
                 pid,
                 major: file.major,
                 minor: file.minor,
@@ -259,29 +293,18 @@ impl Interpreter {
                 code_cache: HashMap::new(),
                 frame_cache: HashMap::new(),
             };
-            // 3.13+ describes its own layout at the start of _PyRuntime: prefer it. A
-            // free-threaded build has no hard-coded table to fall back on.
+            // 3.13+: the struct in memory is the one the interpreter runs with (the file's
+            // initial bytes were read before); a readable one that disagrees is refused.
             if file.minor >= 13 {
-                let bytes = interp.mem.read(interp.runtime, 4096);
-                if let Some(ft) = bytes
-                    .as_deref()
-                    .and_then(freethreaded::debug_offsets_free_threaded)
-                {
-                    interp.free_threaded = ft;
-                }
-                match bytes
-                    .as_deref()
-                    .and_then(crate::python::layout::parse_debug_offsets)
-                {
-                    Some(l) => interp.layout = l,
-                    None if interp.free_threaded => {
+                if let Some(bytes) = interp.mem.read(interp.runtime, debug_offsets::READ_BYTES) {
+                    let live = self_described(&bytes, file.major, file.minor, &interp.module)?;
+                    if live != (interp.layout, interp.free_threaded) {
                         return Err(NotPython::Unsupported(format!(
-                            "free-threaded Python {} in `{}`: its _Py_DebugOffsets could not be read, and free-threaded builds have no built-in layout",
+                            "the _Py_DebugOffsets of Python {} in `{}` differ between the file and the process",
                             interp.version(),
                             interp.module
                         )));
                     }
-                    None => {}
                 }
             }
             let cfg = interp.config(MAX_PY_FRAMES as u32);
@@ -534,8 +557,13 @@ pub fn config_for(l: &Layout, minor: u32, max_depth: u32) -> PyConfig {
             frame_back: l.iframe_previous,
             frame_instr: l.iframe_instr,
             frame_owner: opt(l.iframe_owner),
-            owner_cstack: l.owner_cstack,
+            owner_shim_min: l.owner_shim_min,
             code_name: l.code_name,
+            frame_code_tag_mask: if Layout::has(l.iframe_code_tag_mask) {
+                l.iframe_code_tag_mask
+            } else {
+                0
+            },
         };
     match minor {
         ..=10 => PyConfig {
@@ -547,8 +575,9 @@ pub fn config_for(l: &Layout, minor: u32, max_depth: u32) -> PyConfig {
             frame_back: l.frame_back,
             frame_instr: l.frame_lasti,
             frame_owner: NO_FIELD,
-            owner_cstack: 0,
+            owner_shim_min: 0,
             code_name: l.code_name,
+            frame_code_tag_mask: 0,
         },
         11 | 12 => interpreter_frames(FrameModel::CFrame, l.tstate_cframe, l.cframe_current_frame),
         _ => interpreter_frames(FrameModel::CurrentFrame, l.tstate_current_frame, NO_FIELD),
@@ -625,9 +654,41 @@ pub fn find_offset_in(blobs: &[Vec<u8>], tids: &HashSet<u32>) -> Option<u64> {
 mod tests {
     use super::*;
 
+    fn golden(minor: u32) -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../tests/data/python/debug_offsets/3.{minor}.bin"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// 3.13t is read; a free-threaded 3.14/3.15 gets one line naming it, never a layout.
+    #[test]
+    fn free_threaded_builds_read_or_refused_in_one_line() {
+        let mut b = golden(13);
+        b[16] = 1;
+        let (layout, ft) = self_described(&b, 3, 13, "/x/python3.13t").unwrap();
+        assert!(ft);
+        assert_eq!(layout, self_described(&golden(13), 3, 13, "/x").unwrap().0);
+        for minor in [14, 15] {
+            let mut b = golden(minor);
+            assert!(!self_described(&b, 3, minor, "/x").unwrap().1);
+            b[16] = 1;
+            let Err(NotPython::Unsupported(why)) =
+                self_described(&b, 3, minor, "/usr/bin/python3.Xt")
+            else {
+                panic!("3.{minor}t accepted");
+            };
+            assert_eq!(
+                why,
+                format!(
+                    "Python 3.{minor}t in `/usr/bin/python3.Xt` is a free-threaded build (Py_GIL_DISABLED) whose frames leaktrace does not read yet (it reads the free-threaded 3.13t only)"
+                )
+            );
+        }
+    }
+
     #[test]
     fn every_supported_layout_fits_the_frame_window() {
-        for minor in 8..=13 {
+        for minor in 8..=15 {
             let layout = layout_for(3, minor).unwrap();
             let interp_cfg = |model_minor: u32| config_for(&layout, model_minor, 128);
             assert!(frame_fields_fit(&interp_cfg(minor)), "3.{minor}");

@@ -125,14 +125,15 @@ def walk():
         else:
             frame = u64(mine + L["tstate_current_frame"])
         while frame and len(frames) < 100:
-            if has("owner_cstack") and u8(frame + L["iframe_owner"]) == L["owner_cstack"]:
+            if has("owner_shim_min") and u8(frame + L["iframe_owner"]) >= L["owner_shim_min"]:
                 shims += 1
             else:
-                code = u64(frame + L["iframe_code"])
+                # 3.14+: f_executable is a _PyStackRef whose low bits are tags.
+                code = u64(frame + L["iframe_code"]) & ~L["iframe_code_tag_mask"]
                 instr = u64(frame + L["iframe_instr"])
                 frames.append(read_code(code, instr - (code + L["code_code_adaptive"])))
             frame = u64(frame + L["iframe_previous"])
-    if has("owner_cstack"):
+    if has("owner_shim_min"):
         check(shims >= 2, "expected C-stack shim frames, found %d" % shims)
     expected = []
     f = sys._getframe()

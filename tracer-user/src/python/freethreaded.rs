@@ -12,16 +12,18 @@
 //!
 //! * `_Py_DebugOffsets.free_threaded` (the `u64` at byte 16 of `_PyRuntime`, 3.13+) is 1. The
 //!   struct has the same entries in both builds of one minor version; only values differ.
-//! * Without reading memory: a free-threaded binary exports [`FT_ONLY_SYMBOL`]
-//!   (`_Py_MergeZeroLocalRefcount`, called by the inline `Py_DECREF` of extensions built for
-//!   it, so it is in `.dynsym` even of a stripped interpreter), which GIL builds lack. Its file
-//!   names carry a `t` (`python3.13t`, `libpython3.13t.so.1.0`).
+//!   leaktrace reads it from the binary's `.PyRuntime` section and again from memory
+//!   ([`super::layout::debug_offsets`]).
+//! * Without that struct: a free-threaded binary exports `_Py_MergeZeroLocalRefcount` (called
+//!   by the inline `Py_DECREF` of extensions built for it, so it is in `.dynsym` even of a
+//!   stripped interpreter), which GIL builds lack. Its file names carry a `t`
+//!   (`python3.13t`, `libpython3.13t.so.1.0`).
 //!
 //! # Object and thread layout (x86_64)
 //!
 //! * `PyObject` is 32 bytes instead of 16: `ob_tid` (owning thread, 8), `_padding`/`ob_flags`
 //!   (2), `ob_mutex` (1), `ob_gc_bits` (1), `ob_ref_local` (4), `ob_ref_shared` (8), then
-//!   `ob_type` at 24 (16 in GIL builds). Every field after the header (code objects, bytes,
+//!   `ob_type` at 24 (8 in GIL builds). Every field after the header (code objects, bytes,
 //!   str) moves by 16 bytes: all of them come from `_Py_DebugOffsets`, nothing is hard-coded.
 //! * `PyThreadState` is embedded first in a larger `_PyThreadStateImpl` (QSBR state, the
 //!   thread's mimalloc heaps, biased reference-count queue); the `interp->threads` list and
@@ -64,25 +66,8 @@
 //!
 //! What each mode sees there is in the README ("Free-threaded builds").
 
-/// Exported only by free-threaded builds (see the module docs).
-pub const FT_ONLY_SYMBOL: &str = "_Py_MergeZeroLocalRefcount";
-
 /// mimalloc's default `arena_reserve` on 64-bit: the address space it maps at a time.
 pub const MIMALLOC_ARENA_RESERVE: u64 = 1 << 30;
-
-/// Whether the `_Py_DebugOffsets` at the start of `bytes` (the first bytes of `_PyRuntime`,
-/// 3.13+) describe a free-threaded build; `None` without the cookie.
-pub fn debug_offsets_free_threaded(bytes: &[u8]) -> Option<bool> {
-    if bytes.get(..8)? != super::layout::v3_13::DEBUG_COOKIE {
-        return None;
-    }
-    let flag = u64::from_le_bytes(bytes.get(16..24)?.try_into().ok()?);
-    match flag {
-        0 => Some(false),
-        1 => Some(true),
-        _ => None,
-    }
-}
 
 /// mimalloc's functions that map memory from the OS in CPython's bundled copy (the caller of
 /// `mmap` is one of them, depending on inlining).
@@ -110,20 +95,6 @@ pub const MIMALLOC_SEGMENTS_FRAME: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn free_threaded_flag() {
-        let mut b = vec![0u8; 64];
-        b[..8].copy_from_slice(b"xdebugpy");
-        assert_eq!(debug_offsets_free_threaded(&b), Some(false));
-        b[16] = 1;
-        assert_eq!(debug_offsets_free_threaded(&b), Some(true));
-        b[16] = 7;
-        assert_eq!(debug_offsets_free_threaded(&b), None);
-        assert_eq!(debug_offsets_free_threaded(&b[..20]), None);
-        b[0] = b'X';
-        assert_eq!(debug_offsets_free_threaded(&b), None);
-    }
 
     #[test]
     fn mimalloc_functions_with_compiler_suffixes() {

@@ -4,7 +4,7 @@
 //! were produced by the C compiler from each version's own headers (`tools/pyoffsets/offsets.c`,
 //! built with `Py_BUILD_CORE`), and a test re-checks them whenever the pyenv interpreters are
 //! installed. They hold for x86_64 release builds; a `--with-pydebug` build (extra `_ob_next` /
-//! `_ob_prev` pointers in every object) or the 3.13 free-threaded build differs.
+//! `_ob_prev` pointers in every object) or a free-threaded build (3.13t, 3.14t) differs.
 //!
 //! # Finding the runtime
 //!
@@ -42,21 +42,33 @@
 //!   start for a frame that has not run yet, giving -2); on 3.13 it is `instr_ptr`, the
 //!   instruction executing or about to run. CPython itself feeds exactly these offsets to
 //!   `PyCode_Addr2Line`, and a negative offset means `co_firstlineno`.
-//! * 3.12+: frames whose `owner` byte equals [`Layout::owner_cstack`] are shims the interpreter
-//!   pushes on C-to-Python entry; skip them (on 3.12 their `f_code` is a static shim code
-//!   object, on 3.13 `f_executable` may be `None`, so check `ob_type` before treating it as a
-//!   code object). 3.11 has no shim frames; `is_entry` marks the first frame of each C call.
+//! * 3.12+: frames whose `owner` byte is at least [`Layout::owner_shim_min`] are shims the
+//!   interpreter pushes on C-to-Python entry; skip them (on 3.12 their `f_code` is a static shim
+//!   code object, on 3.13+ `f_executable` may be `None`, so check `ob_type` before treating it
+//!   as a code object). 3.11 has no shim frames; `is_entry` marks the first frame of each C
+//!   call. 3.14 calls its entry frames `FRAME_OWNED_BY_INTERPRETER` (3) and keeps
+//!   `FRAME_OWNED_BY_CSTACK` (4); 3.15 has only the former.
+//! * 3.14+: `f_executable` is a `_PyStackRef`, a tagged pointer: clear
+//!   [`Layout::iframe_code_tag_mask`] to get the code object.
+//! * 3.13+: the layout is read from the target's own `_Py_DebugOffsets`
+//!   ([`debug_offsets`]); the per-version `LAYOUT` tables check that parse.
 
 use std::fmt;
 
+pub mod debug_offsets;
 pub mod v3_10;
 pub mod v3_11;
 pub mod v3_12;
 pub mod v3_13;
+pub mod v3_14;
+pub mod v3_15;
 pub mod v3_8;
 pub mod v3_9;
 
-pub use v3_13::parse_debug_offsets;
+pub use debug_offsets::{DebugOffsets, DebugOffsetsError};
+
+/// The versions leaktrace reads, as its messages name them.
+pub const SUPPORTED: &str = "leaktrace supports 3.8-3.15";
 
 /// Byte offsets (and a few small constants) describing one CPython minor version's layout.
 ///
@@ -134,12 +146,19 @@ pub struct Layout {
     pub iframe_instr: u64,
     /// `previous`: the caller's `_PyInterpreterFrame*`. 3.11+ only.
     pub iframe_previous: u64,
-    /// `owner`: one `char` (0 thread, 1 generator, 2 frame object, 3 C stack). 3.11+ only.
+    /// `owner`: one `char` (0 thread, 1 generator, 2 frame object; then the frames that are
+    /// not Python code, see [`Layout::owner_shim_min`]). 3.11+ only.
     pub iframe_owner: u64,
     /// `is_entry`: one `bool`, set on the first frame of a C-level eval call. 3.11 only.
     pub iframe_is_entry: u64,
-    /// Value of `owner` (`FRAME_OWNED_BY_CSTACK`) for C-stack shim frames. 3.12+ only.
-    pub owner_cstack: u64,
+    /// Lowest `owner` of frames that are not Python code, skipped by the walk: 3 on 3.12/3.13
+    /// (`FRAME_OWNED_BY_CSTACK`, C-stack shims), 3 on 3.14 (`FRAME_OWNED_BY_INTERPRETER`, entry
+    /// frames, and `FRAME_OWNED_BY_CSTACK` = 4) and on 3.15 (`FRAME_OWNED_BY_INTERPRETER`, the
+    /// last owner). 3.12+ only.
+    pub owner_shim_min: u64,
+    /// Bits to clear in the code field of a frame: 0 while it is a `PyObject *` (3.11-3.13),
+    /// `Py_TAG_BITS` (3) on 3.14+ where `f_executable` is a tagged `_PyStackRef`. 3.11+ only.
+    pub iframe_code_tag_mask: u64,
 
     // --- PyCodeObject ---
     /// `co_filename`: `str`.
@@ -225,7 +244,8 @@ impl Layout {
             ("iframe_previous", self.iframe_previous),
             ("iframe_owner", self.iframe_owner),
             ("iframe_is_entry", self.iframe_is_entry),
-            ("owner_cstack", self.owner_cstack),
+            ("owner_shim_min", self.owner_shim_min),
+            ("iframe_code_tag_mask", self.iframe_code_tag_mask),
             ("code_filename", self.code_filename),
             ("code_name", self.code_name),
             ("code_qualname", self.code_qualname),
@@ -259,7 +279,7 @@ impl fmt::Display for UnsupportedVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unsupported Python version {}.{} (leaktrace supports 3.8-3.13)",
+            "unsupported Python version {}.{} ({SUPPORTED})",
             self.major, self.minor
         )
     }
@@ -276,17 +296,21 @@ pub fn layout_for(major: u32, minor: u32) -> Result<Layout, UnsupportedVersion> 
         (3, 11) => Ok(v3_11::LAYOUT),
         (3, 12) => Ok(v3_12::LAYOUT),
         (3, 13) => Ok(v3_13::LAYOUT),
+        (3, 14) => Ok(v3_14::LAYOUT),
+        (3, 15) => Ok(v3_15::LAYOUT),
         _ => Err(UnsupportedVersion { major, minor }),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    const MINORS: &[u32] = &[8, 9, 10, 11, 12, 13];
+    const MINORS: &[u32] = &[8, 9, 10, 11, 12, 13, 14, 15];
+    /// Minors whose interpreters come from Debian's sid root (`./dev setup`), not pyenv.
+    const SID_MINORS: &[u32] = &[14, 15];
 
     fn repo() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -297,6 +321,34 @@ mod tests {
             return PathBuf::from(root);
         }
         PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv")
+    }
+
+    fn allow_missing() -> bool {
+        std::env::var("LEAKTRACE_NO_PYENV").as_deref() == Ok("1")
+    }
+
+    /// The Debian sid root `./dev setup` makes (`LEAKTRACE_SID_ROOT`, default `.roots/sid`),
+    /// holding python3.14 and python3.15; `None` when absent and LEAKTRACE_NO_PYENV=1 allows
+    /// skipping, a panic otherwise.
+    pub(crate) fn sid_root() -> Option<PathBuf> {
+        let root = std::env::var_os("LEAKTRACE_SID_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join(".roots/sid"));
+        if root.join("usr/bin/python3.15").exists() && root.join("usr/bin/python3.14").exists() {
+            return Some(root);
+        }
+        if allow_missing() {
+            eprintln!(
+                "skipping CPython 3.14/3.15: no sid root at {}",
+                root.display()
+            );
+            return None;
+        }
+        panic!(
+            "no Debian sid root with python3.14/3.15 at {} (./dev setup makes it; set \
+             LEAKTRACE_NO_PYENV=1 to skip)",
+            root.display()
+        );
     }
 
     /// The newest installed pyenv prefix for 3.`minor` (`versions/3.<minor>.*`), or `None`
@@ -322,7 +374,7 @@ mod tests {
         if found.is_some() {
             return found;
         }
-        if std::env::var("LEAKTRACE_NO_PYENV").as_deref() == Ok("1") {
+        if allow_missing() {
             eprintln!(
                 "skipping CPython 3.{minor}: nothing under {}",
                 versions.display()
@@ -336,16 +388,26 @@ mod tests {
         );
     }
 
+    /// Whether the interpreter of 3.`minor` is on this machine (pyenv, or the sid root).
+    fn available(minor: u32) -> bool {
+        if SID_MINORS.contains(&minor) {
+            sid_root().is_some()
+        } else {
+            prefix(minor).is_some()
+        }
+    }
+
     #[test]
     fn dispatch_and_error() {
         for &minor in MINORS {
             assert!(layout_for(3, minor).is_ok());
         }
         assert_eq!(layout_for(3, 12).unwrap(), v3_12::LAYOUT);
-        let err = layout_for(3, 14).unwrap_err();
+        assert_eq!(layout_for(3, 15).unwrap(), v3_15::LAYOUT);
+        let err = layout_for(3, 16).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unsupported Python version 3.14 (leaktrace supports 3.8-3.13)"
+            "unsupported Python version 3.16 (leaktrace supports 3.8-3.15)"
         );
         assert!(layout_for(3, 7).is_err());
         assert!(layout_for(2, 7).is_err());
@@ -368,10 +430,16 @@ mod tests {
             );
             assert_eq!(Layout::has(l.tstate_current_frame), minor >= 13);
             assert_eq!(Layout::has(l.iframe_code), minor >= 11);
-            assert_eq!(Layout::has(l.owner_cstack), minor >= 12);
+            assert_eq!(Layout::has(l.owner_shim_min), minor >= 12);
             assert_eq!(Layout::has(l.code_qualname), minor >= 11);
             assert_eq!(Layout::has(l.code_code), minor <= 10);
             assert_eq!(Layout::has(l.code_code_adaptive), minor >= 11);
+            let tag = match minor {
+                ..=10 => Layout::ABSENT,
+                11..=13 => 0,
+                _ => 3,
+            };
+            assert_eq!(l.iframe_code_tag_mask, tag, "3.{minor}");
             let scale = match minor {
                 8 | 9 => 1,
                 10 => 2,
@@ -387,15 +455,15 @@ mod tests {
     fn tables_match_headers() {
         let script = repo().join("tools/pyoffsets/check.sh");
         for &minor in MINORS {
-            if prefix(minor).is_none() {
+            if !available(minor) {
                 continue;
             }
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg("--print")
-                .arg(format!("3.{minor}"))
-                .output()
-                .expect("running tools/pyoffsets/check.sh");
+            let mut cmd = Command::new("bash");
+            cmd.arg(&script).arg("--print").arg(format!("3.{minor}"));
+            if let Some(root) = SID_MINORS.contains(&minor).then(sid_root).flatten() {
+                cmd.env("LEAKTRACE_SID_ROOT", root);
+            }
+            let out = cmd.output().expect("running tools/pyoffsets/check.sh");
             assert!(
                 out.status.success(),
                 "offsets.c for 3.{minor} failed: {}",
@@ -408,9 +476,10 @@ mod tests {
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v))
                 .collect();
-            if minor == 13 {
+            if let Some(table) = debug_offsets::table_for(minor) {
                 expected.extend(
-                    v3_13::DEBUG_OFFSETS_TABLE
+                    table
+                        .entries
                         .iter()
                         .map(|(n, v)| (format!("debug.{n}"), *v)),
                 );
@@ -442,7 +511,7 @@ mod tests {
     }
 
     /// First `len` bytes of the `_PyRuntime` symbol's initial value in an ELF file.
-    fn runtime_bytes(path: &Path, len: usize) -> Vec<u8> {
+    pub(crate) fn runtime_bytes(path: &Path, len: usize) -> Vec<u8> {
         use object::{Object, ObjectSection, ObjectSymbol};
         let data = std::fs::read(path).unwrap();
         let file = object::File::parse(&*data).unwrap();
@@ -458,28 +527,146 @@ mod tests {
         section.data().unwrap()[start..start + len].to_vec()
     }
 
+    /// `_Py_DebugOffsets` dumped from each real interpreter (`tests/data/python/debug_offsets`:
+    /// pyenv's libpython3.13, Debian's python3.14 3.14.10 and python3.15 3.15.2).
+    pub(crate) fn golden_debug_offsets(minor: u32) -> Vec<u8> {
+        let path = repo().join(format!("tests/data/python/debug_offsets/3.{minor}.bin"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     #[test]
-    fn debug_offsets_from_libpython_3_13() {
-        let Some(prefix) = prefix(13) else {
-            return;
-        };
-        let bytes = runtime_bytes(&prefix.join("lib/libpython3.13.so.1.0"), 584);
-        assert_eq!(&bytes[..8], b"xdebugpy");
-        assert_eq!(parse_debug_offsets(&bytes), Some(v3_13::LAYOUT));
-        assert_eq!(parse_debug_offsets(&bytes[..583]), None);
-        let mut bad = bytes.clone();
-        bad[0] = b'X';
-        assert_eq!(parse_debug_offsets(&bad), None);
-        let mut v314 = bytes.clone();
-        v314[8..16].copy_from_slice(&0x030e00f0u64.to_le_bytes());
-        assert_eq!(parse_debug_offsets(&v314), None);
-        // free_threaded is 0 or 1 (3.13t parses: see free_threaded_3_13t).
-        let mut ft = bytes.clone();
-        ft[16] = 2;
-        assert_eq!(parse_debug_offsets(&ft), None);
-        let mut wild = bytes;
-        wild[240..248].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(parse_debug_offsets(&wild), None);
+    fn debug_offsets_golden_parse_to_the_tables() {
+        for minor in [13, 14, 15] {
+            let bytes = golden_debug_offsets(minor);
+            let table = debug_offsets::table_for(minor).unwrap();
+            assert_eq!(
+                bytes.len(),
+                table.size(),
+                "3.{minor}: golden is the whole struct"
+            );
+            let parsed = debug_offsets::parse(&bytes).unwrap();
+            assert_eq!(parsed.minor, minor);
+            assert!(!parsed.free_threaded);
+            assert_eq!(parsed.version_hex >> 16, 0x0300 | u64::from(minor));
+            assert_eq!(parsed.layout, layout_for(3, minor).unwrap(), "3.{minor}");
+        }
+    }
+
+    #[test]
+    fn debug_offsets_refuses_what_it_does_not_know() {
+        use debug_offsets::{parse, DebugOffsetsError as E};
+        for minor in [13, 14, 15] {
+            let bytes = golden_debug_offsets(minor);
+            let size = bytes.len();
+            // Truncated: one byte short, or only the header.
+            assert_eq!(
+                parse(&bytes[..size - 1]),
+                Err(E::Truncated {
+                    need: size,
+                    got: size - 1
+                })
+            );
+            assert!(matches!(parse(&bytes[..12]), Err(E::Truncated { .. })));
+            // Foreign: no cookie.
+            let mut bad = bytes.clone();
+            bad[0] = b'X';
+            assert_eq!(parse(&bad), Err(E::NoCookie));
+            // Not CPython 3.
+            let mut two = bytes.clone();
+            two[8..16].copy_from_slice(&0x020700f0u64.to_le_bytes());
+            assert!(matches!(parse(&two), Err(E::NotPython3 { .. })));
+            // A minor version without a table: named, never parsed with another's table.
+            let mut next = bytes.clone();
+            next[8..16].copy_from_slice(&0x031000a1u64.to_le_bytes());
+            let err = parse(&next).unwrap_err();
+            assert_eq!(
+                err,
+                E::UnknownMinor {
+                    minor: 16,
+                    version_hex: 0x031000a1
+                }
+            );
+            assert_eq!(
+                err.to_string(),
+                "unsupported Python version 3.16 (leaktrace supports 3.8-3.15)"
+            );
+            // The free-threaded flag is read and reported (the caller refuses such a target).
+            let mut ft = bytes.clone();
+            ft[16] = 1;
+            assert!(parse(&ft).unwrap().free_threaded);
+            ft[16] = 2;
+            assert_eq!(
+                parse(&ft),
+                Err(E::Implausible {
+                    entry: "free_threaded"
+                })
+            );
+            // An offset far outside its structure.
+            let table = debug_offsets::table_for(minor).unwrap();
+            let at = table
+                .entries
+                .iter()
+                .find(|(n, _)| *n == "interpreter_frame.executable")
+                .unwrap()
+                .1 as usize;
+            let mut wild = bytes.clone();
+            wild[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+            assert_eq!(
+                parse(&wild),
+                Err(E::Implausible {
+                    entry: "interpreter_frame.executable"
+                })
+            );
+        }
+        // Another version's struct under a patched version: 3.15's bytes read with 3.14's
+        // table (and so on) never give that version's layout.
+        for (bytes_of, claimed) in [(14, 13), (15, 14), (13, 14), (14, 15), (15, 13)] {
+            let mut bytes = golden_debug_offsets(bytes_of);
+            bytes.resize(bytes.len().max(1024), 0);
+            let hex = 0x030000f0u64 | (u64::from(claimed) << 16);
+            bytes[8..16].copy_from_slice(&hex.to_le_bytes());
+            if let Ok(parsed) = parse(&bytes) {
+                assert_ne!(
+                    parsed.layout,
+                    layout_for(3, claimed).unwrap(),
+                    "3.{bytes_of} bytes as 3.{claimed}"
+                );
+                assert_ne!(
+                    parsed.layout,
+                    layout_for(3, bytes_of).unwrap(),
+                    "3.{bytes_of} bytes as 3.{claimed}"
+                );
+            }
+        }
+    }
+
+    /// The golden files are what the real binaries hold (when the interpreters are here).
+    #[test]
+    fn debug_offsets_golden_match_the_binaries() {
+        let mut files: Vec<(u32, PathBuf)> = Vec::new();
+        if let Some(p) = prefix(13) {
+            files.push((13, p.join("lib/libpython3.13.so.1.0")));
+        }
+        if let Some(root) = sid_root() {
+            for minor in [14, 15] {
+                files.push((minor, root.join(format!("usr/bin/python3.{minor}"))));
+                files.push((
+                    minor,
+                    root.join(format!(
+                        "usr/lib/x86_64-linux-gnu/libpython3.{minor}.so.1.0"
+                    )),
+                ));
+            }
+        }
+        for (minor, file) in files {
+            let golden = golden_debug_offsets(minor);
+            assert_eq!(
+                runtime_bytes(&file, golden.len()),
+                golden,
+                "{}",
+                file.display()
+            );
+        }
     }
 
     /// The free-threaded CPython `./dev setup` builds (target/cpython-ft), or `None` when it
@@ -520,11 +707,10 @@ mod tests {
         };
         let exe = prefix.join(format!("bin/python{v}"));
         let bytes = runtime_bytes(&exe, 584);
-        assert_eq!(
-            crate::python::freethreaded::debug_offsets_free_threaded(&bytes),
-            Some(true)
-        );
-        let parsed = parse_debug_offsets(&bytes).expect("3.13t debug offsets parse");
+        let parsed = debug_offsets::parse(&bytes).expect("3.13t debug offsets parse");
+        assert!(parsed.free_threaded);
+        assert_eq!(parsed.minor, 13);
+        let parsed = parsed.layout;
         assert_ne!(parsed, v3_13::LAYOUT, "a free-threaded build differs");
         assert_eq!(
             parsed.object_type, 24,
@@ -564,10 +750,11 @@ mod tests {
             };
             if let Some(entry) = name.strip_prefix("debug.") {
                 // Same struct in both builds: the GIL build's entry table applies.
-                let (_, at) = v3_13::DEBUG_OFFSETS_TABLE
+                let (_, at) = v3_13::DEBUG
+                    .entries
                     .iter()
                     .find(|(n, _)| *n == entry)
-                    .unwrap_or_else(|| panic!("{name} not in DEBUG_OFFSETS_TABLE"));
+                    .unwrap_or_else(|| panic!("{name} not in v3_13::DEBUG"));
                 assert_eq!(*at, value, "{v} {name}");
                 debug_checked += 1;
                 continue;
@@ -583,7 +770,7 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, fields.len(), "every Layout field checked");
-        assert_eq!(debug_checked, v3_13::DEBUG_OFFSETS_TABLE.len());
+        assert_eq!(debug_checked, v3_13::DEBUG.entries.len());
     }
 
     /// Older versions have no cookie.
@@ -593,7 +780,38 @@ mod tests {
             return;
         };
         let bytes = runtime_bytes(&prefix.join("lib/libpython3.12.so.1.0"), 584);
-        assert_eq!(parse_debug_offsets(&bytes), None);
+        assert_eq!(
+            debug_offsets::parse(&bytes),
+            Err(DebugOffsetsError::NoCookie)
+        );
+    }
+
+    /// Runs `tests/data/python/walk_frames.py` with 3.`minor` (pyenv's, or inside the sid root
+    /// through chroot, the script given on stdin) and the layout as JSON.
+    fn run_walk_frames(minor: u32, layout_json: String) -> Option<std::process::Output> {
+        let script = repo().join("tests/data/python/walk_frames.py");
+        if SID_MINORS.contains(&minor) {
+            let root = sid_root()?;
+            let source = std::fs::File::open(&script).unwrap();
+            return Some(
+                Command::new("chroot")
+                    .arg(&root)
+                    .arg(format!("/usr/bin/python3.{minor}"))
+                    .arg("-")
+                    .arg(layout_json)
+                    .stdin(source)
+                    .output()
+                    .unwrap(),
+            );
+        }
+        let prefix = prefix(minor)?;
+        Some(
+            Command::new(prefix.join(format!("bin/python3.{minor}")))
+                .arg(script)
+                .arg(layout_json)
+                .output()
+                .unwrap(),
+        )
     }
 
     /// End to end: each interpreter walks its own threads and frames by these offsets
@@ -602,20 +820,16 @@ mod tests {
     #[test]
     fn live_walk_matches_interpreter() {
         for &minor in MINORS {
-            let Some(prefix) = prefix(minor) else {
-                continue;
-            };
             let layout = layout_for(3, minor).unwrap();
             let json: serde_json::Map<String, serde_json::Value> = layout
                 .fields()
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v.into()))
                 .collect();
-            let out = Command::new(prefix.join(format!("bin/python3.{minor}")))
-                .arg(repo().join("tests/data/python/walk_frames.py"))
-                .arg(serde_json::Value::Object(json).to_string())
-                .output()
-                .unwrap();
+            let Some(out) = run_walk_frames(minor, serde_json::Value::Object(json).to_string())
+            else {
+                continue;
+            };
             assert!(
                 out.status.success(),
                 "3.{minor}: {}",

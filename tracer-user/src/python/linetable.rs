@@ -260,6 +260,14 @@ mod tests {
     fn golden_3_13() {
         check_golden(13);
     }
+    #[test]
+    fn golden_3_14() {
+        check_golden(14);
+    }
+    #[test]
+    fn golden_3_15() {
+        check_golden(15);
+    }
 
     /// The golden sample really exercises the awkward encodings.
     #[test]

@@ -1,9 +1,10 @@
 //! CPython support: struct layouts for walking interpreter frames out of process (from eBPF or
 //! `/proc/<pid>/mem`), line-table decoders, and interpreter version detection.
 //!
-//! Supported: CPython 3.8 through 3.13 on x86_64, release (non-debug) builds with the GIL (not
-//! the 3.13 free-threaded build).
+//! Supported: CPython 3.8 through 3.13 on x86_64, release (non-debug) builds with the GIL, and
+//! the free-threaded 3.13t (not 3.14t/3.15t yet: see [`freethreaded`]).
 //!
+//! * [`freethreaded`]: what a `--disable-gil` build changes (object header, mimalloc).
 //! * [`layout`]: byte offsets of the fields needed to find threads, frames and code objects.
 //! * [`linetable`]: maps an instruction's byte offset in a code object to a source line.
 //! * [`version`]: tells which Python a binary or shared library is.

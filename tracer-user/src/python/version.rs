@@ -248,6 +248,35 @@ mod tests {
         assert_eq!(detect(path).unwrap(), Some((3, 11)));
     }
 
+    /// Debian's 3.14/3.15, stripped (`.dynsym` only), static and shared, and the launcher
+    /// linked against the shared library (`./dev setup` builds it in the sid root).
+    #[test]
+    fn debian_314_315_static_and_shared() {
+        let Some(root) = crate::python::layout::tests::sid_root() else {
+            return;
+        };
+        for minor in [14, 15] {
+            let files = [
+                root.join(format!("usr/bin/python3.{minor}")),
+                root.join(format!(
+                    "usr/lib/x86_64-linux-gnu/libpython3.{minor}.so.1.0"
+                )),
+                root.join(format!("opt/leaktrace/python3.{minor}-shared")),
+            ];
+            for file in &files {
+                assert_eq!(
+                    detect(file).unwrap(),
+                    Some((3, minor)),
+                    "{}",
+                    file.display()
+                );
+            }
+            let data = std::fs::read(&files[0]).unwrap();
+            let elf = object::File::parse(&*data).unwrap();
+            assert!(elf.section_by_name(".symtab").is_none(), "stripped");
+        }
+    }
+
     #[test]
     fn not_python() {
         assert_eq!(detect(Path::new("/bin/sh")).unwrap(), None);
