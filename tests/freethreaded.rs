@@ -262,3 +262,35 @@ fn mimalloc_segments_are_one_stack_of_their_own() {
         "1000 objects from leaky called by main: {leaky:#?}"
     );
 }
+
+#[test]
+fn growth_mode_names_the_leak_in_mimalloc_pages() {
+    require_root();
+    let (report, _) = trace_fixture(
+        "py_leak.py",
+        &["--mode", "growth", "--interval", "1"],
+        "ft-growth.json",
+    );
+    assert_eq!(report["mode"], "growth");
+    // 1000 objects of 10 KiB written where mimalloc placed them: pages first touched by
+    // `leaky` (called by main), whatever mimalloc did to map them.
+    let leaked = 1000 * 10240;
+    let by_leaky: u64 = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| python_frames(s).last().map(|f| f.0.as_str()) == Some("leaky"))
+        .map(|s| s["live_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(
+        by_leaky >= leaked * 8 / 10,
+        "{by_leaky} bytes of pages under leaky, of {leaked}"
+    );
+    let top = &report["stacks"][0];
+    assert_eq!(
+        python_frames(top).last().map(|f| f.0.as_str()),
+        Some("leaky"),
+        "{top:#}"
+    );
+    assert_eq!(functions(top).last().unwrap(), "[page fault]");
+}
