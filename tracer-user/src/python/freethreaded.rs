@@ -46,6 +46,12 @@
 //! * 3.14t `PyASCIIObject.state`: `interned` becomes a whole `unsigned char` (atomic access), so
 //!   `kind` starts at bit 8 (compact bit 11, ascii bit 12) instead of bit 2 (5, 6); 3.13t keeps
 //!   the GIL build's bit fields.
+//! * 3.15t: the same two changes as 3.14t (thread-local bytecode; `_Py_DebugOffsets` 3.15 also
+//!   has `interpreter_state.tlbc_generation`), and `_PyStackRef` tagging was reworked during
+//!   3.15's development (tagged ints use both low bits, `Py_INT_TAG` = 3): which bits to mask off
+//!   `f_executable` in a free-threaded 3.15 must be read from that release's
+//!   `pycore_stackref.h`. leaktrace refuses 3.14t and 3.15t in one line until a build of each
+//!   can be tested.
 //! * Frame owners are the GIL build's (3.14: 0 thread, 1 generator, 2 frame object, 3 C stack,
 //!   4 interpreter).
 //!
