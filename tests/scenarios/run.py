@@ -1,7 +1,9 @@
 """The leak scenario suite's accuracy runner.
 
-For every pyenv CPython 3.8-3.13 that has a venv in .venvs/X.Y (made by ./dev setup): start
-app.py under uvicorn on 127.0.0.1, warm it up, attach `leaktrace attach PID --format json`,
+For every pyenv CPython 3.8-3.13 that has a venv in .venvs/X.Y, and Debian's 3.14 and 3.15 in
+the sid root with their /opt/venv-X.Y (all made by ./dev setup; the sid ones run through
+chroot, app.py copied into the root's /opt/leaktrace/scenarios): start app.py under uvicorn on
+127.0.0.1, warm it up, attach `leaktrace attach PID --format json`,
 drive every endpoint with load.py for a fixed time, and check the report scenario by scenario
 (see README.md next to this file). Prints a version x scenario table, writes
 target/scenarios/results.{md,json} and every report, and exits 1 when any check misses.
@@ -26,6 +28,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 VERSIONS = ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
+# Debian sid's interpreters, in the root ./dev setup makes (LEAKTRACE_SID_ROOT, default .roots/sid).
+SID_VERSIONS = ["3.14", "3.15"]
+SID_ROOT = Path(os.environ.get("LEAKTRACE_SID_ROOT", ROOT / ".roots" / "sid"))
 
 # name, kind, the scenario's functions in app.py (a stack is the scenario's when one of its
 # Python frames in app.py is one of them), the culprits that its top stack must name, and the
@@ -200,7 +205,17 @@ def http_status(port, path):
 
 
 def venv_python(version):
+    if version in SID_VERSIONS:
+        return SID_ROOT / "opt" / f"venv-{version}" / "bin" / "python"
     return ROOT / ".venvs" / version / "bin" / "python"
+
+
+def server_command(version, port):
+    """uvicorn serving app.py: with the host's venv, or through chroot in the sid root."""
+    tail = ["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    if version in SID_VERSIONS:
+        return ["chroot", str(SID_ROOT), f"/opt/venv-{version}/bin/python", *tail, "--app-dir", "/opt/leaktrace/scenarios"]
+    return [str(venv_python(version)), *tail]
 
 
 def available_versions():
@@ -211,6 +226,9 @@ def available_versions():
             if not venv_python(v).exists():
                 die(f"pyenv has Python {v} but .venvs/{v} is missing: run ./dev setup")
             found.append(v)
+    for v in SID_VERSIONS:
+        if venv_python(v).exists():
+            found.append(v)
     return found
 
 
@@ -218,8 +236,11 @@ def run_version(version, args, env_extra, procs, out_dir):
     port = free_port()
     env = dict(os.environ, **env_extra)
     server_log = open(out_dir / f"uvicorn-{version}.log", "w")
+    if version in SID_VERSIONS:
+        # Paths the app opens, as the chrooted process sees them.
+        env = {k: v.replace(str(SID_ROOT), "", 1) if v.startswith(str(SID_ROOT)) else v for k, v in env.items()}
     server = procs.start(
-        [str(venv_python(version)), "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        server_command(version, port),
         cwd=HERE,
         env=env,
         stdout=server_log,
@@ -462,7 +483,7 @@ def table(rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--leaktrace", type=Path, default=ROOT / "target" / "release" / "leaktrace")
-    ap.add_argument("--versions", help="comma-separated, default: every pyenv 3.8-3.13 with a venv")
+    ap.add_argument("--versions", help="comma-separated, default: every pyenv 3.8-3.13 with a venv, and 3.14/3.15 of the sid root")
     ap.add_argument("--duration", type=int, default=30)
     ap.add_argument("--interval", type=int, default=2)
     ap.add_argument("--pymalloc", action="store_true", help="trace with --pymalloc (every object counts)")
@@ -477,14 +498,23 @@ def main():
         die("--duration must be 10..300 s and --interval at most a quarter of it (the trend needs samples)")
     versions = args.versions.split(",") if args.versions else available_versions()
     if not versions:
-        die("no pyenv CPython 3.8-3.13 found: install one with pyenv, then ./dev setup")
+        die("no CPython found (pyenv 3.8-3.13, or the sid root's 3.14/3.15): run ./dev setup")
     for v in versions:
         if not venv_python(v).exists():
-            die(f".venvs/{v} is missing: run ./dev setup")
+            die(f"{venv_python(v).parent.parent} is missing: run ./dev setup")
     args.out.mkdir(parents=True, exist_ok=True)
     mode = "pymalloc" if args.pymalloc else "default"
     procs = Procs()
-    tmp = Path(tempfile.mkdtemp(prefix="leaktrace-scen-"))
+    sid = [v for v in versions if v in SID_VERSIONS]
+    if sid:
+        # The app and its files must be reachable inside the root too.
+        dest = SID_ROOT / "opt" / "leaktrace" / "scenarios"
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in HERE.glob("*.py"):
+            shutil.copy(f, dest / f.name)
+        (SID_ROOT / "tmp").mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="leaktrace-scen-", dir=str(SID_ROOT / "tmp") if sid else None))
+    tmp.chmod(0o755)
     pg = Postgres(max_connections=POSTGRES_CAP + 60)
 
     def on_signal(signum, _frame):

@@ -293,6 +293,147 @@ pub fn interpreters() -> Vec<(String, PathBuf)> {
     out
 }
 
+/// The Debian sid root `./dev setup` makes (`LEAKTRACE_SID_ROOT`, default `.roots/sid`):
+/// Debian's python3.14 and python3.15 (static, stripped), a launcher per version linked against
+/// its `libpython3.X.so` (`/opt/leaktrace/python3.X-shared`), and `/opt/venv-3.X`.
+pub fn sid_root() -> PathBuf {
+    let r = std::env::var_os("LEAKTRACE_SID_ROOT")
+        .map_or_else(|| root().join(".roots/sid"), PathBuf::from);
+    assert!(
+        r.join("opt/leaktrace/python3.15-shared").exists(),
+        "{} has no CPython 3.14/3.15: run ./dev setup",
+        r.display()
+    );
+    r
+}
+
+/// One CPython the tests run: on the host, or inside the sid root through chroot (the
+/// container case: leaktrace reads its files through /proc/PID/root).
+#[derive(Clone, Debug)]
+pub struct Python {
+    pub label: String,
+    pub minor: u32,
+    /// The interpreter in the executable (no libpython).
+    pub static_build: bool,
+    /// The interpreter's path as the process sees it.
+    pub exe: PathBuf,
+    /// The root it runs in, for the sid interpreters.
+    pub chroot: Option<PathBuf>,
+}
+
+impl Python {
+    /// A command running this interpreter (chroot execs it: the PID is the interpreter's).
+    pub fn command(&self) -> Command {
+        match &self.chroot {
+            Some(r) => {
+                let mut c = Command::new("chroot");
+                c.arg(r).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        }
+    }
+
+    /// `tests/fixtures/NAME` as this interpreter sees it (copied into the root for chroot).
+    pub fn fixture(&self, name: &str) -> String {
+        match &self.chroot {
+            Some(r) => {
+                copy_fixtures_into(r);
+                format!("/opt/leaktrace/fixtures/{name}")
+            }
+            None => root()
+                .join("tests/fixtures")
+                .join(name)
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// A command running this interpreter with the demo's packages (FastAPI, uvicorn)
+    /// importable: `.venv` on the host; in the sid root `/opt/venv-3.X`, whose site-packages
+    /// the shared launcher is pointed at.
+    pub fn venv_command(&self) -> Command {
+        let Some(r) = &self.chroot else {
+            return Command::new(venv_python());
+        };
+        if self.static_build {
+            let mut c = Command::new("chroot");
+            c.arg(r)
+                .arg(format!("/opt/venv-3.{}/bin/python", self.minor));
+            return c;
+        }
+        let mut c = self.command();
+        c.env(
+            "PYTHONPATH",
+            format!("/opt/venv-3.{0}/lib/python3.{0}/site-packages", self.minor),
+        );
+        c
+    }
+}
+
+/// Copies `tests/fixtures/*.py` to `/opt/leaktrace/fixtures` in `r`, once per test binary
+/// (through a scratch folder renamed into place, so concurrent test binaries never see half a
+/// copy).
+fn copy_fixtures_into(r: &Path) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dest = r.join("opt/leaktrace/fixtures");
+        let scratch = r.join(format!("opt/leaktrace/fixtures.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch).unwrap();
+        for e in std::fs::read_dir(root().join("tests/fixtures")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "py") {
+                std::fs::copy(&p, scratch.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        let old = r.join(format!("opt/leaktrace/fixtures.old.{}", std::process::id()));
+        let _ = std::fs::rename(&dest, &old);
+        std::fs::rename(&scratch, &dest).unwrap();
+        let _ = std::fs::remove_dir_all(&old);
+    });
+}
+
+/// Every CPython the tests cover: [`interpreters`] (pyenv 3.8-3.13, Debian's static 3.11 on
+/// the host), then Debian's 3.14 and 3.15 in the sid root, each static and shared.
+pub fn every_python() -> Vec<Python> {
+    let mut out: Vec<Python> = interpreters()
+        .into_iter()
+        .map(|(label, exe)| {
+            let minor = label
+                .split(['.', ' '])
+                .nth(2)
+                .and_then(|m| m.parse().ok())
+                .expect("3.X in the label");
+            Python {
+                static_build: label.contains("static"),
+                label,
+                minor,
+                exe,
+                chroot: None,
+            }
+        })
+        .collect();
+    let r = sid_root();
+    for minor in [14, 15] {
+        out.push(Python {
+            label: format!("debian 3.{minor} (static, chroot)"),
+            minor,
+            static_build: true,
+            exe: PathBuf::from(format!("/usr/bin/python3.{minor}")),
+            chroot: Some(r.clone()),
+        });
+        out.push(Python {
+            label: format!("debian 3.{minor} (libpython3.{minor}.so, chroot)"),
+            minor,
+            static_build: false,
+            exe: PathBuf::from(format!("/opt/leaktrace/python3.{minor}-shared")),
+            chroot: Some(r.clone()),
+        });
+    }
+    out
+}
+
 /// The venv `./dev setup` creates with the demo's packages (FastAPI, uvicorn).
 pub fn venv_python() -> PathBuf {
     let p = root().join(".venv/bin/python");
@@ -371,6 +512,24 @@ pub fn start_uvicorn() -> (Proc, u16) {
                 "127.0.0.1",
                 "--port",
             ])
+            .arg(port.to_string())
+            .args(["--log-level", "warning"]),
+    );
+    wait_until_serving(&server, port);
+    (server, port)
+}
+
+/// Starts `fixtures/fastapi_leak.py` under uvicorn with `py`'s packages (its venv), on a free
+/// loopback port; returns once it serves.
+pub fn start_uvicorn_with(py: &Python) -> (Proc, u16) {
+    let port = free_port();
+    let app = py.fixture("fastapi_leak.py");
+    let app_dir = Path::new(&app).parent().unwrap().to_path_buf();
+    let server = Proc::spawn(
+        py.venv_command()
+            .args(["-m", "uvicorn", "fastapi_leak:app", "--app-dir"])
+            .arg(app_dir)
+            .args(["--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(["--log-level", "warning"]),
     );

@@ -653,6 +653,7 @@ pub fn find_offset_in(blobs: &[Vec<u8>], tids: &HashSet<u32>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn golden(minor: u32) -> Vec<u8> {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -698,6 +699,105 @@ mod tests {
         assert!(!frame_fields_fit(&cfg), "beyond the window");
         cfg.frame_back = 12;
         assert!(!frame_fields_fit(&cfg), "unaligned");
+    }
+
+    /// A copy of Debian's python3.15 with `patch` applied to its bytes (file offsets found by
+    /// symbol), in a scratch directory; `None` without the sid root (when allowed).
+    fn patched_python315(tag: &str, patch: impl Fn(&mut [u8], usize, usize)) -> Option<PathBuf> {
+        use object::{Object, ObjectSection, ObjectSymbol};
+        let root = crate::python::layout::tests::sid_root()?;
+        let mut data = std::fs::read(root.join("usr/bin/python3.15")).unwrap();
+        let file_offset = |name: &str| -> usize {
+            let file = object::File::parse(&*data).unwrap();
+            let sym = file
+                .dynamic_symbols()
+                .find(|s| s.name() == Ok(name))
+                .unwrap();
+            let section = file.section_by_index(sym.section_index().unwrap()).unwrap();
+            (section.file_range().unwrap().0 + sym.address() - section.address()) as usize
+        };
+        let (version, runtime) = (file_offset("Py_Version"), file_offset("_PyRuntime"));
+        patch(&mut data, version, runtime);
+        let dir = std::env::temp_dir().join(format!("leaktrace-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("python3");
+        std::fs::write(&path, data).unwrap();
+        Some(path)
+    }
+
+    fn refusal(path: &Path) -> String {
+        let s = path.to_str().unwrap();
+        match InterpFiles::default().get(s, path) {
+            Err(NotPython::Unsupported(why)) => why,
+            Err(NotPython::Absent) => panic!("{s}: no interpreter found"),
+            Ok(_) => panic!("{s}: accepted"),
+        }
+    }
+
+    /// Real 3.15 bytes, as they are: accepted, with the layout of the table.
+    #[test]
+    fn debian_315_binary_is_read_from_its_own_debug_offsets() {
+        let Some(path) = patched_python315("as-is", |_, _, _| {}) else {
+            return;
+        };
+        let file = InterpFiles::default()
+            .get(path.to_str().unwrap(), &path)
+            .unwrap_or_else(|_| panic!("refused"))
+            .unwrap();
+        assert_eq!((file.major, file.minor), (3, 15));
+        assert_eq!(file.layout, layout_for(3, 15).unwrap());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A minor version without a table (a real 3.15 binary whose version says 3.16): one line
+    /// naming it, never a layout.
+    #[test]
+    fn unknown_minor_is_named_and_refused() {
+        let Some(path) = patched_python315("v316", |d, version, runtime| {
+            d[version..version + 4].copy_from_slice(&0x031000a1u32.to_le_bytes());
+            d[runtime + 8..runtime + 16].copy_from_slice(&0x031000a1u64.to_le_bytes());
+        }) else {
+            return;
+        };
+        assert_eq!(
+            refusal(&path),
+            "unsupported Python version 3.16 (leaktrace supports 3.8-3.15)"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// `_Py_DebugOffsets.free_threaded` is read: such a build is refused in one line until
+    /// leaktrace reads its frames.
+    #[test]
+    fn free_threaded_build_is_refused() {
+        let Some(path) = patched_python315("ft", |d, _, runtime| d[runtime + 16] = 1) else {
+            return;
+        };
+        let why = refusal(&path);
+        assert!(
+            why.contains("free-threaded build (Py_GIL_DISABLED)"),
+            "{why}"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A struct that does not match the version the binary claims, or is cut short.
+    #[test]
+    fn inconsistent_or_damaged_debug_offsets_are_refused() {
+        let Some(path) = patched_python315("mismatch", |d, version, _| {
+            d[version..version + 4].copy_from_slice(&0x030e0af0u32.to_le_bytes());
+        }) else {
+            return;
+        };
+        let why = refusal(&path);
+        assert!(why.contains("its _Py_DebugOffsets says 3.15"), "{why}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let Some(path) = patched_python315("cookie", |d, _, runtime| d[runtime] = b'X') else {
+            return;
+        };
+        let why = refusal(&path);
+        assert!(why.contains("does not start with `xdebugpy`"), "{why}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
