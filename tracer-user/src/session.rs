@@ -479,10 +479,21 @@ impl Session {
     }
 
     fn attach_pymalloc(&mut self, pid: u32, interp: &Interpreter) -> Result<()> {
-        let host = Path::new("/proc")
-            .join(pid.to_string())
-            .join("root")
-            .join(interp.module.trim_start_matches('/'));
+        // The path maps print is as seen from leaktrace's root (a chrooted target's files keep
+        // their host path there): open the file through the mapping itself.
+        let host = crate::procmaps::ProcMaps::read(pid)
+            .ok()
+            .and_then(|maps| {
+                maps.iter()
+                    .find(|m| m.path.as_deref() == Some(interp.module.as_str()))
+                    .map(|m| crate::procmaps::openable_path(pid, m))
+            })
+            .unwrap_or_else(|| {
+                Path::new("/proc")
+                    .join(pid.to_string())
+                    .join("root")
+                    .join(interp.module.trim_start_matches('/'))
+            });
         let (probes, exported_only) =
             self.tracer
                 .attach_pymalloc(pid, &host, interp.free_threaded)?;
