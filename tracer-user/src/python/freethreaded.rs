@@ -101,6 +101,162 @@ pub const MIMALLOC_SEGMENTS_FRAME: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    fn golden(minor: u32) -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../tests/data/python/debug_offsets/3.{minor}.bin"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// 3.13t is read; a free-threaded 3.14/3.15 gets one line naming it, never a layout.
+    #[test]
+    fn free_threaded_builds_read_or_refused_in_one_line() {
+        let mut b = golden(13);
+        b[16] = 1;
+        let (layout, ft) =
+            crate::python::runtime::self_described(&b, 3, 13, "/x/python3.13t").unwrap();
+        assert!(ft);
+        assert_eq!(
+            layout,
+            crate::python::runtime::self_described(&golden(13), 3, 13, "/x")
+                .unwrap()
+                .0
+        );
+        for minor in [14, 15] {
+            let mut b = golden(minor);
+            assert!(
+                !crate::python::runtime::self_described(&b, 3, minor, "/x")
+                    .unwrap()
+                    .1
+            );
+            b[16] = 1;
+            let Err(crate::python::runtime::NotPython::Unsupported(why)) =
+                crate::python::runtime::self_described(&b, 3, minor, "/usr/bin/python3.Xt")
+            else {
+                panic!("3.{minor}t accepted");
+            };
+            assert_eq!(
+                why,
+                format!(
+                    "Python 3.{minor}t in `/usr/bin/python3.Xt` is a free-threaded build (Py_GIL_DISABLED) whose frames leaktrace does not read yet (it reads the free-threaded 3.13t only)"
+                )
+            );
+        }
+    }
+
+    /// The free-threaded CPython `./dev setup` builds (target/cpython-ft), or `None` when it
+    /// is missing and LEAKTRACE_NO_PYENV=1 allows skipping; panics otherwise.
+    fn ft_prefix() -> Option<(PathBuf, String)> {
+        let prefix = super::super::layout::tests::repo_root().join("target/cpython-ft/install");
+        let found = std::fs::read_dir(prefix.join("bin"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .find(|n| n.starts_with("python3.") && n.ends_with('t'));
+        if let Some(name) = found {
+            let v = name.trim_start_matches("python").to_string();
+            return Some((prefix, v));
+        }
+        if std::env::var("LEAKTRACE_NO_PYENV").as_deref() == Ok("1") {
+            eprintln!(
+                "skipping the free-threaded CPython: nothing under {}",
+                prefix.display()
+            );
+            return None;
+        }
+        panic!(
+            "no free-threaded CPython under {}: run ./dev setup (set LEAKTRACE_NO_PYENV=1 to skip)",
+            prefix.display()
+        );
+    }
+
+    /// 3.13t: `_Py_DebugOffsets` read from the free-threaded binary's own bytes gives, field
+    /// for field, the layout the C compiler computes from its headers (tools/pyoffsets/offsets.c
+    /// built with `Py_GIL_DISABLED`): the offsets the struct carries and the facts the parser
+    /// assumes for the fields it lacks (`interpreters.main`, the unicode state bits, ...).
+    #[test]
+    fn free_threaded_3_13t() {
+        let Some((prefix, v)) = ft_prefix() else {
+            return;
+        };
+        let exe = prefix.join(format!("bin/python{v}"));
+        let bytes = crate::python::layout::tests::runtime_bytes(&exe, 584);
+        let parsed =
+            crate::python::layout::debug_offsets::parse(&bytes).expect("3.13t debug offsets parse");
+        assert!(parsed.free_threaded);
+        assert_eq!(parsed.minor, 13);
+        let parsed = parsed.layout;
+        assert_ne!(
+            parsed,
+            crate::python::layout::v3_13::LAYOUT,
+            "a free-threaded build differs"
+        );
+        assert_eq!(
+            parsed.object_type, 24,
+            "ob_type after the 24-byte ob_tid.. header"
+        );
+
+        let inc = prefix.join(format!("include/python{v}"));
+        let tmp = std::env::temp_dir().join(format!("leaktrace-offsets-ft-{}", std::process::id()));
+        let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "gcc".into()))
+            .args(["-O0", "-w", "-o"])
+            .arg(&tmp)
+            .arg(format!("-I{}", inc.display()))
+            .arg(format!("-I{}/internal", inc.display()))
+            .arg(super::super::layout::tests::repo_root().join("tools/pyoffsets/offsets.c"))
+            .status()
+            .expect("running gcc");
+        assert!(
+            status.success(),
+            "offsets.c against {} failed",
+            inc.display()
+        );
+        let out = Command::new(&tmp).output().unwrap();
+        let _ = std::fs::remove_file(&tmp);
+        let text = String::from_utf8(out.stdout).unwrap();
+        let fields = parsed.fields();
+        let (mut checked, mut debug_checked) = (0, 0);
+        for line in text.lines() {
+            let (name, value) = line.split_once(' ').unwrap();
+            if name == "version" {
+                assert_eq!(format!("{value}t"), v);
+                continue;
+            }
+            let value = if value == "absent" {
+                crate::python::Layout::ABSENT
+            } else {
+                value.parse().unwrap()
+            };
+            if let Some(entry) = name.strip_prefix("debug.") {
+                // Same struct in both builds: the GIL build's entry table applies.
+                let (_, at) = crate::python::layout::v3_13::DEBUG
+                    .entries
+                    .iter()
+                    .find(|(n, _)| *n == entry)
+                    .unwrap_or_else(|| panic!("{name} not in crate::python::layout::v3_13::DEBUG"));
+                assert_eq!(*at, value, "{v} {name}");
+                debug_checked += 1;
+                continue;
+            }
+            let (_, parsed_value) = fields
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("offsets.c prints {name}, which Layout lacks"));
+            assert_eq!(
+                *parsed_value, value,
+                "{v} {name}: parsed debug offsets vs headers"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, fields.len(), "every Layout field checked");
+        assert_eq!(
+            debug_checked,
+            crate::python::layout::v3_13::DEBUG.entries.len()
+        );
+    }
 
     #[test]
     fn mimalloc_functions_with_compiler_suffixes() {

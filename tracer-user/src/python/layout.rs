@@ -312,6 +312,11 @@ pub(crate) mod tests {
     /// Minors whose interpreters come from Debian's sid root (`./dev setup`), not pyenv.
     const SID_MINORS: &[u32] = &[14, 15];
 
+    /// The workspace root (for the free-threaded tests in `freethreaded.rs` too).
+    pub(crate) fn repo_root() -> PathBuf {
+        repo()
+    }
+
     fn repo() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
     }
@@ -667,110 +672,6 @@ pub(crate) mod tests {
                 file.display()
             );
         }
-    }
-
-    /// The free-threaded CPython `./dev setup` builds (target/cpython-ft), or `None` when it
-    /// is missing and LEAKTRACE_NO_PYENV=1 allows skipping; panics otherwise.
-    fn ft_prefix() -> Option<(PathBuf, String)> {
-        let prefix = repo().join("target/cpython-ft/install");
-        let found = std::fs::read_dir(prefix.join("bin"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .find(|n| n.starts_with("python3.") && n.ends_with('t'));
-        if let Some(name) = found {
-            let v = name.trim_start_matches("python").to_string();
-            return Some((prefix, v));
-        }
-        if std::env::var("LEAKTRACE_NO_PYENV").as_deref() == Ok("1") {
-            eprintln!(
-                "skipping the free-threaded CPython: nothing under {}",
-                prefix.display()
-            );
-            return None;
-        }
-        panic!(
-            "no free-threaded CPython under {}: run ./dev setup (set LEAKTRACE_NO_PYENV=1 to skip)",
-            prefix.display()
-        );
-    }
-
-    /// 3.13t: `_Py_DebugOffsets` read from the free-threaded binary's own bytes gives, field
-    /// for field, the layout the C compiler computes from its headers (tools/pyoffsets/offsets.c
-    /// built with `Py_GIL_DISABLED`): the offsets the struct carries and the facts the parser
-    /// assumes for the fields it lacks (`interpreters.main`, the unicode state bits, ...).
-    #[test]
-    fn free_threaded_3_13t() {
-        let Some((prefix, v)) = ft_prefix() else {
-            return;
-        };
-        let exe = prefix.join(format!("bin/python{v}"));
-        let bytes = runtime_bytes(&exe, 584);
-        let parsed = debug_offsets::parse(&bytes).expect("3.13t debug offsets parse");
-        assert!(parsed.free_threaded);
-        assert_eq!(parsed.minor, 13);
-        let parsed = parsed.layout;
-        assert_ne!(parsed, v3_13::LAYOUT, "a free-threaded build differs");
-        assert_eq!(
-            parsed.object_type, 24,
-            "ob_type after the 24-byte ob_tid.. header"
-        );
-
-        let inc = prefix.join(format!("include/python{v}"));
-        let tmp = std::env::temp_dir().join(format!("leaktrace-offsets-ft-{}", std::process::id()));
-        let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "gcc".into()))
-            .args(["-O0", "-w", "-o"])
-            .arg(&tmp)
-            .arg(format!("-I{}", inc.display()))
-            .arg(format!("-I{}/internal", inc.display()))
-            .arg(repo().join("tools/pyoffsets/offsets.c"))
-            .status()
-            .expect("running gcc");
-        assert!(
-            status.success(),
-            "offsets.c against {} failed",
-            inc.display()
-        );
-        let out = Command::new(&tmp).output().unwrap();
-        let _ = std::fs::remove_file(&tmp);
-        let text = String::from_utf8(out.stdout).unwrap();
-        let fields = parsed.fields();
-        let (mut checked, mut debug_checked) = (0, 0);
-        for line in text.lines() {
-            let (name, value) = line.split_once(' ').unwrap();
-            if name == "version" {
-                assert_eq!(format!("{value}t"), v);
-                continue;
-            }
-            let value = if value == "absent" {
-                Layout::ABSENT
-            } else {
-                value.parse().unwrap()
-            };
-            if let Some(entry) = name.strip_prefix("debug.") {
-                // Same struct in both builds: the GIL build's entry table applies.
-                let (_, at) = v3_13::DEBUG
-                    .entries
-                    .iter()
-                    .find(|(n, _)| *n == entry)
-                    .unwrap_or_else(|| panic!("{name} not in v3_13::DEBUG"));
-                assert_eq!(*at, value, "{v} {name}");
-                debug_checked += 1;
-                continue;
-            }
-            let (_, parsed_value) = fields
-                .iter()
-                .find(|(n, _)| *n == name)
-                .unwrap_or_else(|| panic!("offsets.c prints {name}, which Layout lacks"));
-            assert_eq!(
-                *parsed_value, value,
-                "{v} {name}: parsed debug offsets vs headers"
-            );
-            checked += 1;
-        }
-        assert_eq!(checked, fields.len(), "every Layout field checked");
-        assert_eq!(debug_checked, v3_13::DEBUG.entries.len());
     }
 
     /// Older versions have no cookie.
