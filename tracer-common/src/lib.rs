@@ -14,8 +14,14 @@ pub mod sampling;
 pub const MAP_ALLOCS: &str = "ALLOCS";
 /// Live totals per allocation stack: [`StackKey`] -> [`StackTotals`].
 pub const MAP_STACK_TOTALS: &str = "STACK_TOTALS";
-/// Native stacks (frame-pointer unwound) captured with `bpf_get_stackid`.
+/// Native stacks (frame-pointer unwound, `bpf_get_stack`), keyed by their own 64-bit hash:
+/// [`StackKey::native_stack`] -> [`NativeStack`]. Unlike a `BPF_MAP_TYPE_STACK_TRACE` map,
+/// which hashes each stack into one of its slots and refuses a stack whose slot another one
+/// holds (a collision, long before the map is full), a stack is lost here only when the map
+/// is full.
 pub const MAP_STACKS: &str = "STACKS";
+/// Per-CPU buffer where a native stack is captured before it is hashed.
+pub const MAP_STACK_SCRATCH: &str = "STACK_SCRATCH";
 /// Per-thread request between an allocator's entry and its return: tid -> [`Pending`].
 pub const MAP_PENDING: &str = "PENDING";
 /// Per-CPU loss and activity counters, indexed by [`Counter`].
@@ -43,8 +49,9 @@ pub const DEFAULT_MAX_STACKS: u32 = 8192;
 pub const MAX_PENDING: u32 = 16_384;
 /// Size of [`MAP_EVENTS`] in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
-/// Frames kept per native stack (the kernel's PERF_MAX_STACK_DEPTH).
-pub const MAX_NATIVE_FRAMES: usize = 127;
+/// Frames kept per native stack (innermost first; the kernel's PERF_MAX_STACK_DEPTH is 127):
+/// 120 makes a [`NativeStack`] map entry exactly 1 KiB (element header, key, value).
+pub const MAX_NATIVE_FRAMES: usize = 120;
 /// Bytes of a Python frame read at once by the walker: every frame field it needs must lie
 /// within them (user space checks the layout against it).
 pub const PY_FRAME_WINDOW: usize = 128;
@@ -172,9 +179,11 @@ pub enum Counter {
     FreesSeen = 1,
     /// Allocation not tracked because [`MAP_ALLOCS`] was full.
     AllocMapFull = 2,
-    /// Allocation tracked without a native stack (`bpf_get_stackid` failed, not a collision).
+    /// Allocation tracked without a native stack: `bpf_get_stack` found none.
     StackError = 3,
-    /// Stack-map hash collision or full stack map: the allocation has no native stack.
+    /// Allocation tracked without a native stack: [`MAP_STACKS`] was full. (Its JSON name,
+    /// `stack_map_collision_or_full`, dates from the stack-trace map, which also refused
+    /// stacks on hash collisions; stacks keyed by their own hash do not collide.)
     StackCollision = 4,
     /// `free` of a pointer not tracked (allocated before attach, or untracked).
     FreeUnknown = 5,
@@ -224,17 +233,26 @@ const _: () = assert!(size_of::<AllocKey>() == 16);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {
     pub tgid: u32,
-    /// Id in [`MAP_STACKS`], or negative when no stack could be captured.
-    pub stack_id: i32,
-    /// Return address into the caller of the allocator, 0 if unreadable.
-    pub caller: u64,
     /// [`AllocKind`] as u32.
     pub kind: u32,
-    pub _pad: u32,
+    /// Key in [`MAP_STACKS`] (the stack's own hash, never 0), 0 when none was captured.
+    pub native_stack: u64,
+    /// Return address into the caller of the allocator, 0 if unreadable.
+    pub caller: u64,
     /// Key in [`MAP_PY_STACKS`], 0 when there is no Python stack.
     pub py_stack: u64,
 }
 const _: () = assert!(size_of::<StackKey>() == 32);
+
+/// Value of [`MAP_STACKS`]: instruction pointers, innermost (the probed instruction) first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NativeStack {
+    pub len: u32,
+    pub _pad: u32,
+    pub ips: [u64; MAX_NATIVE_FRAMES],
+}
+const _: () = assert!(size_of::<NativeStack>() == 8 + 8 * MAX_NATIVE_FRAMES);
 
 /// Value of [`MAP_ALLOCS`].
 #[repr(C)]
@@ -259,8 +277,13 @@ pub struct StackTotals {
     pub total_bytes: u64,
     /// Allocations ever made from this stack while tracing.
     pub total_allocs: u64,
+    /// Recorded blocks from this stack not yet freed: the samples behind `live_bytes` in
+    /// sampled mode (the same as `live_allocs` in exact mode).
+    pub live_samples: i64,
+    /// Blocks ever recorded from this stack while tracing.
+    pub total_samples: u64,
 }
-const _: () = assert!(size_of::<StackTotals>() == 32);
+const _: () = assert!(size_of::<StackTotals>() == 48);
 
 /// Value of [`MAP_PENDING`]: what an allocator was asked for, kept from entry to return.
 #[repr(C)]
@@ -388,6 +411,7 @@ mod pod {
     unsafe impl aya::Pod for PyStack {}
     unsafe impl aya::Pod for AllocKey {}
     unsafe impl aya::Pod for StackKey {}
+    unsafe impl aya::Pod for NativeStack {}
     unsafe impl aya::Pod for AllocInfo {}
     unsafe impl aya::Pod for StackTotals {}
     unsafe impl aya::Pod for Pending {}

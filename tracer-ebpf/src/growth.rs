@@ -17,14 +17,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_loop},
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, PerCpuArray},
-    programs::{tracing::StackIdContext, TracePointContext},
+    programs::TracePointContext,
     EbpfContext,
 };
 use tracer_common::{
@@ -33,10 +33,10 @@ use tracer_common::{
         GROWTH_COUNTER_SLOTS, MAX_MREMAP_PENDING, MAX_PAGE_CHUNKS, MAX_TARGETS, PAGE_SHIFT,
         PAGE_SIZE, THP_ALWAYS, THP_NEVER,
     },
-    AllocInfo, AllocKey, AllocKind, Counter, Pending, StackKey,
+    AllocInfo, AllocKey, AllocKind, Pending, StackKey,
 };
 
-use crate::maps::{add_totals, count, forget, record, tgid_of, ALLOCS, STACKS};
+use crate::maps::{add_totals, forget, native_stack, record, tgid_of, ALLOCS};
 
 #[map]
 pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
@@ -235,17 +235,7 @@ fn on_fault(ctx: &TracePointContext) -> u32 {
         }
     }
     let ip = field(ctx, 16);
-    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as i32,
-        Err(e) if e == -17 || e == -12 => {
-            count(Counter::StackCollision);
-            -1
-        }
-        Err(_) => {
-            count(Counter::StackError);
-            -1
-        }
-    };
+    let native_stack = native_stack(ctx);
     let pending = Pending {
         sp: 0,
         size: PAGE_SIZE,
@@ -255,12 +245,11 @@ fn on_fault(ctx: &TracePointContext) -> u32 {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         stack: StackKey {
             tgid,
-            stack_id,
+            kind: AllocKind::PageFault as u32,
+            native_stack,
             // The faulting instruction, when it is in user space (a fault taken by the kernel
             // inside a syscall has the syscall's user address at the top of the native stack).
             caller: if ip < USER_TOP { ip } else { 0 },
-            kind: AllocKind::PageFault as u32,
-            _pad: 0,
             py_stack: crate::python::python_stack(pid_tgid),
         },
     };

@@ -5,16 +5,19 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_probe_read_user,
     },
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{tracing::StackIdContext, ProbeContext},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::ProbeContext,
+    EbpfContext,
 };
 use tracer_common::{
     sampling::{self, layout},
-    AllocInfo, AllocKey, Counter, Pending, StackKey, StackTotals, COUNTER_SLOTS,
-    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DEFAULT_MAX_STACK_TOTALS, EVENTS_BYTES, MAX_PENDING,
+    AllocInfo, AllocKey, Counter, NativeStack, Pending, StackKey, StackTotals, COUNTER_SLOTS,
+    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DEFAULT_MAX_STACK_TOTALS, EVENTS_BYTES,
+    MAX_NATIVE_FRAMES, MAX_PENDING,
 };
 
 // The names of these statics are the map names user space looks up (tracer_common::MAP_*).
@@ -27,7 +30,59 @@ pub static STACK_TOTALS: HashMap<StackKey, StackTotals> =
     HashMap::with_max_entries(DEFAULT_MAX_STACK_TOTALS, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_MAX_STACKS, 0);
+pub static STACKS: HashMap<u64, NativeStack> =
+    HashMap::with_max_entries(DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static STACK_SCRATCH: PerCpuArray<NativeStack> = PerCpuArray::with_max_entries(1, 0);
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The current task's user stack (frame pointers), stored once under its own hash: its key
+/// in [`STACKS`], or 0 (counted) when there is none or the map is full. Two different stacks
+/// share a key only if their 64-bit FNV-1a hashes collide.
+#[inline(always)]
+pub fn native_stack(ctx: &impl EbpfContext) -> u64 {
+    let Some(buf) = STACK_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::StackError);
+        return 0;
+    };
+    // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU; the helper
+    // writes at most the size given, which is that of `ips`.
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            (&raw mut (*buf).ips).cast(),
+            (8 * MAX_NATIVE_FRAMES) as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if n <= 0 {
+        count(Counter::StackError);
+        return 0;
+    }
+    let len = (n as u64 / 8) as usize;
+    let mut hash = FNV_OFFSET;
+    for i in 0..MAX_NATIVE_FRAMES {
+        if i >= len {
+            break;
+        }
+        // SAFETY: as above; `i` is within `ips`.
+        hash = (hash ^ unsafe { (*buf).ips[i] }).wrapping_mul(FNV_PRIME);
+    }
+    let key = hash | 1;
+    if STACKS.get_ptr(&key).is_none() {
+        // SAFETY: as above.
+        unsafe { (*buf).len = len as u32 };
+        // SAFETY: as above.
+        if STACKS.insert(&key, unsafe { &*buf }, 0).is_err() {
+            count(Counter::StackCollision);
+            return 0;
+        }
+    }
+    key
+}
 
 #[map]
 pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(MAX_PENDING, 0);
@@ -78,9 +133,6 @@ pub fn sampled(size: u64) -> bool {
     unsafe { sampling::decide(&mut *countdown, size, next) }
 }
 
-const EEXIST: i32 = 17;
-const ENOMEM: i32 = 12;
-
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
@@ -121,10 +173,9 @@ pub fn enter_unrecorded(ctx: &ProbeContext) {
         ts_ns: 0,
         stack: StackKey {
             tgid: tgid_of(pid_tgid),
-            stack_id: -1,
-            caller: 0,
             kind: tracer_common::AllocKind::Other as u32,
-            _pad: 0,
+            native_stack: 0,
+            caller: 0,
             py_stack: 0,
         },
     };
@@ -153,17 +204,7 @@ pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) {
     // caller's frame, which frame-pointer unwinding from here would skip.
     // SAFETY: bpf_probe_read_user tolerates any address.
     let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as i32,
-        Err(e) if e == -EEXIST || e == -ENOMEM => {
-            count(Counter::StackCollision);
-            -1
-        }
-        Err(_) => {
-            count(Counter::StackError);
-            -1
-        }
-    };
+    let native_stack = native_stack(ctx);
     let pending = Pending {
         sp,
         size,
@@ -173,10 +214,9 @@ pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         stack: StackKey {
             tgid: tgid_of(pid_tgid),
-            stack_id,
-            caller,
             kind,
-            _pad: 0,
+            native_stack,
+            caller,
             py_stack: crate::python::python_stack(pid_tgid),
         },
     };
@@ -235,7 +275,12 @@ fn add_weighted(stack: &StackKey, bytes: u64, allocs: u64, sign: i64) {
             &raw mut (*totals).live_allocs,
             (allocs as i64).wrapping_mul(sign),
         );
+        atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut (*totals).live_samples, sign);
         if sign > 0 {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                &raw mut (*totals).total_samples,
+                1,
+            );
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
                 &raw mut (*totals).total_bytes,
                 bytes,

@@ -75,10 +75,9 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
     let len: u64 = ctx.arg(1).unwrap_or(0);
     let stack = StackKey {
         tgid: tgid_of(bpf_get_current_pid_tgid()),
-        stack_id: -1,
-        caller: 0,
         kind: AllocKind::Other as u32,
-        _pad: 0,
+        native_stack: 0,
+        caller: 0,
         py_stack: 0,
     };
     emit(MapEventKind::Unmap, addr, len, 0, 0, 0, &stack);

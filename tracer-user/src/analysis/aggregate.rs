@@ -8,6 +8,7 @@ use tracer_common::StackKey;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    analysis::trend::Point,
     probes::{limits::SERIES_POINTS, mode::Sampling},
     resolve::frame::Frame,
 };
@@ -103,15 +104,24 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
     (den > 0.0).then(|| num / den)
 }
 
-/// Live bytes per stack sampled over time.
+/// Live bytes per stack sampled over time, with the sample counts behind them (sampled mode).
 #[derive(Debug, Default)]
 pub struct Series {
-    points: HashMap<StackKey, Vec<(f64, f64)>>,
+    points: HashMap<StackKey, Vec<Point>>,
+}
+
+/// What one stack holds at one sample: live bytes, and in sampled mode the recorded
+/// allocations live and recorded so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    pub bytes: u64,
+    pub live_samples: u64,
+    pub recorded_samples: u64,
 }
 
 impl Series {
-    pub fn push(&mut self, t_s: f64, sample: impl IntoIterator<Item = (StackKey, u64)>) {
-        for (key, bytes) in sample {
+    pub fn push(&mut self, t_s: f64, sample: impl IntoIterator<Item = (StackKey, Sample)>) {
+        for (key, s) in sample {
             let points = self.points.entry(key).or_default();
             if points.len() >= SERIES_POINTS {
                 let mut i = 0;
@@ -120,7 +130,12 @@ impl Series {
                     i % 2 == 1
                 });
             }
-            points.push((t_s, bytes as f64));
+            points.push(Point {
+                t: t_s,
+                bytes: s.bytes as f64,
+                live: s.live_samples.min(u64::from(u32::MAX)) as u32,
+                recorded: s.recorded_samples.min(u64::from(u32::MAX)) as u32,
+            });
         }
     }
 
@@ -131,16 +146,27 @@ impl Series {
 
     /// Growth in bytes/s over the samples in which the stack was present.
     pub fn growth(&self, key: &StackKey) -> Option<f64> {
-        slope(self.points.get(key)?)
+        let points: Vec<(f64, f64)> = self
+            .points
+            .get(key)?
+            .iter()
+            .map(|p| (p.t, p.bytes))
+            .collect();
+        slope(&points)
     }
 
-    /// Several stacks' live bytes summed sample by sample (a stack shown once in a report can
-    /// be several kernel stacks that symbolize alike).
-    pub fn merged(&self, keys: &[StackKey]) -> Vec<(f64, f64)> {
-        let mut by_time: std::collections::BTreeMap<i64, (f64, f64)> = Default::default();
+    /// Several stacks' live bytes (and sample counts) summed sample by sample (a stack shown
+    /// once in a report can be several kernel stacks that symbolize alike).
+    pub fn merged(&self, keys: &[StackKey]) -> Vec<Point> {
+        let mut by_time: std::collections::BTreeMap<i64, Point> = Default::default();
         for key in keys {
-            for &(t, bytes) in self.points.get(key).into_iter().flatten() {
-                by_time.entry((t * 1e6) as i64).or_insert((t, 0.0)).1 += bytes;
+            for p in self.points.get(key).into_iter().flatten() {
+                let e = by_time
+                    .entry((p.t * 1e6) as i64)
+                    .or_insert(Point::new(p.t, 0.0));
+                e.bytes += p.bytes;
+                e.live = e.live.saturating_add(p.live);
+                e.recorded = e.recorded.saturating_add(p.recorded);
             }
         }
         by_time.into_values().collect()
@@ -172,12 +198,35 @@ pub struct StackReport {
     /// Allocations made from this stack while traced (freed or not).
     #[serde(default)]
     pub alloc_count: u64,
-    /// `growing`, `plateaued`, `churning` or `transient`; null when not classified.
+    /// `growing`, `plateaued`, `churning`, `transient` or `uncertain`; null without samples.
     #[serde(default)]
     pub trend: Option<String>,
     /// Live bytes gained between the first and the last sample of the window (0 if none).
     #[serde(default)]
     pub added_bytes: u64,
+    /// `--mode sampled`: recorded allocations behind `live_bytes` and `live_allocs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_samples: Option<u64>,
+    /// `--mode sampled`: recorded allocations that entered or left the stack's live set
+    /// between the window's first and last sample, behind `growth_bytes_per_s` and
+    /// `added_bytes` (an upper bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_samples: Option<u64>,
+    /// `--mode sampled`: one standard deviation of `growth_bytes_per_s` from sampling (at
+    /// most `sample_bytes * sqrt(max(growth_samples, 1)) / window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_stderr_bytes_per_s: Option<f64>,
+}
+
+/// Estimates from fewer recorded allocations than this are marked in tables (`~`, and the
+/// sample count).
+pub const FEW_SAMPLES: u64 = 5;
+
+impl StackReport {
+    /// Whether its figures are estimates from fewer than [`FEW_SAMPLES`] samples.
+    pub fn few_samples(&self) -> bool {
+        self.live_samples.is_some_and(|n| n < FEW_SAMPLES)
+    }
 }
 
 /// Merges stacks with identical frames and sorts by live bytes (largest first, then by
@@ -215,6 +264,9 @@ pub fn merge(resolved: Vec<Resolved>, now_ns: u64) -> Vec<StackReport> {
             alloc_count: allocated.1,
             trend: None,
             added_bytes: 0,
+            live_samples: None,
+            growth_samples: None,
+            growth_stderr_bytes_per_s: None,
         })
         .collect();
     out.sort_by(|a, b| {
@@ -231,13 +283,12 @@ pub fn merge(resolved: Vec<Resolved>, now_ns: u64) -> Vec<StackReport> {
 mod tests {
     use super::*;
 
-    fn key(id: i32) -> StackKey {
+    fn key(id: u64) -> StackKey {
         StackKey {
             tgid: 7,
-            stack_id: id,
-            caller: 0,
             kind: 0,
-            _pad: 0,
+            native_stack: id,
+            caller: 0,
             py_stack: 0,
         }
     }
@@ -296,14 +347,26 @@ mod tests {
     #[test]
     fn merged_series_sum_sample_by_sample() {
         let mut series = Series::default();
-        series.push(0.0, [(key(1), 10), (key(2), 1)]);
-        series.push(1.0, [(key(1), 20)]);
-        series.push(2.0, [(key(1), 30), (key(2), 5)]);
+        let b = |bytes, live_samples, recorded_samples| Sample {
+            bytes,
+            live_samples,
+            recorded_samples,
+        };
+        series.push(0.0, [(key(1), b(10, 1, 1)), (key(2), b(1, 0, 2))]);
+        series.push(1.0, [(key(1), b(20, 2, 2))]);
+        series.push(2.0, [(key(1), b(30, 3, 3)), (key(2), b(5, 1, 3))]);
+        let p = |t, bytes, live, recorded| Point {
+            t,
+            bytes,
+            live,
+            recorded,
+        };
         assert_eq!(
             series.merged(&[key(1), key(2)]),
-            vec![(0.0, 11.0), (1.0, 20.0), (2.0, 35.0)]
+            vec![p(0.0, 11.0, 1, 3), p(1.0, 20.0, 2, 2), p(2.0, 35.0, 4, 6)]
         );
         assert!(series.merged(&[key(9)]).is_empty());
+        assert_eq!(series.growth(&key(1)), Some(10.0));
     }
 
     #[test]
@@ -353,10 +416,9 @@ mod tests {
         let s = Sampling { n: 1000 };
         let stack = StackKey {
             tgid: 1,
-            stack_id: 1,
-            caller: 0,
             kind: 0,
-            _pad: 0,
+            native_stack: 1,
+            caller: 0,
             py_stack: 0,
         };
         let allocs: Vec<LiveAlloc> = (0..1000)

@@ -6,9 +6,21 @@ use std::collections::HashMap;
 use tracer_common::StackKey;
 
 use crate::analysis::{
-    aggregate::Series,
+    aggregate::{Sample, Series},
     trend::{self, Trend},
 };
+
+/// What one kernel stack holds now.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LiveNow {
+    pub bytes: u64,
+    pub allocs: u64,
+    /// Bytes allocated from it while traced (kernel totals only).
+    pub allocated: u64,
+    /// Sampled mode: the recorded blocks behind `bytes` (kernel totals only; mappings are
+    /// exact).
+    pub samples: Sample,
+}
 
 /// One stack in a view.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +31,8 @@ pub struct Row {
     pub live_allocs: u64,
     pub growth_bytes_per_s: Option<f64>,
     pub trend: Option<&'static str>,
+    /// `--mode sampled`: recorded allocations behind the row's estimates (None: exact).
+    pub samples: Option<u64>,
 }
 
 /// Everything a view shows at one interval.
@@ -33,18 +47,20 @@ pub struct Snapshot {
     pub rows: Vec<Row>,
 }
 
-/// The rows of an interval, from live (bytes, allocations) per stack, bytes allocated per stack
-/// while traced, and the series. Only the biggest and fastest-growing stacks are labelled
-/// (`label` resolves a stack into its one-line form); stacks with the same label are one row.
+/// The rows of an interval, from what each stack holds now and the series; `sample_bytes` is
+/// `--sample-bytes` in sampled mode (the noise scale of the trends). Only the biggest and
+/// fastest-growing stacks are labelled (`label` resolves a stack into its one-line form);
+/// stacks with the same label are one row.
 pub fn rows(
-    live: HashMap<StackKey, (u64, u64)>,
-    allocated: &HashMap<StackKey, u64>,
+    live: HashMap<StackKey, LiveNow>,
+    sample_bytes: Option<f64>,
     series: &Series,
     top: usize,
     mut label: impl FnMut(&StackKey) -> String,
 ) -> Vec<Row> {
-    let mut keys: Vec<(StackKey, (u64, u64))> = live.into_iter().filter(|(_, v)| v.0 > 0).collect();
-    keys.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+    let mut keys: Vec<(StackKey, LiveNow)> =
+        live.into_iter().filter(|(_, v)| v.bytes > 0).collect();
+    keys.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.cmp(&b.0)));
     // Symbolize only the biggest and fastest-growing stacks: the rest are not shown.
     let limit = top.saturating_mul(4).max(40);
     let mut by_growth = keys.clone();
@@ -52,7 +68,7 @@ pub fn rows(
         let g = |k: &StackKey| series.growth(k).unwrap_or(f64::NEG_INFINITY);
         g(&b.0).total_cmp(&g(&a.0))
     });
-    let mut chosen: Vec<(StackKey, (u64, u64))> = keys.iter().take(limit).copied().collect();
+    let mut chosen: Vec<(StackKey, LiveNow)> = keys.iter().take(limit).copied().collect();
     for k in by_growth.into_iter().take(limit) {
         if !chosen.iter().any(|c| c.0 == k.0) {
             chosen.push(k);
@@ -60,31 +76,36 @@ pub fn rows(
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut row_keys: Vec<Vec<StackKey>> = Vec::new();
-    for (key, (bytes, count)) in chosen {
+    let mut row_allocated: Vec<u64> = Vec::new();
+    for (key, now) in chosen {
         let label = label(&key);
+        let samples = now.samples.live_samples;
         match rows.iter().position(|r| r.label == label) {
             Some(i) => {
-                rows[i].live_bytes += bytes;
-                rows[i].live_allocs += count;
+                rows[i].live_bytes += now.bytes;
+                rows[i].live_allocs += now.allocs;
+                rows[i].samples = rows[i].samples.map(|s| s + samples);
                 row_keys[i].push(key);
+                row_allocated[i] += now.allocated;
             }
             None => {
                 rows.push(Row {
                     label,
-                    live_bytes: bytes,
-                    live_allocs: count,
+                    live_bytes: now.bytes,
+                    live_allocs: now.allocs,
                     growth_bytes_per_s: None,
                     trend: None,
+                    samples: sample_bytes.map(|_| samples),
                 });
                 row_keys.push(vec![key]);
+                row_allocated.push(now.allocated);
             }
         }
     }
-    for (row, keys) in rows.iter_mut().zip(&row_keys) {
+    for ((row, keys), allocated) in rows.iter_mut().zip(&row_keys).zip(&row_allocated) {
         let points = series.merged(keys);
-        let allocated_bytes: u64 = keys.iter().filter_map(|k| allocated.get(k)).sum();
-        row.growth_bytes_per_s = trend::robust_slope(&points);
-        row.trend = trend::classify(&points, allocated_bytes as f64).map(Trend::as_str);
+        row.growth_bytes_per_s = trend::slope_of(&points);
+        row.trend = trend::classify(&points, *allocated as f64, sample_bytes).map(Trend::as_str);
     }
     rows
 }

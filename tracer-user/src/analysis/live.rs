@@ -16,13 +16,17 @@ use crate::{
 
 /// The report's stacks from the live allocations (weighed, mappings included) at `now_ns`,
 /// those younger than `min_age_ns` left out. `allocated` is (bytes, allocations) per stack
-/// while traced; `frames_of` resolves a stack.
+/// while traced; `frames_of` resolves a stack. Sampled mode (`sample_bytes` set): `samples`
+/// is the recorded blocks behind each stack's estimate, and each stack gets its sample counts.
+#[allow(clippy::too_many_arguments)]
 pub fn report_stacks(
     live: impl IntoIterator<Item = LiveAlloc>,
     now_ns: u64,
     min_age_ns: u64,
     allocated: &HashMap<StackKey, (u64, u64)>,
     series: &Series,
+    samples: &HashMap<StackKey, u64>,
+    sample_bytes: Option<f64>,
     mut frames_of: impl FnMut(&StackKey) -> Vec<Frame>,
 ) -> Vec<StackReport> {
     let groups = group(live, now_ns, min_age_ns);
@@ -62,11 +66,23 @@ pub fn report_stacks(
     let mut stacks = merge(resolved, now_ns);
     // Growth and trend from the whole window's samples of each stack as reported.
     for s in &mut stacks {
-        let points = series.merged(&keys_by_frames[&s.frames]);
-        s.growth_bytes_per_s = trend::robust_slope(&points).or(s.growth_bytes_per_s);
-        s.trend = trend::classify(&points, s.alloc_bytes as f64).map(|t| t.as_str().to_string());
+        let keys = &keys_by_frames[&s.frames];
+        let points = series.merged(keys);
+        s.growth_bytes_per_s = trend::slope_of(&points).or(s.growth_bytes_per_s);
+        s.trend = trend::classify(&points, s.alloc_bytes as f64, sample_bytes)
+            .map(|t| t.as_str().to_string());
         if let (Some(first), Some(last)) = (points.first(), points.last()) {
-            s.added_bytes = (last.1 - first.1).max(0.0) as u64;
+            s.added_bytes = (last.bytes - first.bytes).max(0.0) as u64;
+        }
+        if let Some(n) = sample_bytes {
+            s.live_samples = Some(keys.iter().filter_map(|k| samples.get(k)).sum());
+            let (changes, span) = match (points.first(), points.last()) {
+                (Some(a), Some(b)) => (trend::changes(a, b), b.t - a.t),
+                _ => (0, 0.0),
+            };
+            s.growth_samples = Some(changes);
+            s.growth_stderr_bytes_per_s = (span > 0.0 && s.growth_bytes_per_s.is_some())
+                .then(|| n * (changes.max(1) as f64).sqrt() / span);
         }
     }
     stacks

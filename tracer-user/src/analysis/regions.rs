@@ -135,21 +135,20 @@ mod tests {
 
     const P: u64 = 4096;
 
-    fn stack(id: i32) -> StackKey {
+    fn stack(id: u64) -> StackKey {
         StackKey {
             tgid: 1,
-            stack_id: id,
-            caller: 0,
             kind: 8,
-            _pad: 0,
+            native_stack: id,
+            caller: 0,
             py_stack: 0,
         }
     }
 
-    fn live(r: &Regions) -> Vec<(u64, u64, i32)> {
+    fn live(r: &Regions) -> Vec<(u64, u64, u64)> {
         let mut v: Vec<_> = r
             .iter()
-            .map(|r| (r.start, r.end, r.stack.stack_id))
+            .map(|r| (r.start, r.end, r.stack.native_stack))
             .collect();
         v.sort();
         v

@@ -23,7 +23,8 @@ pub struct Totals {
     pub live_allocs: u64,
     pub allocs_seen: u64,
     pub frees_seen: u64,
-    /// Allocations that could not be tracked (map full, lost events, missed returns).
+    /// Allocations that could not be tracked (a map full, lost events): `alloc_map_full +
+    /// pending_map_full + mmap_events_lost`.
     pub dropped: u64,
 }
 
@@ -48,7 +49,9 @@ pub struct Report {
     /// Allocations younger than this were left out.
     #[serde(default)]
     pub min_age_s: f64,
-    /// False when anything was lost: the numbers are then lower bounds.
+    /// False exactly when the numbers are lower bounds: `totals.dropped` is not zero (an
+    /// allocation made while traced is missing), or, in growth mode, pages may count less
+    /// than they map (README: the rule).
     #[serde(default = "yes")]
     pub complete: bool,
     /// Every loss and activity counter from the kernel side, by name.
@@ -145,10 +148,28 @@ impl Report {
             Flame::Live => "Surviving allocations",
             Flame::Growth => "Growth of growing stacks",
         };
+        // Sampled mode: the totals are estimates, from this many recorded allocations.
+        let (estimated, samples) = match self.sample_bytes {
+            Some(_) => {
+                let counts: Vec<u64> = self.stacks.iter().filter_map(|s| s.live_samples).collect();
+                let k: u64 = counts.iter().sum();
+                let from = match (counts.is_empty(), k) {
+                    // A report written before sample counts were kept.
+                    (true, _) => ", estimated".to_string(),
+                    (false, 1) => ", estimated from 1 sample".to_string(),
+                    (false, k) => format!(", estimated from {k} samples"),
+                };
+                ("~", from)
+            }
+            None => ("", String::new()),
+        };
         let title = format!(
-            "{what}: {} in {} allocations (pid {})",
+            "{what}: {}{} in {}{} allocations{} (pid {})",
+            estimated,
             human_bytes(self.totals.live_bytes),
+            estimated,
             self.totals.live_allocs,
+            samples,
             self.target
                 .pids
                 .iter()
@@ -256,6 +277,9 @@ pub(crate) mod tests {
                     alloc_count: 2000,
                     trend: Some("growing".into()),
                     added_bytes: 2_048_000,
+                    live_samples: None,
+                    growth_samples: None,
+                    growth_stderr_bytes_per_s: None,
                 },
                 StackReport {
                     frames: vec![
@@ -271,6 +295,9 @@ pub(crate) mod tests {
                     alloc_count: 1,
                     trend: None,
                     added_bytes: 0,
+                    live_samples: None,
+                    growth_samples: None,
+                    growth_stderr_bytes_per_s: None,
                 },
             ],
             min_age_s: 1.0,

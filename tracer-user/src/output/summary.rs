@@ -7,7 +7,7 @@ use crate::{
     analysis::aggregate::StackReport,
     output::{
         report::{human_bytes, Report},
-        view::{human_rate, SortBy},
+        view::{table_line, SortBy},
     },
     resolve::frame::{Frame, FrameKind},
 };
@@ -32,12 +32,15 @@ pub fn print_summary(report: &Report, why: &str, sort: SortBy, top: usize, outpu
     }
     for s in ranked.into_iter().take(top) {
         println!(
-            "  {:>10} {:>8} {:>12} {:>9}  {}",
-            human_bytes(s.live_bytes),
-            s.live_allocs,
-            human_rate(s.growth_bytes_per_s),
-            s.trend.as_deref().unwrap_or("-"),
-            short_stack(&s.frames)
+            "{}",
+            table_line(
+                s.live_bytes,
+                s.live_allocs,
+                s.growth_bytes_per_s,
+                s.trend.as_deref(),
+                s.live_samples,
+                &short_stack(&s.frames)
+            )
         );
     }
     for note in &report.notes {

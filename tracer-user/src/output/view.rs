@@ -13,9 +13,54 @@ use ratatui::{
 };
 
 use crate::{
-    analysis::interval::{Row, Snapshot},
+    analysis::{
+        aggregate::FEW_SAMPLES,
+        interval::{Row, Snapshot},
+    },
     output::report::human_bytes,
 };
+
+/// How a table shows an estimate: `~` before the live bytes and count, and `(1 sample)` after
+/// the stack, when fewer than [`FEW_SAMPLES`] recorded allocations stand behind
+/// them; nothing otherwise (exact figures, or enough samples).
+pub struct Marks {
+    pub prefix: &'static str,
+    pub suffix: String,
+}
+
+pub fn marks(samples: Option<u64>) -> Marks {
+    match samples {
+        Some(n) if n < FEW_SAMPLES => Marks {
+            prefix: "~",
+            suffix: format!(" ({n} sample{})", if n == 1 { "" } else { "s" }),
+        },
+        _ => Marks {
+            prefix: "",
+            suffix: String::new(),
+        },
+    }
+}
+
+/// One table line: live bytes, count, growth, trend, stack (the form tables, `top` without a
+/// terminal and the summary share).
+pub fn table_line(
+    live_bytes: u64,
+    live_allocs: u64,
+    growth: Option<f64>,
+    trend: Option<&str>,
+    samples: Option<u64>,
+    label: &str,
+) -> String {
+    let m = marks(samples);
+    format!(
+        "  {:>10} {:>8} {:>12} {:>9}  {label}{}",
+        format!("{}{}", m.prefix, human_bytes(live_bytes)),
+        format!("{}{live_allocs}", m.prefix),
+        human_rate(growth),
+        trend.unwrap_or("-"),
+        m.suffix
+    )
+}
 
 /// How stacks are ranked in tables and views (`--sort`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -109,12 +154,15 @@ impl View for TextView {
         for r in s.rows.iter().take(self.top) {
             writeln!(
                 out,
-                "  {:>10} {:>8} {:>12} {:>9}  {}",
-                human_bytes(r.live_bytes),
-                r.live_allocs,
-                human_rate(r.growth_bytes_per_s),
-                r.trend.unwrap_or("-"),
-                r.label
+                "{}",
+                table_line(
+                    r.live_bytes,
+                    r.live_allocs,
+                    r.growth_bytes_per_s,
+                    r.trend,
+                    r.samples,
+                    &r.label
+                )
             )?;
         }
         out.flush()?;
@@ -196,12 +244,13 @@ impl TuiView {
                 .iter()
                 .take(top)
                 .map(|r| {
+                    let m = marks(r.samples);
                     TableRow::new(vec![
-                        Cell::from(human_bytes(r.live_bytes)),
-                        Cell::from(r.live_allocs.to_string()),
+                        Cell::from(format!("{}{}", m.prefix, human_bytes(r.live_bytes))),
+                        Cell::from(format!("{}{}", m.prefix, r.live_allocs)),
                         Cell::from(human_rate(r.growth_bytes_per_s)),
                         Cell::from(r.trend.unwrap_or("-")),
-                        Cell::from(r.label.clone()),
+                        Cell::from(format!("{}{}", r.label, m.suffix)),
                     ])
                 })
                 .collect();
@@ -309,6 +358,7 @@ mod tests {
             live_allocs: 1,
             growth_bytes_per_s: growth,
             trend: None,
+            samples: None,
         }
     }
 
@@ -326,6 +376,31 @@ mod tests {
         sort_rows(&mut rows, SortBy::Live);
         let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
         assert_eq!(labels, ["cache", "unknown", "shrinking", "leak"]);
+    }
+
+    #[test]
+    fn estimates_from_few_samples_are_marked() {
+        // One sampled 16-byte block at --sample-bytes 512K stands for 524296 bytes in 32769
+        // allocations: never shown bare.
+        let one = table_line(
+            524_296,
+            32_769,
+            None,
+            Some("uncertain"),
+            Some(1),
+            "leak [malloc]",
+        );
+        assert!(
+            one.contains("~512.0 KiB") && one.contains("~32769"),
+            "{one}"
+        );
+        assert!(one.ends_with("leak [malloc] (1 sample)"), "{one}");
+        let few = table_line(10, 2, None, None, Some(4), "x");
+        assert!(few.ends_with("x (4 samples)"), "{few}");
+        for samples in [None, Some(5), Some(1000)] {
+            let line = table_line(524_296, 32_769, None, None, samples, "leak");
+            assert!(!line.contains('~') && line.ends_with("leak"), "{line}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
         UProbe,
@@ -18,9 +18,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    cookie, sampling, AllocInfo, AllocKey, AllocKind, Counter, MapEvent, PyConfig, PyStack,
-    StackKey, StackTotals, COUNTER_SLOTS, MAP_ALLOCS, MAP_COUNTERS, MAP_EVENTS, MAP_PENDING,
-    MAP_PY_STACKS, MAP_PY_TARGETS, MAP_PY_TSTATES, MAP_STACKS, MAP_STACK_TOTALS,
+    cookie, sampling, AllocInfo, AllocKey, AllocKind, Counter, MapEvent, NativeStack, PyConfig,
+    PyStack, StackKey, StackTotals, COUNTER_SLOTS, MAP_ALLOCS, MAP_COUNTERS, MAP_EVENTS,
+    MAP_PENDING, MAP_PY_STACKS, MAP_PY_TARGETS, MAP_PY_TSTATES, MAP_STACKS, MAP_STACK_TOTALS,
 };
 
 use crate::probes::{limits::MapLimits, mode::Sampling};
@@ -160,12 +160,14 @@ impl Counters {
         self.0[c as usize]
     }
 
-    /// Allocations that were made but could not be tracked.
+    /// Allocations that were made but could not be tracked: the report's numbers are lower
+    /// bounds when this is not zero. A missed return is not one (the call never handed memory
+    /// to the program), nor is a stack that could not be stored (the allocation is counted,
+    /// with a shorter stack).
     pub fn dropped(&self) -> u64 {
         self.get(Counter::AllocMapFull)
             + self.get(Counter::PendingFull)
             + self.get(Counter::EventsLost)
-            + self.get(Counter::MissedReturn)
     }
 
     pub const NAMES: [(Counter, &'static str); COUNTER_SLOTS as usize] = [
@@ -515,11 +517,15 @@ impl Tracer {
     }
 
     /// Instruction pointers of a native stack, innermost first.
-    pub fn stack(&self, stack_id: i32) -> Option<Vec<u64>> {
-        let id = u32::try_from(stack_id).ok()?;
-        let map = StackTraceMap::try_from(self.map(MAP_STACKS).ok()?).ok()?;
-        let trace = map.get(&id, 0).ok()?;
-        Some(trace.frames().iter().map(|f| f.ip).collect())
+    pub fn stack(&self, key: u64) -> Option<Vec<u64>> {
+        if key == 0 {
+            return None;
+        }
+        let map: HashMap<&MapData, u64, NativeStack> =
+            HashMap::try_from(self.map(MAP_STACKS).ok()?).ok()?;
+        let stack = map.get(&key, 0).ok()?;
+        let len = (stack.len as usize).min(stack.ips.len());
+        Some(stack.ips[..len].to_vec())
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {

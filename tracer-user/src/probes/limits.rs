@@ -2,15 +2,15 @@
 //!
 //! The model, per map: a hash map entry costs the kernel's element header (48 bytes) plus key
 //! and value rounded to 8, rounded up to the kmalloc size class it is allocated from, plus 16
-//! bytes per bucket (the entry count rounded up to a power of two); a stack-trace map is
-//! preallocated at 24 + 8 * 127 bytes per entry. User space holds, per outstanding allocation
+//! bytes per bucket (the entry count rounded up to a power of two); a native stack is such an
+//! entry of exactly 1 KiB. User space holds, per outstanding allocation
 //! read at the end, its key and value (64 bytes) plus the weighed copy (56 bytes); per stack,
-//! its totals (64 bytes) and a growth series of at most [`SERIES_POINTS`]
-//! points of 16 bytes.
+//! its totals (80 bytes) and a growth series of at most [`SERIES_POINTS`]
+//! points of 24 bytes.
 
 use tracer_common::{
     DEFAULT_MAX_ALLOCS, DEFAULT_MAX_PY_STACKS, DEFAULT_MAX_STACKS, DEFAULT_MAX_STACK_TOTALS,
-    EVENTS_BYTES, MAX_NATIVE_FRAMES, MAX_PENDING, MAX_PY_THREADS,
+    EVENTS_BYTES, MAX_PENDING, MAX_PY_THREADS,
 };
 
 /// Points kept per stack in a growth series (`analysis::aggregate::Series`): beyond it, every
@@ -74,17 +74,18 @@ impl MapLimits {
     /// Worst-case memory, kernel and user space, when every map is full (bytes).
     pub fn worst_case_bytes(&self) -> u64 {
         use std::mem::size_of;
-        use tracer_common::{AllocInfo, AllocKey, Pending, PyStack, StackKey, StackTotals};
+        use tracer_common::{
+            AllocInfo, AllocKey, NativeStack, Pending, PyStack, StackKey, StackTotals,
+        };
         let kernel = hash_map(self.allocs, size_of::<AllocKey>(), size_of::<AllocInfo>())
             + hash_map(self.stacks, size_of::<StackKey>(), size_of::<StackTotals>())
-            + u64::from(self.native_stacks) * (24 + 8 * MAX_NATIVE_FRAMES as u64)
-            + u64::from(self.native_stacks).next_power_of_two() * 8
+            + hash_map(self.native_stacks, 8, size_of::<NativeStack>())
             + hash_map(self.python_stacks, 8, size_of::<PyStack>())
             + hash_map(self.threads, 8, size_of::<Pending>())
             + u64::from(self.events_bytes)
             + hash_map(MAX_PY_THREADS, 4, 8);
         let user = u64::from(self.allocs) * (64 + 56)
-            + u64::from(self.stacks) * (64 + 16 * SERIES_POINTS as u64)
+            + u64::from(self.stacks) * (80 + 24 * SERIES_POINTS as u64)
             // Resolved Python stacks: frames with names and file paths, ~40 bytes each.
             + u64::from(self.python_stacks) * 40 * 32;
         kernel + user

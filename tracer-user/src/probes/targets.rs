@@ -192,7 +192,7 @@ impl Targets {
     ) -> Result<()> {
         // The path maps print is as seen from leaktrace's root (a chrooted target's files keep
         // their host path there): open the file through the mapping itself.
-        let host = ProcMaps::read(pid)
+        let host = crate::target::procmaps::ProcMaps::read(pid)
             .ok()
             .and_then(|maps| {
                 maps.iter()

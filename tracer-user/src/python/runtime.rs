@@ -1,3 +1,5 @@
+// size: just over the limit because of the unit tests on patched real 3.15 binaries (unknown
+// minor, free-threaded flag, mismatch, cookie), which belong next to the discovery they test.
 //! A live CPython interpreter inside a traced process: where it is, and how its threads map to
 //! kernel thread ids (what its code objects are called is read in `resolve::python`). Every
 //! read of the target's memory is bounded.

@@ -241,7 +241,7 @@ impl Stacks {
         // return address the probe read from [sp] (unless the kernel already added it).
         // A page fault's ips[0] is the faulting instruction (its `caller`), or for a fault
         // taken by the kernel in a syscall, the syscall's call site: kept.
-        let ips = tracer.stack(key.stack_id).unwrap_or_default();
+        let ips = tracer.stack(key.native_stack).unwrap_or_default();
         let rest = ips.get(usize::from(!fault)..).unwrap_or_default();
         let mut returns: Vec<u64> = Vec::with_capacity(rest.len() + 1);
         if key.caller != 0 && rest.first() != Some(&key.caller) {

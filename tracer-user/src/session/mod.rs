@@ -23,8 +23,8 @@ use tracer_common::{Counter, MapEvent, MapEventKind, StackKey};
 pub use self::report::snapshot_path;
 use crate::{
     analysis::{
-        aggregate::Series,
-        interval::{self, Snapshot},
+        aggregate::{Sample, Series},
+        interval::{self, LiveNow, Snapshot},
         regions::Regions,
     },
     error::{exit, user},
@@ -448,18 +448,22 @@ impl Session {
         });
     }
 
-    /// Live bytes per stack right now: the kernel's totals plus tracked mappings.
-    fn live_by_stack(&self) -> Result<HashMap<StackKey, (u64, u64)>> {
-        let mut live: HashMap<StackKey, (u64, u64)> = HashMap::new();
+    /// Live bytes per stack right now: the kernel's totals plus tracked mappings (which are
+    /// exact in every mode: no samples).
+    fn live_by_stack(&self) -> Result<HashMap<StackKey, LiveNow>> {
+        let mut live: HashMap<StackKey, LiveNow> = HashMap::new();
         for (key, totals) in self.tracer.stack_totals()? {
             let e = live.entry(key).or_default();
-            e.0 += totals.live_bytes.max(0) as u64;
-            e.1 += totals.live_allocs.max(0) as u64;
+            e.bytes += totals.live_bytes.max(0) as u64;
+            e.allocs += totals.live_allocs.max(0) as u64;
+            e.samples.live_samples += totals.live_samples.max(0) as u64;
+            e.samples.recorded_samples += totals.total_samples;
+            e.allocated += totals.total_bytes;
         }
         for (r, count) in self.regions.pieces() {
             let e = live.entry(r.stack).or_default();
-            e.0 += r.len();
-            e.1 += count;
+            e.bytes += r.len();
+            e.allocs += count;
         }
         Ok(live)
     }
@@ -468,22 +472,34 @@ impl Session {
         self.resolve_new_python_stacks();
         let t = self.started.elapsed().as_secs_f64();
         let live = self.live_by_stack()?;
-        self.series
-            .push(t, live.into_iter().map(|(k, (bytes, _))| (k, bytes)));
+        self.series.push(
+            t,
+            live.into_iter().map(|(k, l)| {
+                (
+                    k,
+                    Sample {
+                        bytes: l.bytes,
+                        ..l.samples
+                    },
+                )
+            }),
+        );
         Ok(())
+    }
+
+    /// Mean bytes between samples in sampled mode: the noise scale of every estimate.
+    fn sample_bytes(&self) -> Option<f64> {
+        self.tracer.sampling().map(|s| s.n as f64)
     }
 
     /// The view's picture of this interval: totals and one row per distinct stack.
     fn view_snapshot(&mut self) -> Result<Snapshot> {
         let counters = self.tracer.counters()?;
         let live = self.live_by_stack()?;
-        let (bytes, allocs) = live.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
-        let allocated: HashMap<StackKey, u64> = self
-            .tracer
-            .stack_totals()?
-            .into_iter()
-            .map(|(k, t)| (k, t.total_bytes))
-            .collect();
+        let (bytes, allocs) = live
+            .values()
+            .fold((0, 0), |a, v| (a.0 + v.bytes, a.1 + v.allocs));
+        let sample_bytes = self.sample_bytes();
         let Session {
             stacks,
             targets,
@@ -492,7 +508,7 @@ impl Session {
             opts,
             ..
         } = self;
-        let rows = interval::rows(live, &allocated, series, opts.top, |k| {
+        let rows = interval::rows(live, sample_bytes, series, opts.top, |k| {
             short_stack(&stacks.frames(k, targets, tracer))
         });
         Ok(Snapshot {

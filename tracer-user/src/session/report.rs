@@ -58,6 +58,16 @@ impl Session {
             .map(|(k, t)| (k, (t.total_bytes, t.total_allocs)))
             .collect();
         let min_age_ns = self.opts.min_age.as_nanos() as u64;
+        // Sampled mode: the recorded blocks behind each stack's estimate.
+        let mut heap_samples: HashMap<StackKey, u64> = HashMap::new();
+        if self.tracer.sampling().is_some() {
+            for (_, info) in &heap {
+                if now_ns.saturating_sub(info.ts_ns) >= min_age_ns {
+                    *heap_samples.entry(info.stack).or_default() += 1;
+                }
+            }
+        }
+        let sample_bytes = self.sample_bytes();
         let heap = heap.iter().map(|(_, info)| LiveAlloc {
             stack: info.stack,
             size: info.size,
@@ -80,9 +90,16 @@ impl Session {
                 tracer,
                 ..
             } = self;
-            report_stacks(live, now_ns, min_age_ns, &allocated, &self.series, |k| {
-                resolver.frames(k, targets, tracer)
-            })
+            report_stacks(
+                live,
+                now_ns,
+                min_age_ns,
+                &allocated,
+                &self.series,
+                &heap_samples,
+                sample_bytes,
+                |k| resolver.frames(k, targets, tracer),
+            )
         };
         let mut report = self.report(stop, &counters, stacks);
         if self.opts.mode == Mode::Growth {
@@ -116,31 +133,13 @@ impl Session {
     }
 
     fn report(&self, stop: Option<Stop>, counters: &Counters, stacks: Vec<StackReport>) -> Report {
-        let mut notes = Vec::new();
+        let mut notes = loss_notes(counters);
         let dropped = counters.dropped();
-        if dropped > 0 {
-            notes.push(format!(
-                "{dropped} allocations were not tracked (map full or lost events): the numbers are lower bounds; raise --max-allocs (or --max-threads, --events-bytes: see the counters)"
-            ));
-        }
         if let Some(s) = self.opts.sampling {
             notes.push(format!(
                 "sampled mode (one sample per {} allocated on average): live bytes and counts are estimates, each recorded allocation of s bytes standing for s/(1-exp(-s/{})) bytes; stacks that allocated little may be missing",
                 human_bytes(s.n),
                 s.n
-            ));
-        }
-        let full = |c: Counter| counters.get(c);
-        if full(Counter::StackTotalsFull) > 0 {
-            notes.push(format!(
-                "{} allocations found the stack totals map full: live tables and growth miss those stacks (the report itself is complete); raise --max-stacks",
-                full(Counter::StackTotalsFull)
-            ));
-        }
-        if full(Counter::PyStacksFull) > 0 {
-            notes.push(format!(
-                "{} allocations found the Python stack map full and have native stacks only; raise --max-python-stacks",
-                full(Counter::PyStacksFull)
             ));
         }
         if let (Some(Stop::TargetExited), Some(_)) = (stop, self.targets.child) {
@@ -169,12 +168,6 @@ impl Session {
                     .map(u32::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
-            ));
-        }
-        let stack_lost = counters.get(Counter::StackCollision) + counters.get(Counter::StackError);
-        if stack_lost > 0 {
-            notes.push(format!(
-                "{stack_lost} allocations have no native stack (stack map full or collided): they show only their direct caller"
             ));
         }
         Report {
@@ -207,6 +200,69 @@ impl Session {
             notes,
         }
     }
+}
+
+/// One note per loss counter that is not zero, each saying what was lost, whether the
+/// report's numbers are lower bounds because of it, and what to do. `complete` is false
+/// exactly when [`Counters::dropped`] is not zero (an allocation made while traced is missing
+/// from the numbers); the other losses leave every allocation counted, with less detail.
+pub fn loss_notes(counters: &Counters) -> Vec<String> {
+    let n = |c: Counter| counters.get(c);
+    let mut notes = Vec::new();
+    let dropped = counters.dropped();
+    if dropped > 0 {
+        // Each cause, with its own remedy.
+        let causes: Vec<String> = [
+            (Counter::AllocMapFull, "the allocation map was full: raise --max-allocs"),
+            (
+                Counter::PendingFull,
+                "more threads were inside an allocator call at once than tracked: raise --max-threads",
+            ),
+            (
+                Counter::EventsLost,
+                "the mmap event ring was full: raise --events-bytes",
+            ),
+        ]
+        .iter()
+        .filter(|(c, _)| n(*c) > 0)
+        .map(|(c, why)| format!("{} because {why}", n(*c)))
+        .collect();
+        notes.push(format!(
+            "{dropped} allocations were not tracked ({}): the numbers are lower bounds",
+            causes.join("; ")
+        ));
+    }
+    if n(Counter::MissedReturn) > 0 {
+        notes.push(format!(
+            "{} allocator calls never returned while traced (missed_return: a longjmp out of an allocator, a thread that ended inside one): such a call handed no memory to the program, so nothing is missing from the numbers; usually harmless",
+            n(Counter::MissedReturn)
+        ));
+    }
+    if n(Counter::StackCollision) > 0 {
+        notes.push(format!(
+            "{} allocations found the native stack map full (more distinct native stacks than --max-native-stacks): they are counted, with their direct caller only; raise --max-native-stacks",
+            n(Counter::StackCollision)
+        ));
+    }
+    if n(Counter::StackError) > 0 {
+        notes.push(format!(
+            "{} allocations have no native stack (the kernel could not unwind one): they are counted, with their direct caller only",
+            n(Counter::StackError)
+        ));
+    }
+    if n(Counter::StackTotalsFull) > 0 {
+        notes.push(format!(
+            "{} allocations found the stack totals map full: live tables and growth miss those stacks (the report itself is complete); raise --max-stacks",
+            n(Counter::StackTotalsFull)
+        ));
+    }
+    if n(Counter::PyStacksFull) > 0 {
+        notes.push(format!(
+            "{} allocations found the Python stack map full and have native stacks only; raise --max-python-stacks",
+            n(Counter::PyStacksFull)
+        ));
+    }
+    notes
 }
 
 /// Turns an exact-mode report into a growth-mode one: mode, counters, drops, notes.
@@ -284,6 +340,49 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    fn counters(set: &[(Counter, u64)]) -> Counters {
+        let mut c = Counters::default();
+        for (k, v) in set {
+            c.0[*k as usize] = *v;
+        }
+        c
+    }
+
+    #[test]
+    fn each_loss_has_its_own_note_and_remedy() {
+        // Only missed returns: not a drop, no map to raise, nothing missing.
+        let c = counters(&[(Counter::MissedReturn, 2)]);
+        assert_eq!(c.dropped(), 0);
+        let notes = loss_notes(&c);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("2 allocator calls never returned"));
+        assert!(notes[0].contains("nothing is missing") && notes[0].contains("harmless"));
+        assert!(!notes[0].contains("--max-") && !notes[0].contains("lower bound"));
+        // A full native stack map: its own remedy, not a drop.
+        let c = counters(&[(Counter::StackCollision, 7)]);
+        assert_eq!(c.dropped(), 0);
+        let notes = loss_notes(&c);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].contains("native stack map full") && notes[0].contains("--max-native-stacks")
+        );
+        assert!(!notes[0].contains("--max-allocs"));
+        // Drops name each cause with its remedy, and only those that happened.
+        let c = counters(&[(Counter::AllocMapFull, 5), (Counter::EventsLost, 1)]);
+        assert_eq!(c.dropped(), 6);
+        let notes = loss_notes(&c);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].starts_with("6 allocations were not tracked"),
+            "{}",
+            notes[0]
+        );
+        assert!(notes[0].contains("5 because the allocation map was full: raise --max-allocs"));
+        assert!(notes[0].contains("1 because the mmap event ring was full: raise --events-bytes"));
+        assert!(!notes[0].contains("--max-threads") && notes[0].contains("lower bounds"));
+        assert!(loss_notes(&Counters::default()).is_empty());
+    }
 
     #[test]
     fn snapshot_names_carry_a_utc_timestamp() {
