@@ -173,13 +173,13 @@ fn two_threads_get_their_own_stacks() {
     }
 }
 
-/// `leaktrace run` from start-up on py_leak.py (`--now`) for 6 s (start-up under `--pymalloc`
+/// `leaktrace run` from start-up on py_leak.py (`--now`) for 12 s (start-up under `--pymalloc`
 /// on a loaded machine takes seconds).
 fn run_leak(extra: &[&str], out: &str) -> Value {
     let py = ft_python();
     let script = root().join("tests/fixtures/py_leak.py");
     let out = out_path(out);
-    let mut args = vec!["run", "--duration", "6", "-o", out.to_str().unwrap()];
+    let mut args = vec!["run", "--duration", "12", "-o", out.to_str().unwrap()];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[
         "--",
