@@ -24,7 +24,7 @@ use crate::{
     name = "leaktrace",
     version,
     about = "Find the allocations that survive in a live process, with eBPF: no restart, no code change.",
-    after_help = "Python frames: CPython 3.8-3.15 on x86_64, default (GIL) builds, shared libpython or static interpreter (tested: pyenv 3.8-3.13, Debian's static 3.11, Debian's 3.14 and 3.15 static and shared). Other versions and free-threaded builds: native stacks only, said in one line.\n\nExit codes: 0 report written; 1 error; 2 bad command line; 3 the target exited while traced (report written)."
+    after_help = "Python frames: CPython 3.8-3.15 on x86_64, default (GIL) builds, shared libpython or static interpreter, and the free-threaded 3.13t (tested: pyenv 3.8-3.13, Debian's static 3.11, Debian's 3.14 and 3.15 static and shared, 3.13t built --disable-gil; on 3.13t objects come from mimalloc: --pymalloc sees them one by one). Other versions and free-threaded 3.14t/3.15t: native stacks only, said in one line.\n\nExit codes: 0 report written; 1 error; 2 bad command line; 3 the target exited while traced (report written)."
 )]
 pub struct Cli {
     #[command(subcommand)]

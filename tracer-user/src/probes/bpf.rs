@@ -92,6 +92,20 @@ pub const PYMALLOC_PROBES: &[Probe] = &[
     other("_PyObject_Free", "pyfree_ctx_enter", false),
 ];
 
+/// `--pymalloc` on a free-threaded interpreter (3.13t+), where mimalloc replaces pymalloc: the
+/// functions behind `PyObject_*` and `PyMem_*` (local symbols too), same signatures as
+/// pymalloc's (the allocator context first).
+pub const MIMALLOC_PROBES: &[Probe] = &[
+    alloc("_PyObject_MiMalloc", AllocKind::PyMalloc, 1, NONE, NONE),
+    alloc("_PyObject_MiCalloc", AllocKind::PyCalloc, 1, 2, NONE),
+    alloc("_PyObject_MiRealloc", AllocKind::PyRealloc, 2, NONE, 1),
+    other("_PyObject_MiFree", "pyfree_ctx_enter", false),
+    alloc("_PyMem_MiMalloc", AllocKind::PyMalloc, 1, NONE, NONE),
+    alloc("_PyMem_MiCalloc", AllocKind::PyCalloc, 1, 2, NONE),
+    alloc("_PyMem_MiRealloc", AllocKind::PyRealloc, 2, NONE, 1),
+    other("_PyMem_MiFree", "pyfree_ctx_enter", false),
+];
+
 /// `--pymalloc` on an interpreter without a symbol table: the exported entry points only
 /// (CPython's own internal calls bypass them).
 pub const PYMALLOC_EXPORTED_PROBES: &[Probe] = &[
@@ -276,9 +290,24 @@ impl Tracer {
     /// `--pymalloc`: probes CPython's object allocator in `module` (libpython or the
     /// interpreter executable). Returns the probes and whether only the exported entry points
     /// could be used.
-    pub fn attach_pymalloc(&mut self, pid: u32, module: &Path) -> Result<(Vec<Attached>, bool)> {
+    pub fn attach_pymalloc(
+        &mut self,
+        pid: u32,
+        module: &Path,
+        free_threaded: bool,
+    ) -> Result<(Vec<Attached>, bool)> {
         let elf = ElfFile::open(module)?;
-        if elf.function("_PyObject_Malloc").is_some() {
+        if free_threaded && elf.function("_PyObject_MiMalloc").is_some() {
+            let probes = self.attach_table(
+                pid,
+                module,
+                &elf,
+                MIMALLOC_PROBES,
+                &["_PyObject_MiMalloc", "_PyObject_MiFree"],
+            )?;
+            return Ok((probes, false));
+        }
+        if !free_threaded && elf.function("_PyObject_Malloc").is_some() {
             let probes = self.attach_table(
                 pid,
                 module,

@@ -136,6 +136,11 @@ impl Targets {
                 tracer.set_python(pid, &interp.config(self.python.max_depth))?;
                 if self.python.pymalloc {
                     self.attach_pymalloc(pid, &interp, tracer)?;
+                } else if interp.free_threaded && is_root && self.mode != Mode::Growth {
+                    eprintln!(
+                        "leaktrace: note: Python {} is free-threaded: its objects come from mimalloc, not malloc, so they are not seen one by one (mimalloc's own mappings are one stack); add --pymalloc to see every object",
+                        interp.version()
+                    );
                 }
                 // Printed once everything is in place: scripts and tests wait for it.
                 if is_root {
@@ -200,7 +205,7 @@ impl Targets {
                     .join("root")
                     .join(interp.module.trim_start_matches('/'))
             });
-        let (probes, exported_only) = tracer.attach_pymalloc(pid, &host)?;
+        let (probes, exported_only) = tracer.attach_pymalloc(pid, &host, interp.free_threaded)?;
         if pid != self.root {
             return Ok(());
         }

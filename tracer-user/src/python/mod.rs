@@ -2,10 +2,12 @@
 //! eBPF or `/proc/<pid>/mem`), line-table decoders, interpreter version detection, and the live
 //! interpreter in a traced process (where it is, its threads).
 //!
-//! Supported: CPython 3.8 through 3.15 on x86_64, release (non-debug) builds with the GIL (not
-//! the free-threaded builds, which are refused in one line). See README.md next to this file
-//! for what each version changed and how a new minor version is added.
+//! Supported: CPython 3.8 through 3.15 on x86_64, release (non-debug) builds with the GIL, and
+//! the free-threaded 3.13t (3.14t/3.15t are refused in one line: see [`freethreaded`]). See
+//! README.md next to this file for what each version changed and how a new minor version is
+//! added.
 //!
+//! * [`freethreaded`]: what a `--disable-gil` build changes (object header, mimalloc).
 //! * [`layout`]: byte offsets of the fields needed to find threads, frames and code objects.
 //! * [`linetable`]: maps an instruction's byte offset in a code object to a source line.
 //! * [`version`]: tells which Python a binary or shared library is.
@@ -14,6 +16,7 @@
 //! May call: `error`, `target` (ELF files, mappings). Turning code objects into frames is
 //! `resolve::python`; publishing threads to the kernel is `probes::targets`.
 
+pub mod freethreaded;
 pub mod layout;
 pub mod linetable;
 pub mod runtime;

@@ -26,6 +26,7 @@ const PYMALLOC_ARENA_FUNCTIONS: &[&str] = &[
     "_PyMem_ArenaAlloc",
     "_PyObject_ArenaMalloc",
 ];
+pub use crate::python::freethreaded::MIMALLOC_SEGMENTS_FRAME;
 /// The frame standing for every Python stack that mapped a pymalloc arena.
 pub const PYMALLOC_ARENAS_FRAME: &str =
     "[pymalloc arenas: objects of 512 B or less, attributed one by one with --pymalloc]";
@@ -143,6 +144,29 @@ impl Stacks {
         } else {
             Vec::new()
         };
+        // mimalloc's memory (free-threaded builds), like pymalloc's arenas below, holds the
+        // objects of every thread and function: one stack of its own, whoever mapped it.
+        if native
+            .iter()
+            .take(2)
+            .any(|f| crate::python::freethreaded::is_mimalloc_os_function(&f.function))
+        {
+            let label = Frame {
+                function: MIMALLOC_SEGMENTS_FRAME.to_string(),
+                file: None,
+                line: None,
+                module: None,
+                kind: FrameKind::Python,
+            };
+            // The allocator frame only: mimalloc maps from more than one line, and where its
+            // memory came from inside mimalloc says nothing to the reader.
+            let leaf = native.into_iter().take(1);
+            return process
+                .into_iter()
+                .chain(std::iter::once(label))
+                .chain(leaf)
+                .collect();
+        }
         if python.is_empty() {
             return process
                 .into_iter()

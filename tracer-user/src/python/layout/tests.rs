@@ -8,6 +8,11 @@ const MINORS: &[u32] = &[8, 9, 10, 11, 12, 13, 14, 15];
 /// Minors whose interpreters come from Debian's sid root (`./dev setup`), not pyenv.
 const SID_MINORS: &[u32] = &[14, 15];
 
+/// The workspace root (for the free-threaded tests in `freethreaded.rs` too).
+pub(crate) fn repo_root() -> PathBuf {
+    repo()
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
