@@ -10,6 +10,7 @@ pub mod cli;
 pub mod compare;
 pub mod elf;
 pub mod error;
+pub mod features;
 pub mod growth;
 pub mod limits;
 pub mod mode;
