@@ -2,11 +2,23 @@
 //! complete `leaktrace` binary with the object embedded.
 
 use std::{
+    ffi::OsString,
     path::{Path, PathBuf},
     process::Command,
 };
 
+/// Set for the eBPF build: this build script is also its rustc wrapper (below), and this
+/// variable holds the path prefixes to remap, `FROM=TO` separated by `\x1f`.
+const REMAP_ENV: &str = "LEAKTRACE_EBPF_REMAP";
+/// A rustc wrapper that was set before ours (sccache, ...): ours runs it in turn.
+const NEXT_WRAPPER_ENV: &str = "LEAKTRACE_EBPF_NEXT_WRAPPER";
+
 fn main() -> anyhow::Result<()> {
+    if let Some(remaps) = std::env::var_os(REMAP_ENV) {
+        if std::env::args_os().len() > 1 {
+            return rustc_with_remaps(remaps);
+        }
+    }
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     println!(
         "cargo:rustc-env=LEAKTRACE_GIT_COMMIT={}",
@@ -35,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(out_dir.join("tracer-ebpf"), [])?;
         return Ok(());
     }
+    remap_paths_of_the_ebpf_build(&manifest_dir)?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "tracer-ebpf",
@@ -89,4 +102,65 @@ fn git_commit(manifest_dir: &Path) -> String {
     git(&["rev-parse", "HEAD"])
         .filter(|c| c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The eBPF object carries DWARF and BTF line info with absolute source paths (the checkout,
+/// cargo's registry, rustup's `core`), and it is embedded in the binary: two checkouts at
+/// different paths would build different binaries. aya-build sets the eBPF build's
+/// CARGO_ENCODED_RUSTFLAGS itself, so `--remap-path-prefix` reaches it through a rustc wrapper:
+/// this build script, run again with rustc's command line (see [`rustc_with_remaps`]).
+fn remap_paths_of_the_ebpf_build(manifest_dir: &Path) -> anyhow::Result<()> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let from_env_or_home = |var: &str, dir: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(dir)))
+    };
+    let mut remaps = OsString::new();
+    for (from, to) in [
+        (manifest_dir.parent().map(Path::to_path_buf), "/leaktrace"),
+        (from_env_or_home("CARGO_HOME", ".cargo"), "/cargo"),
+        (from_env_or_home("RUSTUP_HOME", ".rustup"), "/rustup"),
+    ] {
+        let Some(from) = from.and_then(|f| f.canonicalize().ok()) else {
+            continue;
+        };
+        if !remaps.is_empty() {
+            remaps.push("\x1f");
+        }
+        remaps.push(from.as_os_str());
+        remaps.push("=");
+        remaps.push(to);
+    }
+    // For the child cargo that aya-build starts (it inherits this environment).
+    if let Some(next) = std::env::var_os("RUSTC_WRAPPER") {
+        std::env::set_var(NEXT_WRAPPER_ENV, next);
+    }
+    std::env::set_var("RUSTC_WRAPPER", std::env::current_exe()?);
+    std::env::set_var(REMAP_ENV, remaps);
+    Ok(())
+}
+
+/// As the eBPF build's rustc wrapper: `ARGV = [self, rustc, args...]`. Compilations (those with
+/// `--crate-name`) get the remaps; cargo's queries (`rustc -vV`, `--print`) pass unchanged.
+fn rustc_with_remaps(remaps: OsString) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os().skip(1);
+    let rustc = args.next().expect("rustc");
+    let args: Vec<OsString> = args.collect();
+    let mut cmd = match std::env::var_os(NEXT_WRAPPER_ENV) {
+        Some(next) => {
+            let mut c = Command::new(next);
+            c.arg(rustc);
+            c
+        }
+        None => Command::new(rustc),
+    };
+    cmd.args(&args);
+    if args.iter().any(|a| a == "--crate-name") {
+        for remap in remaps.to_string_lossy().split('\x1f') {
+            cmd.arg(format!("--remap-path-prefix={remap}"));
+        }
+    }
+    Err(anyhow::anyhow!("cannot run rustc: {}", cmd.exec()))
 }
