@@ -132,6 +132,16 @@ fn remap_paths_of_the_ebpf_build(manifest_dir: &Path) -> anyhow::Result<()> {
         remaps.push("=");
         remaps.push(to);
     }
+    // cargo does not see a new rustc wrapper or new remaps as a reason to rebuild: when they
+    // differ from those of the object in OUT_DIR (built before, or in a checkout that moved),
+    // aya-build's target dir starts afresh (one rebuild of the eBPF crate and its `core`).
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let stamp = out_dir.join("ebpf-remaps");
+    let remaps_text = remaps.to_string_lossy().into_owned();
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(remaps_text.as_str()) {
+        let _ = std::fs::remove_dir_all(out_dir.join("aya-build"));
+        std::fs::write(&stamp, &remaps_text)?;
+    }
     // For the child cargo that aya-build starts (it inherits this environment).
     if let Some(next) = std::env::var_os("RUSTC_WRAPPER") {
         std::env::set_var(NEXT_WRAPPER_ENV, next);
