@@ -1,6 +1,6 @@
 //! The target's ELF files: symbol tables, segments and function heads (probe placement).
 #![no_main]
-use leaktrace::elf::{probe_offset, ElfFile};
+use leaktrace::target::elf::{probe_offset, ElfFile};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 //! `/proc/PID/maps` text (the target's mappings, paths chosen by whoever mapped the files).
 #![no_main]
-use leaktrace::procmaps::{is_libc_name, parse, ProcMaps};
+use leaktrace::target::procmaps::{is_libc_name, parse, ProcMaps};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

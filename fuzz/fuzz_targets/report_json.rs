@@ -1,9 +1,10 @@
 //! Saved JSON reports read back by `leaktrace report FILE.json` and `leaktrace diff`, and
 //! everything those commands render from them.
 #![no_main]
-use leaktrace::{
+use leaktrace::output::{
     compare,
-    report::{Flame, Format, Report},
+    format::Format,
+    report::{Flame, Report},
 };
 use libfuzzer_sys::fuzz_target;
 

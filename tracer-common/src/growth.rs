@@ -1,5 +1,5 @@
 //! `--mode growth`: shared types of the page-fault tracepoints (tracer-ebpf/src/growth.rs) and
-//! their user side (tracer-user/src/growth.rs).
+//! their user side (tracer-user/src/probes/growth.rs).
 //!
 //! A first-touch fault on an anonymous page of a traced process is recorded in [`crate::MAP_ALLOCS`]
 //! as one 4 KiB "allocation" keyed by the page address, with [`crate::AllocKind::PageFault`];

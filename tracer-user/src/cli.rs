@@ -11,9 +11,11 @@ use tracer_common::{
 
 use crate::{
     error::{user, UserError},
-    limits::MapLimits,
-    mode::{parse_sample_bytes, Mode, Sampling, DEFAULT_SAMPLE_BYTES},
-    report::Format,
+    output::format::Format,
+    probes::{
+        limits::MapLimits,
+        mode::{parse_sample_bytes, Mode, Sampling, DEFAULT_SAMPLE_BYTES},
+    },
     session::{self, AttachOptions},
 };
 
@@ -32,10 +34,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to a running process and report its surviving allocations on exit.
-    #[command(after_help = crate::limits::help_text())]
+    #[command(after_help = crate::probes::limits::help_text())]
     Attach(AttachArgs),
     /// Start a command and trace it from its first allocation.
-    #[command(after_help = crate::limits::help_text())]
+    #[command(after_help = crate::probes::limits::help_text())]
     Run(RunArgs),
     /// Attach to a running process with a live full-screen view (plain tables when stdout is
     /// not a terminal): totals, a sparkline of live bytes, top stacks with growth and trend.
@@ -70,7 +72,7 @@ pub struct ReportArgs {
     pub output: Option<PathBuf>,
     /// What flamegraphs and folded output measure (see `attach --help`).
     #[arg(long, value_enum, default_value = "live")]
-    pub flame: crate::report::Flame,
+    pub flame: crate::output::report::Flame,
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,10 +107,10 @@ pub struct TraceArgs {
     /// What flamegraphs and folded output measure: `live` bytes, or the bytes `growth`ing stacks
     /// added during the window.
     #[arg(long, value_enum, default_value = "live")]
-    pub flame: crate::report::Flame,
+    pub flame: crate::output::report::Flame,
     /// How tables and the live view rank stacks. Reports keep the JSON order (live bytes).
     #[arg(long, value_enum, default_value = "growth")]
-    pub sort: crate::view::SortBy,
+    pub sort: crate::output::view::SortBy,
     /// Stacks shown in each table.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
@@ -285,9 +287,9 @@ pub fn parse() -> Cli {
     use clap::{CommandFactory, FromArgMatches};
     // clap keeps `&'static str` versions (without its `string` feature): leaked once per run.
     let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
-    let mut command = Cli::command().version(leak(crate::features::short_version()));
+    let mut command = Cli::command().version(leak(crate::probes::features::short_version()));
     if std::env::args_os().skip(1).any(|a| a == "--version") {
-        let long = crate::features::long_version(std::path::Path::new("/sys"));
+        let long = crate::probes::features::long_version(std::path::Path::new("/sys"));
         command = command.long_version(leak(long));
     }
     Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
@@ -313,8 +315,8 @@ pub fn run(cli: Cli) -> Result<i32> {
 }
 
 /// Reads a saved report, refusing anything that is not leaktrace/v1 JSON.
-pub fn read_report(path: &std::path::Path) -> Result<crate::report::Report> {
-    use crate::report::{ReadError, Report, MAX_REPORT_BYTES};
+pub fn read_report(path: &std::path::Path) -> Result<crate::output::report::Report> {
+    use crate::output::report::{ReadError, Report, MAX_REPORT_BYTES};
     use std::io::Read as _;
     let cannot_read = |e: std::io::Error| user(format!("cannot read `{}`: {e}", path.display()));
     let mut text = String::new();
@@ -347,8 +349,11 @@ fn diff(args: DiffArgs) -> Result<i32> {
             args.output.display()
         ))
     })?;
-    crate::compare::write_diff_svg(&before, &after, std::io::BufWriter::new(file))?;
-    print!("{}", crate::compare::summary(&before, &after, args.top));
+    crate::output::compare::write_diff_svg(&before, &after, std::io::BufWriter::new(file))?;
+    print!(
+        "{}",
+        crate::output::compare::summary(&before, &after, args.top)
+    );
     eprintln!("leaktrace: wrote `{}`", args.output.display());
     Ok(crate::error::exit::OK)
 }
@@ -379,7 +384,7 @@ fn rerender(args: ReportArgs) -> Result<i32> {
         "leaktrace: wrote `{}` ({} stacks, {} live)",
         output.display(),
         report.stacks.len(),
-        crate::report::human_bytes(report.totals.live_bytes)
+        crate::output::report::human_bytes(report.totals.live_bytes)
     );
     Ok(crate::error::exit::OK)
 }
@@ -428,12 +433,12 @@ mod tests {
         let Command::Attach(a) = cli.command else {
             panic!("attach")
         };
-        assert_eq!(a.trace.mode, crate::mode::Mode::Exact);
+        assert_eq!(a.trace.mode, crate::probes::mode::Mode::Exact);
         let cli = Cli::try_parse_from(["leaktrace", "attach", "42", "--mode", "growth"]).unwrap();
         let Command::Attach(a) = &cli.command else {
             panic!("attach")
         };
-        assert_eq!(a.trace.mode, crate::mode::Mode::Growth);
+        assert_eq!(a.trace.mode, crate::probes::mode::Mode::Growth);
         assert!(Cli::try_parse_from(["leaktrace", "attach", "1", "--mode", "fast"]).is_err());
         let cli =
             Cli::try_parse_from(["leaktrace", "attach", "1", "--mode", "growth", "--pymalloc"])

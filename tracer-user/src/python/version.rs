@@ -20,8 +20,8 @@ use object::{Object, ObjectSection, ObjectSymbol};
 ///
 /// Errors only if the file cannot be read.
 pub fn detect(path: &Path) -> anyhow::Result<Option<(u32, u32)>> {
-    let data =
-        crate::elf::read_file(path).with_context(|| format!("reading {}", path.display()))?;
+    let data = crate::target::elf::read_file(path)
+        .with_context(|| format!("reading {}", path.display()))?;
     Ok(detect_bytes(
         &data,
         path.file_name().and_then(|n| n.to_str()),

@@ -5,8 +5,8 @@
 //! same maps exact mode uses (kind [`AllocKind::PageFault`]), so the series, trends, rankings
 //! and every report format work unchanged. This module attaches the tracepoints (mounting
 //! tracefs when it is not), finds the one kernel structure offset the programs need in the
-//! kernel's BTF, keeps the set of traced processes, and adds the mode's counters and notes to
-//! reports.
+//! kernel's BTF, keeps the set of traced processes, and reads the mode's counters (the session
+//! adds them and the mode's notes to reports: `session/report.rs`).
 
 use std::path::Path;
 
@@ -20,7 +20,7 @@ use tracer_common::growth::{
     MAP_GROWTH_COUNTERS, MAP_TARGETS, THP_ALWAYS, THP_MADVISE, THP_NEVER,
 };
 
-use crate::{bpf::Tracer, error::user, report::Report};
+use crate::{error::user, probes::bpf::Tracer};
 
 /// (program, tracepoint category, tracepoint name). Field offsets used by the programs are
 /// those of this kernel's `format` files (checked by the integration tests' attach).
@@ -140,12 +140,13 @@ pub fn attach(tracer: &mut Tracer, pid: u32) -> Result<Vec<&'static str>> {
         })?;
         names.push(*name);
     }
-    tracer.add_target(pid)?;
+    add_target(tracer, pid)?;
     Ok(names)
 }
 
-/// Adds `pid` to the traced set; its brk is seeded from /proc (the kernel keeps it up to date
-/// from then on, at every `brk` call).
+/// Starts tracing process `pid` with the mode's tracepoints (which run for every process and
+/// look their tgid up first); worker processes are added the same way. Its brk is seeded from
+/// /proc (the kernel keeps it up to date from then on, at every `brk` call).
 pub fn add_target(tracer: &mut Tracer, pid: u32) -> Result<()> {
     {
         let mut targets: HashMap<&mut MapData, u32, u32> = HashMap::try_from(
@@ -171,6 +172,7 @@ pub fn add_target(tracer: &mut Tracer, pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Stops tracing process `pid` (its recorded pages stay until the report).
 pub fn remove_target(tracer: &mut Tracer, pid: u32) -> Result<()> {
     if let Some(m) = tracer.ebpf.map_mut(MAP_TARGETS) {
         let mut targets: HashMap<&mut MapData, u32, u32> = HashMap::try_from(m)?;
@@ -217,44 +219,6 @@ pub fn counters(tracer: &Tracer) -> Result<[u64; GROWTH_COUNTER_SLOTS as usize]>
     Ok(out)
 }
 
-/// Turns an exact-mode report into a growth-mode one: mode, counters, drops, notes.
-pub fn annotate(report: &mut Report, counters: &[u64; GROWTH_COUNTER_SLOTS as usize]) {
-    report.mode = crate::mode::Mode::Growth.as_str().to_string();
-    for (c, name) in COUNTER_NAMES {
-        report
-            .counters
-            .insert(name.to_string(), counters[c as usize]);
-    }
-    let lost = counters[GrowthCounter::FaultVmaUnknown as usize]
-        + counters[GrowthCounter::ChunkMapFull as usize]
-        + counters[GrowthCounter::PageMoveLost as usize];
-    if lost > 0 {
-        report.totals.dropped += lost;
-        report.complete = false;
-        report.notes.push(format!(
-            "{lost} page faults or moves could not be recorded (mapping unreadable at that instant, or maps full): the numbers are lower bounds"
-        ));
-    }
-    let huge = counters[GrowthCounter::FaultMaybeHuge as usize];
-    if huge > 0 {
-        report.complete = false;
-        report.notes.push(format!(
-            "{huge} faults were in 2 MiB blocks where transparent huge pages may have mapped 2 MiB at once; each counts 4 KiB, so those stacks' numbers are lower bounds"
-        ));
-    }
-    // Rewrite exact mode's wording where it speaks of allocations.
-    for note in &mut report.notes {
-        if note.contains("allocations were not tracked") {
-            *note = note.replace("allocations were not tracked", "pages were not recorded");
-        }
-    }
-    report.notes.insert(
-        0,
-        "growth mode: sizes are resident anonymous pages (4 KiB each) first touched while traced, attributed to the stack that touched them; pages faulted in before attaching are not counted, and a page stays counted until it is unmapped, madvise-freed, or given back by brk/mremap (freeing to the allocator without returning memory to the kernel keeps it resident)"
-            .to_string(),
-    );
-}
-
 /// Byte offset of member `member` of `struct name` in raw BTF `data` (the kernel's
 /// /sys/kernel/btf/vmlinux), looking into anonymous struct and union members too.
 pub fn member_offset(data: &[u8], name: &str, member: &str) -> Option<u32> {
@@ -287,7 +251,7 @@ struct BtfType {
 }
 
 /// Just enough of a BTF reader for [`member_offset`] and the kernel feature checks of
-/// `--version` ([`crate::features`]).
+/// `--version` ([`crate::probes::features`]).
 pub struct Btf<'a> {
     strings: &'a [u8],
     /// Index = type id - 1.

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, io::Write};
 
 use anyhow::{Context, Result};
 
-use crate::report::{human_bytes, Frame, Report};
+use crate::{
+    output::report::{human_bytes, Report},
+    resolve::frame::Frame,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StackDelta {
@@ -140,7 +143,7 @@ mod tests {
     use super::*;
 
     fn reports() -> (Report, Report) {
-        let before = crate::report::tests::sample();
+        let before = crate::output::report::tests::sample();
         let mut after = before.clone();
         after.stacks[0].live_bytes *= 3;
         after.stacks[0].live_allocs *= 3;
@@ -180,7 +183,7 @@ mod tests {
     /// stack twice.
     #[test]
     fn huge_numbers_do_not_overflow() {
-        let mut big = crate::report::tests::sample();
+        let mut big = crate::output::report::tests::sample();
         let twin = big.stacks[0].clone();
         big.stacks.push(twin);
         for s in &mut big.stacks {

@@ -5,13 +5,18 @@
 //! bytes per bucket (the entry count rounded up to a power of two); a stack-trace map is
 //! preallocated at 24 + 8 * 127 bytes per entry. User space holds, per outstanding allocation
 //! read at the end, its key and value (64 bytes) plus the weighed copy (56 bytes); per stack,
-//! its totals (64 bytes) and a growth series of at most [`crate::aggregate::SERIES_POINTS`]
+//! its totals (64 bytes) and a growth series of at most [`SERIES_POINTS`]
 //! points of 16 bytes.
 
 use tracer_common::{
     DEFAULT_MAX_ALLOCS, DEFAULT_MAX_PY_STACKS, DEFAULT_MAX_STACKS, DEFAULT_MAX_STACK_TOTALS,
     EVENTS_BYTES, MAX_NATIVE_FRAMES, MAX_PENDING, MAX_PY_THREADS,
 };
+
+/// Points kept per stack in a growth series (`analysis::aggregate::Series`): beyond it, every
+/// other older point is dropped (the first is kept), so a long trace keeps a bounded, evenly
+/// thinned history.
+pub const SERIES_POINTS: usize = 64;
 
 /// Map sizes from the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +84,7 @@ impl MapLimits {
             + u64::from(self.events_bytes)
             + hash_map(MAX_PY_THREADS, 4, 8);
         let user = u64::from(self.allocs) * (64 + 56)
-            + u64::from(self.stacks) * (64 + 16 * crate::aggregate::SERIES_POINTS as u64)
+            + u64::from(self.stacks) * (64 + 16 * SERIES_POINTS as u64)
             // Resolved Python stacks: frames with names and file paths, ~40 bytes each.
             + u64::from(self.python_stacks) * 40 * 32;
         kernel + user

@@ -1,53 +1,14 @@
 //! The report: the `leaktrace/v1` JSON schema and its renderings (folded stacks, SVG).
+//! [`super::format`] picks a rendering by format (and adds pprof).
 
 use std::{collections::BTreeMap, io::Write};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::{analysis::aggregate::StackReport, resolve::frame::Frame};
+
 pub const SCHEMA: &str = "leaktrace/v1";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FrameKind {
-    Native,
-    Python,
-    /// `--per-process`: the outermost frame names the process (`pid 1234`).
-    Process,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Frame {
-    pub function: String,
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    pub module: Option<String>,
-    pub kind: FrameKind,
-}
-
-impl Frame {
-    pub fn native(function: impl Into<String>, module: Option<String>) -> Self {
-        Frame {
-            function: function.into(),
-            file: None,
-            line: None,
-            module,
-            kind: FrameKind::Native,
-        }
-    }
-
-    /// `function (file:line)`, the form inferno's palettes and py-spy use.
-    /// Folded output separates frames with `;` and stacks with line breaks, and any name
-    /// can hold them (a Python file name, a report read back): they become `:` and spaces.
-    pub fn label(&self) -> String {
-        let label = match (&self.file, self.line) {
-            (Some(file), Some(line)) => format!("{} ({file}:{line})", self.function),
-            (Some(file), None) => format!("{} ({file})", self.function),
-            _ => self.function.clone(),
-        };
-        label.replace(';', ":").replace(['\n', '\r'], " ")
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Target {
@@ -64,29 +25,6 @@ pub struct Totals {
     pub frees_seen: u64,
     /// Allocations that could not be tracked (map full, lost events, missed returns).
     pub dropped: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StackReport {
-    /// Outermost call first, allocation site last.
-    pub frames: Vec<Frame>,
-    pub live_bytes: u64,
-    pub live_allocs: u64,
-    pub oldest_age_s: f64,
-    pub growth_bytes_per_s: Option<f64>,
-    // Additions to v1.
-    /// Bytes allocated from this stack while traced (freed or not).
-    #[serde(default)]
-    pub alloc_bytes: u64,
-    /// Allocations made from this stack while traced (freed or not).
-    #[serde(default)]
-    pub alloc_count: u64,
-    /// `growing`, `plateaued`, `churning` or `transient`; null when not classified.
-    #[serde(default)]
-    pub trend: Option<String>,
-    /// Live bytes gained between the first and the last sample of the window (0 if none).
-    #[serde(default)]
-    pub added_bytes: u64,
 }
 
 /// What a flamegraph measures.
@@ -157,39 +95,6 @@ impl Report {
     }
 }
 
-/// Output formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Svg,
-    Folded,
-    Json,
-    /// gzipped protobuf (`perftools.profiles.Profile`): go tool pprof, Pyroscope, Grafana.
-    Pprof,
-}
-
-impl Format {
-    /// The file extension for this format.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Format::Svg => "svg",
-            Format::Folded => "folded",
-            Format::Json => "json",
-            Format::Pprof => "pb.gz",
-        }
-    }
-
-    /// The format implied by a file name, if its extension names one.
-    pub fn from_path(path: &std::path::Path) -> Option<Format> {
-        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
-            "svg" => Some(Format::Svg),
-            "folded" | "txt" | "collapsed" => Some(Format::Folded),
-            "json" => Some(Format::Json),
-            "pprof" | "pb" | "gz" => Some(Format::Pprof),
-            _ => None,
-        }
-    }
-}
-
 impl Report {
     /// `frame;frame;frame BYTES` lines of live bytes, outermost first, sorted for
     /// deterministic output.
@@ -234,7 +139,7 @@ impl Report {
         self.write_svg_by(Flame::Live, w)
     }
 
-    fn write_svg_by(&self, flame: Flame, mut w: impl Write) -> Result<()> {
+    pub fn write_svg_by(&self, flame: Flame, mut w: impl Write) -> Result<()> {
         let folded = self.folded_by(flame);
         let what = match flame {
             Flame::Live => "Surviving allocations",
@@ -282,24 +187,6 @@ impl Report {
         inferno::flamegraph::from_lines(&mut opts, folded.lines(), &mut w)
             .context("cannot render the flamegraph")
     }
-
-    pub fn write(&self, format: Format, w: impl Write) -> Result<()> {
-        self.write_as(format, Flame::Live, w)
-    }
-
-    /// Writes the report; `flame` chooses what SVG and folded output measure.
-    pub fn write_as(&self, format: Format, flame: Flame, w: impl Write) -> Result<()> {
-        match format {
-            Format::Json => self.write_json(w),
-            Format::Svg => self.write_svg_by(flame, w),
-            Format::Pprof => crate::profile::write_pprof(self, w),
-            Format::Folded => {
-                let mut w = w;
-                w.write_all(self.folded_by(flame).as_bytes())?;
-                Ok(())
-            }
-        }
-    }
 }
 
 fn xml_escape(s: &str) -> String {
@@ -327,6 +214,7 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::resolve::frame::FrameKind;
 
     pub fn sample() -> Report {
         let f = |function: &str, file: Option<&str>, line: Option<u32>| Frame {
@@ -449,21 +337,6 @@ pub(crate) mod tests {
             .contains("No allocation older than 1 s"));
     }
 
-    #[test]
-    fn formats_from_extension() {
-        use std::path::Path;
-        assert_eq!(
-            Format::from_path(Path::new("a/leaks.svg")),
-            Some(Format::Svg)
-        );
-        assert_eq!(Format::from_path(Path::new("x.JSON")), Some(Format::Json));
-        assert_eq!(
-            Format::from_path(Path::new("x.folded")),
-            Some(Format::Folded)
-        );
-        assert_eq!(Format::from_path(Path::new("x")), None);
-    }
-
     /// Compares `actual` with `tests/data/NAME`; `LEAKTRACE_BLESS=1` rewrites the file. On a
     /// mismatch the actual output is left next to it as `NAME.actual`.
     fn golden(name: &str, actual: &str) {
@@ -509,33 +382,6 @@ pub(crate) mod tests {
         let folded = r.folded();
         assert_eq!(folded.lines().count(), r.stacks.len(), "{folded}");
         assert!(folded.contains("a b:c  (x: y.py"), "{folded}");
-    }
-
-    /// From the fuzz target `report_json`: numbers no tracer writes, every format still
-    /// renders (inferno adds the folded values up in `usize`).
-    #[test]
-    fn huge_numbers_render() {
-        let mut r = sample();
-        let twin = r.stacks[0].clone();
-        r.stacks.push(twin);
-        for s in &mut r.stacks {
-            s.live_bytes = u64::MAX;
-            s.added_bytes = u64::MAX;
-            s.trend = Some("growing".to_string());
-        }
-        r.totals.live_bytes = u64::MAX;
-        r.duration_s = f64::MAX;
-        for flame in [Flame::Live, Flame::Growth] {
-            let folded = r.folded_by(flame);
-            let sum: u64 = folded
-                .lines()
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                .sum();
-            assert!(sum <= MAX_FOLDED_TOTAL + r.stacks.len() as u64, "{sum}");
-            for format in [Format::Json, Format::Folded, Format::Svg, Format::Pprof] {
-                r.write_as(format, flame, std::io::sink()).unwrap();
-            }
-        }
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::{collections::HashMap, io::Write};
 
 use anyhow::{Context, Result};
 
-use crate::report::{Frame, Report, SCHEMA};
+use crate::{
+    output::report::{Report, SCHEMA},
+    resolve::frame::Frame,
+};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Profile {
@@ -224,7 +227,7 @@ mod tests {
 
     #[test]
     fn protoc_reads_back_what_the_report_says() {
-        let report = crate::report::tests::sample();
+        let report = crate::output::report::tests::sample();
         let mut gz = Vec::new();
         write_pprof(&report, &mut gz).unwrap();
         let text = protoc_decode(&gz);

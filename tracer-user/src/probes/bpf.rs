@@ -23,9 +23,9 @@ use tracer_common::{
     MAP_PY_STACKS, MAP_PY_TARGETS, MAP_PY_TSTATES, MAP_STACKS, MAP_STACK_TOTALS,
 };
 
-use crate::{limits::MapLimits, mode::Sampling};
+use crate::probes::{limits::MapLimits, mode::Sampling};
 
-use crate::elf::{probe_offset, ElfFile};
+use crate::target::elf::{probe_offset, ElfFile};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
 
@@ -116,7 +116,7 @@ pub struct Limits {
     /// Attach no return probe (benchmarks: what the return trap costs).
     pub no_return_probe: bool,
     /// Which programs to load: uprobes (exact) or tracepoints (growth).
-    pub mode: crate::mode::Mode,
+    pub mode: crate::probes::mode::Mode,
 }
 
 /// One attached probe, for the progress line and the docs.
@@ -241,9 +241,11 @@ impl Tracer {
             let loaded = match (program, limits.mode) {
                 (
                     aya::programs::Program::UProbe(p),
-                    crate::mode::Mode::Exact | crate::mode::Mode::Sampled,
+                    crate::probes::mode::Mode::Exact | crate::probes::mode::Mode::Sampled,
                 ) => p.load(),
-                (aya::programs::Program::TracePoint(p), crate::mode::Mode::Growth) => p.load(),
+                (aya::programs::Program::TracePoint(p), crate::probes::mode::Mode::Growth) => {
+                    p.load()
+                }
                 _ => continue,
             };
             loaded.with_context(|| format!("the kernel rejected eBPF program `{name}`"))?;
@@ -260,17 +262,6 @@ impl Tracer {
             links: Default::default(),
             no_return_probe: limits.no_return_probe,
         })
-    }
-
-    /// Starts tracing process `pid` with the mode's tracepoints (which run for every process
-    /// and look their tgid up first). Worker processes are added the same way.
-    pub fn add_target(&mut self, pid: u32) -> Result<()> {
-        crate::growth::add_target(self, pid)
-    }
-
-    /// Stops tracing process `pid` (its recorded pages stay until the report).
-    pub fn remove_target(&mut self, pid: u32) -> Result<()> {
-        crate::growth::remove_target(self, pid)
     }
 
     /// Attaches every allocator probe in `module` (as seen from this process, e.g. through

@@ -15,8 +15,8 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    procmaps::{Mapping, ProcMaps},
-    report::Frame,
+    resolve::frame::Frame,
+    target::procmaps::{Mapping, ProcMaps},
 };
 
 struct Process {
@@ -61,7 +61,7 @@ impl Resolver {
             let path = m.path.clone().expect("is_file has a path");
             self.files
                 .entry((path, m.inode))
-                .or_insert_with(|| File::open(crate::procmaps::openable_path(pid, m)).ok());
+                .or_insert_with(|| File::open(crate::target::procmaps::openable_path(pid, m)).ok());
         }
         self.processes.insert(pid, Process { root, maps });
         Ok(())
@@ -120,7 +120,7 @@ impl Resolver {
                     file,
                     line,
                     module,
-                    kind: crate::report::FrameKind::Native,
+                    kind: crate::resolve::frame::FrameKind::Native,
                 }
             }
             _ => unknown(addr, Some((mapping, module))),

@@ -4,7 +4,7 @@
 
 use std::{fmt, path::Path};
 
-use crate::growth::Btf;
+use crate::probes::growth::Btf;
 
 /// The git commit leaktrace was built from (`unknown` when built outside a git checkout, such
 /// as from a source tarball; `LEAKTRACE_GIT_COMMIT` at build time overrides it).

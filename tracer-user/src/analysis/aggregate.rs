@@ -5,7 +5,12 @@ use std::collections::HashMap;
 
 use tracer_common::StackKey;
 
-use crate::report::{Frame, StackReport};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    probes::{limits::SERIES_POINTS, mode::Sampling},
+    resolve::frame::Frame,
+};
 
 /// One live allocation, from the kernel's map or from the tracked mmap ranges.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +28,41 @@ pub struct StackAgg {
     pub live_allocs: u64,
     /// Timestamp of the oldest allocation (CLOCK_MONOTONIC ns).
     pub oldest_ts_ns: u64,
+}
+
+/// Weighs the outstanding allocations read from the kernel (each `count` 1) for the report,
+/// leaving out those younger than `min_age_ns`. Exact mode: unchanged. Sampled mode: each one
+/// counts for its weight; per stack, the rounding remainders are carried from one allocation
+/// to the next, so each stack's sums are within one byte and one allocation of the exact
+/// weighted sums.
+pub fn weigh(
+    sampling: Option<&Sampling>,
+    allocs: impl IntoIterator<Item = LiveAlloc>,
+    now_ns: u64,
+    min_age_ns: u64,
+) -> Vec<LiveAlloc> {
+    let Some(s) = sampling else {
+        return allocs.into_iter().collect();
+    };
+    let mut carry: HashMap<StackKey, (f64, f64)> = HashMap::new();
+    allocs
+        .into_iter()
+        .filter(|a| now_ns.saturating_sub(a.ts_ns) >= min_age_ns)
+        .map(|a| {
+            let (wb, wc) = s.weight(a.size);
+            let c = carry.entry(a.stack).or_default();
+            c.0 += wb * a.count as f64;
+            c.1 += wc * a.count as f64;
+            let (bytes, count) = (c.0.round().max(0.0), c.1.round().max(0.0));
+            c.0 -= bytes;
+            c.1 -= count;
+            LiveAlloc {
+                size: bytes as u64,
+                count: count as u64,
+                ..a
+            }
+        })
+        .collect()
 }
 
 /// Groups allocations at least `min_age_ns` old at `now_ns` by stack.
@@ -62,10 +102,6 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
     }
     (den > 0.0).then(|| num / den)
 }
-
-/// Points kept per stack in a [`Series`]: beyond it, every other older point is dropped (the
-/// first is kept), so a long trace keeps a bounded, evenly thinned history.
-pub const SERIES_POINTS: usize = 64;
 
 /// Live bytes per stack sampled over time.
 #[derive(Debug, Default)]
@@ -118,6 +154,30 @@ pub struct Resolved {
     pub growth: Option<f64>,
     /// (bytes, allocations) allocated from this stack while traced, freed or not.
     pub allocated: (u64, u64),
+}
+
+/// One stack as reported: the `stacks` entries of the `leaktrace/v1` report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StackReport {
+    /// Outermost call first, allocation site last.
+    pub frames: Vec<Frame>,
+    pub live_bytes: u64,
+    pub live_allocs: u64,
+    pub oldest_age_s: f64,
+    pub growth_bytes_per_s: Option<f64>,
+    // Additions to v1.
+    /// Bytes allocated from this stack while traced (freed or not).
+    #[serde(default)]
+    pub alloc_bytes: u64,
+    /// Allocations made from this stack while traced (freed or not).
+    #[serde(default)]
+    pub alloc_count: u64,
+    /// `growing`, `plateaued`, `churning` or `transient`; null when not classified.
+    #[serde(default)]
+    pub trend: Option<String>,
+    /// Live bytes gained between the first and the last sample of the window (0 if none).
+    #[serde(default)]
+    pub added_bytes: u64,
 }
 
 /// Merges stacks with identical frames and sorts by live bytes (largest first, then by
@@ -286,5 +346,35 @@ mod tests {
         assert!((out[0].oldest_age_s - 4.0).abs() < 1e-9);
         assert_eq!(out[1].live_bytes, 30);
         assert_eq!(out[1].growth_bytes_per_s, None);
+    }
+
+    #[test]
+    fn weighing_carries_remainders_per_stack() {
+        let s = Sampling { n: 1000 };
+        let stack = StackKey {
+            tgid: 1,
+            stack_id: 1,
+            caller: 0,
+            kind: 0,
+            _pad: 0,
+            py_stack: 0,
+        };
+        let allocs: Vec<LiveAlloc> = (0..1000)
+            .map(|i| LiveAlloc {
+                stack,
+                size: 700,
+                ts_ns: i,
+                count: 1,
+            })
+            .collect();
+        let out = weigh(Some(&s), allocs.clone(), 10_000, 0);
+        let (wb, wc) = s.weight(700);
+        let bytes: u64 = out.iter().map(|a| a.size).sum();
+        let count: u64 = out.iter().map(|a| a.count).sum();
+        assert!((bytes as f64 - 1000.0 * wb).abs() <= 1.0);
+        assert!((count as f64 - 1000.0 * wc).abs() <= 1.0);
+        // The age filter applies first; exact mode passes everything through.
+        assert_eq!(weigh(Some(&s), allocs.clone(), 1000, 500).len(), 501);
+        assert_eq!(weigh(None, allocs, 1000, 500).len(), 1000);
     }
 }

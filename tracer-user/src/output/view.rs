@@ -12,30 +12,10 @@ use ratatui::{
     DefaultTerminal,
 };
 
-use crate::report::human_bytes;
-
-/// One stack in a view.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Row {
-    /// Innermost frames first, for a narrow column: `leaky (app.py:12) < main (app.py:30)`.
-    pub label: String,
-    pub live_bytes: u64,
-    pub live_allocs: u64,
-    pub growth_bytes_per_s: Option<f64>,
-    pub trend: Option<&'static str>,
-}
-
-/// Everything a view shows at one interval.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
-    pub elapsed_s: f64,
-    pub live_bytes: u64,
-    pub live_allocs: u64,
-    pub allocs_seen: u64,
-    pub frees_seen: u64,
-    pub dropped: u64,
-    pub rows: Vec<Row>,
-}
+use crate::{
+    analysis::interval::{Row, Snapshot},
+    output::report::human_bytes,
+};
 
 /// How stacks are ranked in tables and views (`--sort`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

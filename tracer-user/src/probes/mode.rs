@@ -4,16 +4,12 @@
 //! `p(s) = 1 - exp(-s/N)` (byte-based Poisson sampling, see [`tracer_common::sampling`]); each
 //! recorded allocation then stands for `1/p(s)` allocations and `s/p(s)` bytes. The per-stack
 //! totals the kernel keeps are already weighted (fixed point, from the tables built here); the
-//! final report weighs every outstanding allocation exactly, in [`weigh`].
+//! final report weighs every outstanding allocation exactly, in
+//! [`crate::analysis::aggregate::weigh`].
 
-use std::collections::HashMap;
-
-use tracer_common::{
-    sampling::{self, layout, COUNT_SCALE, EXP_CELLS, WEIGHT_ENTRIES, WEIGHT_ONE, WEIGHT_STEPS},
-    StackKey,
+use tracer_common::sampling::{
+    self, layout, COUNT_SCALE, EXP_CELLS, WEIGHT_ENTRIES, WEIGHT_ONE, WEIGHT_STEPS,
 };
-
-use crate::aggregate::LiveAlloc;
 
 /// `--mode`: what the allocator probes record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -125,41 +121,6 @@ impl Sampling {
     pub fn count_from_kernel(&self, fixed: i64) -> i64 {
         (fixed + COUNT_SCALE as i64 / 2).div_euclid(COUNT_SCALE as i64)
     }
-}
-
-/// Weighs the outstanding allocations read from the kernel (each `count` 1) for the report,
-/// leaving out those younger than `min_age_ns`. Exact mode: unchanged. Sampled mode: each one
-/// counts for its weight; per stack, the rounding remainders are carried from one allocation
-/// to the next, so each stack's sums are within one byte and one allocation of the exact
-/// weighted sums.
-pub fn weigh(
-    sampling: Option<&Sampling>,
-    allocs: impl IntoIterator<Item = LiveAlloc>,
-    now_ns: u64,
-    min_age_ns: u64,
-) -> Vec<LiveAlloc> {
-    let Some(s) = sampling else {
-        return allocs.into_iter().collect();
-    };
-    let mut carry: HashMap<StackKey, (f64, f64)> = HashMap::new();
-    allocs
-        .into_iter()
-        .filter(|a| now_ns.saturating_sub(a.ts_ns) >= min_age_ns)
-        .map(|a| {
-            let (wb, wc) = s.weight(a.size);
-            let c = carry.entry(a.stack).or_default();
-            c.0 += wb * a.count as f64;
-            c.1 += wc * a.count as f64;
-            let (bytes, count) = (c.0.round().max(0.0), c.1.round().max(0.0));
-            c.0 -= bytes;
-            c.1 -= count;
-            LiveAlloc {
-                size: bytes as u64,
-                count: count as u64,
-                ..a
-            }
-        })
-        .collect()
 }
 
 /// The kernel's weight computation, run on the table this side builds (unit tests, and a
@@ -304,35 +265,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn weighing_carries_remainders_per_stack() {
-        let s = Sampling { n: 1000 };
-        let stack = StackKey {
-            tgid: 1,
-            stack_id: 1,
-            caller: 0,
-            kind: 0,
-            _pad: 0,
-            py_stack: 0,
-        };
-        let allocs: Vec<LiveAlloc> = (0..1000)
-            .map(|i| LiveAlloc {
-                stack,
-                size: 700,
-                ts_ns: i,
-                count: 1,
-            })
-            .collect();
-        let out = weigh(Some(&s), allocs.clone(), 10_000, 0);
-        let (wb, wc) = s.weight(700);
-        let bytes: u64 = out.iter().map(|a| a.size).sum();
-        let count: u64 = out.iter().map(|a| a.count).sum();
-        assert!((bytes as f64 - 1000.0 * wb).abs() <= 1.0);
-        assert!((count as f64 - 1000.0 * wc).abs() <= 1.0);
-        // The age filter applies first; exact mode passes everything through.
-        assert_eq!(weigh(Some(&s), allocs.clone(), 1000, 500).len(), 501);
-        assert_eq!(weigh(None, allocs, 1000, 500).len(), 1000);
     }
 }

@@ -1,6 +1,6 @@
-//! A live CPython interpreter inside a traced process: where it is, how its threads map to
-//! kernel thread ids, and what its code objects are called. Every read of the target's memory
-//! is bounded.
+//! A live CPython interpreter inside a traced process: where it is, and how its threads map to
+//! kernel thread ids (what its code objects are called is read in `resolve::python`). Every
+//! read of the target's memory is bounded.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,22 +10,16 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tracer_common::{FrameModel, PyConfig, PyFrame, MAX_PY_FRAMES, NO_FIELD, PY_FRAME_WINDOW};
+use tracer_common::{FrameModel, PyConfig, MAX_PY_FRAMES, NO_FIELD, PY_FRAME_WINDOW};
 
 use crate::{
-    elf::ElfFile,
-    procmaps::ProcMaps,
     python::{
         layout::{layout_for, Layout},
-        linetable, version,
+        version,
     },
-    report::{Frame, FrameKind},
+    target::{elf::ElfFile, procmaps::ProcMaps},
 };
 
-/// Longest string read from the target (names, file names).
-const MAX_STR_CHARS: u64 = 4096;
-/// Longest line table read from the target.
-const MAX_LINETABLE_BYTES: u64 = 1 << 20;
 /// Threads walked per interpreter at most.
 const MAX_THREADS: usize = 4096;
 /// Interpreters walked at most.
@@ -71,25 +65,13 @@ pub struct Interpreter {
     pub minor: u32,
     /// The file holding the interpreter (libpython or the executable), as the target sees it.
     pub module: String,
-    layout: Layout,
+    pub(crate) layout: Layout,
     runtime: u64,
-    code_type: Option<u64>,
-    mem: Memory,
+    /// `PyCode_Type`, to check that an address still holds a code object.
+    pub(crate) code_type: Option<u64>,
+    pub(crate) mem: Memory,
     /// Offset of the kernel tid in glibc's `struct pthread` (3.8-3.10), once found.
     pthread_tid_offset: Option<u64>,
-    /// Code objects read, by (address, co_name pointer).
-    code_cache: HashMap<(u64, u64), Option<CodeInfo>>,
-    /// Frames resolved, by (code, instruction, co_name): stacks share most of their frames.
-    frame_cache: HashMap<PyFrame, Option<Frame>>,
-}
-
-/// What a code object says about itself.
-#[derive(Clone, Debug)]
-struct CodeInfo {
-    name: String,
-    file: String,
-    firstlineno: u32,
-    linetable: Vec<u8>,
 }
 
 /// A file that holds a CPython interpreter, parsed once.
@@ -199,7 +181,7 @@ impl Interpreter {
         files: &mut InterpFiles,
     ) -> std::result::Result<Interpreter, NotPython> {
         // libpython first (pyenv, most distributions), else an executable that embeds it.
-        let mut candidates: Vec<&crate::procmaps::Mapping> = maps
+        let mut candidates: Vec<&crate::target::procmaps::Mapping> = maps
             .iter()
             .filter(|m| m.is_file())
             .filter(|m| {
@@ -217,7 +199,8 @@ impl Interpreter {
             if !seen.insert(path.clone()) {
                 continue;
             }
-            let Some(file) = files.get(&path, &crate::procmaps::openable_path(pid, m))? else {
+            let Some(file) = files.get(&path, &crate::target::procmaps::openable_path(pid, m))?
+            else {
                 continue;
             };
             // The mapping of the file with the lowest offset gives the load bias.
@@ -240,8 +223,6 @@ impl Interpreter {
                 code_type: file.elf.object("PyCode_Type").map(|a| bias + a),
                 mem,
                 pthread_tid_offset: None,
-                code_cache: HashMap::new(),
-                frame_cache: HashMap::new(),
             };
             // 3.13+ describes its own layout at the start of _PyRuntime: prefer it.
             if file.minor >= 13 {
@@ -328,159 +309,6 @@ impl Interpreter {
             }
         }
         out
-    }
-
-    /// A Python frame for a recorded (code, instruction) pair.
-    pub fn frame(&mut self, f: PyFrame) -> Option<Frame> {
-        if let Some(frame) = self.frame_cache.get(&f) {
-            return frame.clone();
-        }
-        let frame = self.resolve_frame(f);
-        self.frame_cache.insert(f, frame.clone());
-        frame
-    }
-
-    fn resolve_frame(&mut self, f: PyFrame) -> Option<Frame> {
-        if f.code == 0 {
-            // A C-stack shim frame (3.12+).
-            return None;
-        }
-        let key = (f.code, f.name);
-        let info = match self.code_cache.remove(&key) {
-            Some(info) => info,
-            None => {
-                // Still the same code object? A freed one's address may hold another by now.
-                let same = self.mem.u64(f.code + self.layout.code_name) == Some(f.name);
-                let info = if same { self.read_code(f.code) } else { None };
-                if !same {
-                    return Some(Frame {
-                        function: "<freed code object>".to_string(),
-                        file: None,
-                        line: None,
-                        module: None,
-                        kind: FrameKind::Python,
-                    });
-                }
-                info
-            }
-        };
-        let Some(info) = info else {
-            self.code_cache.insert(key, None);
-            return Some(Frame {
-                function: format!("<unreadable code object {:#x}>", f.code),
-                file: None,
-                line: None,
-                module: None,
-                kind: FrameKind::Python,
-            });
-        };
-        let line = self.byte_offset(f).and_then(|off| {
-            linetable::line_number(
-                self.major,
-                self.minor,
-                info.firstlineno as i32,
-                &info.linetable,
-                off as i64,
-            )
-        });
-        let frame = Frame {
-            function: info.name.clone(),
-            file: Some(info.file.clone()),
-            line: line.or(Some(info.firstlineno)),
-            module: None,
-            kind: FrameKind::Python,
-        };
-        self.code_cache.insert(key, Some(info));
-        Some(frame)
-    }
-
-    /// Byte offset into the code's bytecode of the instruction a frame is at.
-    fn byte_offset(&self, f: PyFrame) -> Option<u64> {
-        let l = &self.layout;
-        if self.minor <= 10 {
-            let lasti = f.instr as u32 as i32;
-            return Some(if lasti < 0 {
-                0
-            } else {
-                lasti as u64 * l.frame_lasti_scale.max(1)
-            });
-        }
-        let start = f.code.checked_add(l.code_code_adaptive)?;
-        let off = f.instr.checked_sub(start)?;
-        // 3.13's instr_ptr is the instruction being executed or, in a caller, the one after
-        // its call returns; step back one code unit so the call's own line is reported.
-        if self.minor >= 13 {
-            return Some(off.saturating_sub(2));
-        }
-        Some(off)
-    }
-
-    fn read_code(&self, code: u64) -> Option<CodeInfo> {
-        let l = &self.layout;
-        if let Some(ty) = self.code_type {
-            if self.mem.u64(code + l.object_type)? != ty {
-                return None;
-            }
-        }
-        let name_field = if Layout::has(l.code_qualname) {
-            l.code_qualname
-        } else {
-            l.code_name
-        };
-        let name = self.read_str(self.mem.u64(code + name_field)?)?;
-        let file = self.read_str(self.mem.u64(code + l.code_filename)?)?;
-        let firstlineno = self.mem.u32(code + l.code_firstlineno)?;
-        let table = self.mem.u64(code + l.code_linetable)?;
-        let linetable = self.read_bytes(table).unwrap_or_default();
-        Some(CodeInfo {
-            name,
-            file,
-            firstlineno,
-            linetable,
-        })
-    }
-
-    fn read_bytes(&self, obj: u64) -> Option<Vec<u8>> {
-        let l = &self.layout;
-        let size = self.mem.u64(obj + l.bytes_size)?;
-        if size > MAX_LINETABLE_BYTES {
-            return None;
-        }
-        self.mem.read(obj + l.bytes_sval, size as usize)
-    }
-
-    fn read_str(&self, obj: u64) -> Option<String> {
-        let l = &self.layout;
-        let len = self.mem.u64(obj + l.unicode_length)?.min(MAX_STR_CHARS);
-        let state = self.mem.u32(obj + l.unicode_state)? as u64;
-        let kind = (state >> l.unicode_kind_shift) & l.unicode_kind_mask;
-        let compact = (state >> l.unicode_compact_bit) & 1 == 1;
-        let ascii = (state >> l.unicode_ascii_bit) & 1 == 1;
-        if !compact || !matches!(kind, 1 | 2 | 4) {
-            return None;
-        }
-        let data = obj
-            + if ascii {
-                l.unicode_ascii_data
-            } else {
-                l.unicode_compact_data
-            };
-        let raw = self.mem.read(data, (len * kind) as usize)?;
-        Some(match kind {
-            1 => raw.iter().map(|&b| b as char).collect(),
-            2 => String::from_utf16_lossy(
-                &raw.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect::<Vec<_>>(),
-            ),
-            _ => raw
-                .chunks_exact(4)
-                .map(|c| {
-                    char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .unwrap_or('\u{fffd}')
-                })
-                .collect(),
-        })
     }
 }
 

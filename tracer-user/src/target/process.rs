@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::{
-    elf::ElfFile,
     error::user,
-    procmaps::{is_libc_name, ProcMaps},
+    target::{
+        elf::ElfFile,
+        procmaps::{is_libc_name, ProcMaps},
+    },
 };
 
 /// A process being traced.
@@ -67,7 +69,7 @@ impl TargetProcess {
         let (allocator, allocator_host_path) = if let Some(libc) = maps.find_file(is_libc_name) {
             (
                 libc.path.clone().expect("file mappings have paths"),
-                crate::procmaps::openable_path(pid, libc),
+                crate::target::procmaps::openable_path(pid, libc),
             )
         } else if ElfFile::open(Path::new(&format!("/proc/{pid}/exe")))
             .is_ok_and(|e| e.function("malloc").is_some())

@@ -1,0 +1,317 @@
+//! The processes a session traces: the target, the workers it follows, their interpreters, and
+//! the Python threads published to the kernel. Attaching a new worker, turning on Python frames
+//! for it, and dropping it when it exits all happen here, through the [`Tracer`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    path::Path,
+    time::Instant,
+};
+
+use anyhow::Result;
+
+use crate::{
+    probes::{bpf::Tracer, growth, mode::Mode},
+    python::runtime::{InterpFiles, Interpreter, NotPython},
+    target::{
+        process::{descendants, TargetProcess},
+        procmaps::{is_libc_name, ProcMaps},
+    },
+};
+
+/// Worker processes traced at most at once (beyond, new ones are not followed and a note says so).
+pub const MAX_PROCESSES: usize = 256;
+/// Tries to attach to a new process that does not map its allocator yet (just exec'd).
+const CHILD_ATTACH_TRIES: u32 = 20;
+
+/// One traced process: the target of `attach`/`run`, or one of its workers.
+pub struct Proc {
+    pub target: TargetProcess,
+    pub python: Option<Interpreter>,
+    /// Threads whose state is published to the kernel.
+    pub py_tids: HashSet<u32>,
+    /// No more looking for an interpreter (found one, or found one we cannot read).
+    pub python_search_done: bool,
+}
+
+impl Proc {
+    fn new(target: TargetProcess) -> Self {
+        Self {
+            target,
+            python: None,
+            py_tids: HashSet::new(),
+            python_search_done: false,
+        }
+    }
+}
+
+/// What the command line asks of Python processes.
+#[derive(Clone, Copy, Debug)]
+pub struct PythonOptions {
+    /// Walk Python frames when the target is a supported CPython.
+    pub enabled: bool,
+    /// Also probe pymalloc (`--pymalloc`).
+    pub pymalloc: bool,
+    pub max_depth: u32,
+}
+
+/// Every process traced in a session, by PID.
+pub struct Targets {
+    /// The process named on the command line (or started by `run`).
+    pub root: u32,
+    /// Set when leaktrace started the target itself (`run`).
+    pub child: Option<u32>,
+    /// Every process traced right now, the root included, by PID.
+    pub procs: BTreeMap<u32, Proc>,
+    /// Every process traced at some point.
+    pub traced: BTreeSet<u32>,
+    /// Workers that exited while traced: (pid, seconds into the session).
+    pub exited: Vec<(u32, f64)>,
+    /// New processes not attached yet (allocator not mapped yet): failed tries so far.
+    waiting: HashMap<u32, u32>,
+    /// Processes given up on: not followed again.
+    skipped: HashSet<u32>,
+    /// Files examined for an interpreter.
+    pub interp_files: InterpFiles,
+    mode: Mode,
+    python: PythonOptions,
+}
+
+impl Targets {
+    pub fn new(
+        target: TargetProcess,
+        child: Option<u32>,
+        mode: Mode,
+        python: PythonOptions,
+    ) -> Self {
+        let root = target.pid;
+        Self {
+            root,
+            child,
+            procs: BTreeMap::from([(root, Proc::new(target))]),
+            traced: BTreeSet::from([root]),
+            exited: Vec::new(),
+            waiting: HashMap::new(),
+            skipped: HashSet::new(),
+            interp_files: Default::default(),
+            mode,
+            python,
+        }
+    }
+
+    pub fn root_proc(&self) -> &Proc {
+        &self.procs[&self.root]
+    }
+
+    /// Processes where the search for an interpreter is not over yet.
+    pub fn pending_python(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|(_, p)| p.python.is_none() && !p.python_search_done)
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    /// Turns on Python frames for process `pid` if it runs a supported CPython; `maps` are its
+    /// mappings as last read.
+    pub fn find_python(
+        &mut self,
+        pid: u32,
+        maps: Option<&ProcMaps>,
+        tracer: &mut Tracer,
+    ) -> Result<()> {
+        let started_by_us = self.child == Some(pid);
+        let is_root = pid == self.root;
+        let Some(proc) = self.procs.get_mut(&pid) else {
+            return Ok(());
+        };
+        if !self.python.enabled || proc.python_search_done {
+            return Ok(());
+        }
+        let Some(maps) = maps else {
+            return Ok(());
+        };
+        match Interpreter::discover(pid, maps, &mut self.interp_files) {
+            Ok(interp) => {
+                tracer.set_python(pid, &interp.config(self.python.max_depth))?;
+                if self.python.pymalloc {
+                    self.attach_pymalloc(pid, &interp, tracer)?;
+                }
+                // Printed once everything is in place: scripts and tests wait for it.
+                if is_root {
+                    eprintln!(
+                        "leaktrace: Python {} in `{}`: recording Python frames",
+                        interp.version(),
+                        interp.module
+                    );
+                } else {
+                    eprintln!(
+                        "leaktrace: worker {pid}: Python {} in `{}`: recording Python frames",
+                        interp.version(),
+                        interp.module
+                    );
+                }
+                let proc = self.procs.get_mut(&pid).expect("checked above");
+                proc.python = Some(interp);
+                proc.python_search_done = true;
+                self.refresh_threads(tracer)?;
+            }
+            // A command started by `run`, or a worker just started, maps its interpreter some
+            // time after exec.
+            Err(NotPython::Absent) if started_by_us || !is_root => {
+                // A worker that already maps its C library and no interpreter runs no Python.
+                let has_libc = maps.find_file(is_libc_name).is_some();
+                if !is_root && has_libc && maps.find_file(|n| n.contains("python")).is_none() {
+                    proc.python_search_done = true;
+                }
+            }
+            Err(NotPython::Absent) => {
+                proc.python_search_done = true;
+                eprintln!(
+                    "leaktrace: pid {pid} is not a Python process: tracing native stacks only"
+                )
+            }
+            Err(NotPython::Unsupported(why)) => {
+                proc.python_search_done = true;
+                eprintln!("leaktrace: warning: {why}: tracing native stacks only")
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_pymalloc(
+        &mut self,
+        pid: u32,
+        interp: &Interpreter,
+        tracer: &mut Tracer,
+    ) -> Result<()> {
+        let host = Path::new("/proc")
+            .join(pid.to_string())
+            .join("root")
+            .join(interp.module.trim_start_matches('/'));
+        let (probes, exported_only) = tracer.attach_pymalloc(pid, &host)?;
+        if pid != self.root {
+            return Ok(());
+        }
+        let names: Vec<&str> = probes.iter().map(|p| p.function).collect();
+        eprintln!(
+            "leaktrace: --pymalloc: probing {} in `{}`: every Python object allocation now traps into the kernel; expect the target to run several times slower while attached",
+            names.join(" "),
+            interp.module
+        );
+        if exported_only {
+            eprintln!(
+                "leaktrace: warning: `{}` has no symbol table: only calls through the exported PyObject_*/PyMem_* functions are seen, and CPython's internal allocations bypass them",
+                interp.module
+            );
+        }
+        Ok(())
+    }
+
+    /// Publishes the current Python threads of every traced process to the kernel.
+    pub fn refresh_threads(&mut self, tracer: &mut Tracer) -> Result<()> {
+        for proc in self.procs.values_mut() {
+            let Some(interp) = proc.python.as_mut() else {
+                continue;
+            };
+            let threads = interp.threads();
+            if threads.is_empty() && !proc.target.is_alive() {
+                continue;
+            }
+            let now: HashSet<u32> = threads.iter().map(|t| t.0).collect();
+            let gone: Vec<u32> = proc.py_tids.difference(&now).copied().collect();
+            tracer.update_tstates(&threads, &gone)?;
+            proc.py_tids = now;
+        }
+        Ok(())
+    }
+
+    /// Descendants of the root that are neither traced nor given up on: candidates for
+    /// [`Targets::follow`] (uvicorn and gunicorn workers, also those started later).
+    pub fn new_children(&self) -> Vec<u32> {
+        let me = std::process::id();
+        descendants(self.root, me, MAX_PROCESSES * 4)
+            .into_iter()
+            .filter(|pid| !self.procs.contains_key(pid) && !self.skipped.contains(pid))
+            .collect()
+    }
+
+    /// Starts tracing worker `pid`; true when it is traced now. A process that does not map
+    /// its allocator yet (exec'd a moment ago) is tried again at the next round.
+    pub fn follow(&mut self, pid: u32, tracer: &mut Tracer) -> bool {
+        if self.procs.len() >= MAX_PROCESSES {
+            if self.skipped.insert(pid) {
+                eprintln!(
+                    "leaktrace: warning: already tracing {MAX_PROCESSES} processes: not following pid {pid}"
+                );
+            }
+            return false;
+        }
+        let t0 = Instant::now();
+        let target = match TargetProcess::discover(pid) {
+            Ok(t) => t,
+            Err(e) => {
+                let tries = self.waiting.entry(pid).or_insert(0);
+                *tries += 1;
+                if *tries >= CHILD_ATTACH_TRIES {
+                    self.waiting.remove(&pid);
+                    self.skipped.insert(pid);
+                    eprintln!("leaktrace: not following pid {pid}: {e}");
+                }
+                return false;
+            }
+        };
+        self.waiting.remove(&pid);
+        let attached = match self.mode {
+            Mode::Growth => growth::add_target(tracer, pid).map(|()| "its page faults".to_string()),
+            Mode::Exact | Mode::Sampled => tracer
+                .attach(pid, &target.allocator_host_path)
+                .map(|probes| format!("{} probes", probes.len())),
+        };
+        match attached {
+            Ok(what) => {
+                eprintln!(
+                    "leaktrace: following worker pid {pid} ({}): {what} in {} ms",
+                    target.exe,
+                    t0.elapsed().as_millis()
+                );
+                self.procs.insert(pid, Proc::new(target));
+                self.traced.insert(pid);
+                true
+            }
+            Err(e) => {
+                // Exited while we attached, most likely; anything else is said once.
+                let _ = tracer.forget_process(pid, &[]);
+                self.skipped.insert(pid);
+                if target.is_alive() {
+                    eprintln!("leaktrace: warning: not following pid {pid}: {e:#}");
+                }
+                false
+            }
+        }
+    }
+
+    /// Stops tracing workers that exited: their probes go, and so does what the maps hold
+    /// for them (their memory went with them). `t` is the time into the session; returns the
+    /// processes dropped.
+    pub fn forget_exited_workers(&mut self, tracer: &mut Tracer, t: f64) -> Vec<u32> {
+        let gone: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(pid, p)| **pid != self.root && !p.target.is_alive())
+            .map(|(pid, _)| *pid)
+            .collect();
+        for &pid in &gone {
+            let proc = self.procs.remove(&pid).expect("listed above");
+            let tids: Vec<u32> = proc.py_tids.into_iter().collect();
+            if self.mode == Mode::Growth {
+                let _ = growth::remove_target(tracer, pid);
+            }
+            if let Err(e) = tracer.forget_process(pid, &tids) {
+                eprintln!("leaktrace: warning: cleaning up after pid {pid}: {e:#}");
+            }
+            self.exited.push((pid, t));
+        }
+        gone
+    }
+}
