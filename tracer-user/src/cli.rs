@@ -281,6 +281,20 @@ impl TraceArgs {
     }
 }
 
+/// Parses the process's command line. `--version` also names the git commit and the kernel
+/// features found (read only when asked: the BTF file is a few MiB).
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    // clap keeps `&'static str` versions (without its `string` feature): leaked once per run.
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let mut command = Cli::command().version(leak(crate::probes::features::short_version()));
+    if std::env::args_os().skip(1).any(|a| a == "--version") {
+        let long = crate::probes::features::long_version(std::path::Path::new("/sys"));
+        command = command.long_version(leak(long));
+    }
+    Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match &cli.command {

@@ -1,6 +1,5 @@
 //! The `leaktrace` binary: parse the command line, run, and turn errors into one line.
 
-use clap::Parser;
 use leaktrace::error::{code_of, exit, one_line};
 
 fn main() {
@@ -9,7 +8,7 @@ fn main() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("leaktrace: internal error: {info} (please report this)");
     }));
-    let cli = leaktrace::Cli::parse();
+    let cli = leaktrace::cli::parse();
     let code = match leaktrace::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -235,6 +235,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -244,19 +245,22 @@ const KIND_ENUM64: u32 = 19;
 struct BtfType {
     name_off: u32,
     kind: u32,
-    /// (name_off, type id, bit offset) of struct/union members.
+    /// (name_off, type id, bit offset) of struct/union members; (name_off, value low, value
+    /// high) of enum members.
     members: Vec<(u32, u32, u32)>,
 }
 
-/// Just enough of a BTF reader for [`member_offset`].
-struct Btf<'a> {
+/// Just enough of a BTF reader for [`member_offset`] and the kernel feature checks of
+/// `--version` ([`crate::probes::features`]).
+pub struct Btf<'a> {
     strings: &'a [u8],
     /// Index = type id - 1.
     types: Vec<BtfType>,
 }
 
 impl<'a> Btf<'a> {
-    fn parse(data: &'a [u8]) -> Option<Self> {
+    /// Reads raw BTF (the kernel's /sys/kernel/btf/vmlinux); None if it is not BTF.
+    pub fn parse(data: &'a [u8]) -> Option<Self> {
         let u16_at = |o: usize| Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?));
         let u32_at = |o: usize| Some(u32::from_le_bytes(data.get(o..o + 4)?.try_into().ok()?));
         if u16_at(0)? != 0xeb9f {
@@ -290,8 +294,18 @@ impl<'a> Btf<'a> {
                     }
                     12 * vlen as usize
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen as usize,
-                KIND_DATASEC | KIND_ENUM64 => 12 * vlen as usize,
+                KIND_ENUM | KIND_ENUM64 => {
+                    // Members as (name_off, low 32 bits of the value, high 32 bits).
+                    let size = if kind == KIND_ENUM { 8 } else { 12 };
+                    for i in 0..vlen as usize {
+                        let m = at + size * i;
+                        let high = if kind == KIND_ENUM { 0 } else { u32_at(m + 8)? };
+                        members.push((u32_at(m)?, u32_at(m + 4)?, high));
+                    }
+                    size * vlen as usize
+                }
+                KIND_FUNC_PROTO => 8 * vlen as usize,
+                KIND_DATASEC => 12 * vlen as usize,
                 _ => 0,
             };
             types.push(BtfType {
@@ -301,6 +315,27 @@ impl<'a> Btf<'a> {
             });
         }
         Some(Self { strings, types })
+    }
+
+    /// The value of `member` of `enum name` (a kernel that knows an attach type has it in
+    /// `enum bpf_attach_type`).
+    pub fn enum_value(&self, name: &str, member: &str) -> Option<u64> {
+        self.types
+            .iter()
+            .filter(|t| {
+                matches!(t.kind, KIND_ENUM | KIND_ENUM64) && self.name(t.name_off) == Some(name)
+            })
+            .flat_map(|t| &t.members)
+            .find(|&&(name_off, _, _)| self.name(name_off) == Some(member))
+            .map(|&(_, low, high)| u64::from(high) << 32 | u64::from(low))
+    }
+
+    /// Whether a function (`BTF_KIND_FUNC`) called `name` is described: kfuncs such as
+    /// `bpf_session_cookie` are listed this way.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.types
+            .iter()
+            .any(|t| t.kind == KIND_FUNC && self.name(t.name_off) == Some(name))
     }
 
     fn name(&self, off: u32) -> Option<&str> {
@@ -384,6 +419,44 @@ mod tests {
         assert_eq!(member_offset(&btf, "s", "e"), None);
         assert_eq!(member_offset(&btf, "t", "a"), None);
         assert_eq!(member_offset(b"not btf", "s", "a"), None);
+    }
+
+    #[test]
+    fn reads_enum_values_and_functions() {
+        let strings = b"\0e\0A\0B\0e64\0C\0f\0";
+        let at = |n: &str| {
+            let pos = strings
+                .windows(n.len() + 2)
+                .position(|w| w[0] == 0 && &w[1..=n.len()] == n.as_bytes() && w[n.len() + 1] == 0)
+                .unwrap();
+            (pos + 1) as u32
+        };
+        let mut types: Vec<u8> = Vec::new();
+        let mut push = |words: &[u32]| {
+            for w in words {
+                types.extend_from_slice(&w.to_le_bytes());
+            }
+        };
+        // 1: enum e { A = 7, B = 48 }; 2: enum64 e64 { C = 1 << 40 }; 3: func f
+        push(&[at("e"), KIND_ENUM << 24 | 2, 4, at("A"), 7, at("B"), 48]);
+        push(&[at("e64"), KIND_ENUM64 << 24 | 1, 8, at("C"), 0, 1 << 8]);
+        push(&[at("f"), KIND_FUNC << 24, 0]);
+        let mut btf = Vec::new();
+        for w in [0xeb9f_u16 as u32 | 1 << 16, 24, 0, types.len() as u32] {
+            btf.extend_from_slice(&w.to_le_bytes());
+        }
+        for w in [types.len() as u32, strings.len() as u32] {
+            btf.extend_from_slice(&w.to_le_bytes());
+        }
+        btf.extend_from_slice(&types);
+        btf.extend_from_slice(strings);
+        let btf = Btf::parse(&btf).unwrap();
+        assert_eq!(btf.enum_value("e", "A"), Some(7));
+        assert_eq!(btf.enum_value("e", "B"), Some(48));
+        assert_eq!(btf.enum_value("e64", "C"), Some(1 << 40));
+        assert_eq!(btf.enum_value("e", "C"), None, "C is e64's");
+        assert!(btf.has_function("f"));
+        assert!(!btf.has_function("e"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! May call: `error`, `target`, `python`.
 
 pub mod bpf;
+pub mod features;
 pub mod growth;
 pub mod limits;
 pub mod mode;
