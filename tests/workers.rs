@@ -252,6 +252,12 @@ fn gunicorn_workers_restarted_after_max_requests_are_followed() {
             "--interval",
             "2",
             "--per-process",
+            // Every worker generation brings thousands of distinct Python stacks of its own
+            // (imports after the fork): over the test's ~6 generations the default 8192 filled
+            // before the last replacement leaked, leaving its leak native-only (the report said
+            // so: "found the Python stack map full ... raise --max-python-stacks").
+            "--max-python-stacks",
+            "65536",
         ],
     );
     wait_lines(&tracer, "recording Python frames", 3);
