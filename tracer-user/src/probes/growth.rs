@@ -369,44 +369,54 @@ impl<'a> Btf<'a> {
 mod tests {
     use super::*;
 
+    /// The offset of `name` in a BTF string section that starts with NUL.
+    fn name_at(strings: &[u8], name: &str) -> u32 {
+        let n = name.len();
+        let pos = strings
+            .windows(n + 2)
+            .position(|w| w[0] == 0 && &w[1..=n] == name.as_bytes() && w[n + 1] == 0)
+            .unwrap();
+        (pos + 1) as u32
+    }
+
+    /// A BTF blob (header, then types, then strings) from type words built by `types`.
+    fn blob(strings: &[u8], types: impl FnOnce(&mut dyn FnMut(&[u32]))) -> Vec<u8> {
+        let mut words: Vec<u8> = Vec::new();
+        types(&mut |ws: &[u32]| {
+            for w in ws {
+                words.extend_from_slice(&w.to_le_bytes());
+            }
+        });
+        let mut out = Vec::new();
+        for w in [0xeb9f_u16 as u32 | 1 << 16, 24, 0, words.len() as u32] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        for w in [words.len() as u32, strings.len() as u32] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&words);
+        out.extend_from_slice(strings);
+        out
+    }
+
     /// A BTF blob with `struct s { int a; union { long b; struct { int c; long d; }; }; }`.
     fn synthetic() -> Vec<u8> {
         let strings = b"\0int\0long\0s\0a\0b\0c\0d\0";
-        let off = |n: &str| {
-            let pos = strings
-                .windows(n.len() + 2)
-                .position(|w| w[0] == 0 && &w[1..=n.len()] == n.as_bytes() && w[n.len() + 1] == 0)
-                .unwrap();
-            (pos + 1) as u32
-        };
-        let mut types: Vec<u8> = Vec::new();
-        let mut push = |words: &[u32]| {
-            for w in words {
-                types.extend_from_slice(&w.to_le_bytes());
-            }
-        };
-        // 1: int, 2: long
-        push(&[off("int"), KIND_INT << 24, 4, 32]);
-        push(&[off("long"), KIND_INT << 24, 8, 64]);
-        // 3: anonymous struct { int c; long d; }
-        push(&[0, KIND_STRUCT << 24 | 2, 16]);
-        push(&[off("c"), 1, 0, off("d"), 2, 64]);
-        // 4: anonymous union { long b; struct 3; }
-        push(&[0, KIND_UNION << 24 | 2, 16]);
-        push(&[off("b"), 2, 0, 0, 3, 0]);
-        // 5: struct s { int a; union 4; }
-        push(&[off("s"), KIND_STRUCT << 24 | 2, 24]);
-        push(&[off("a"), 1, 0, 0, 4, 64]);
-        let mut out = Vec::new();
-        for w in [0xeb9f_u16 as u32 | 1 << 16, 24, 0, types.len() as u32] {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
-        for w in [types.len() as u32, strings.len() as u32] {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
-        out.extend_from_slice(&types);
-        out.extend_from_slice(strings);
-        out
+        let off = |n: &str| name_at(strings, n);
+        blob(strings, |push| {
+            // 1: int, 2: long
+            push(&[off("int"), KIND_INT << 24, 4, 32]);
+            push(&[off("long"), KIND_INT << 24, 8, 64]);
+            // 3: anonymous struct { int c; long d; }
+            push(&[0, KIND_STRUCT << 24 | 2, 16]);
+            push(&[off("c"), 1, 0, off("d"), 2, 64]);
+            // 4: anonymous union { long b; struct 3; }
+            push(&[0, KIND_UNION << 24 | 2, 16]);
+            push(&[off("b"), 2, 0, 0, 3, 0]);
+            // 5: struct s { int a; union 4; }
+            push(&[off("s"), KIND_STRUCT << 24 | 2, 24]);
+            push(&[off("a"), 1, 0, 0, 4, 64]);
+        })
     }
 
     #[test]
@@ -424,32 +434,13 @@ mod tests {
     #[test]
     fn reads_enum_values_and_functions() {
         let strings = b"\0e\0A\0B\0e64\0C\0f\0";
-        let at = |n: &str| {
-            let pos = strings
-                .windows(n.len() + 2)
-                .position(|w| w[0] == 0 && &w[1..=n.len()] == n.as_bytes() && w[n.len() + 1] == 0)
-                .unwrap();
-            (pos + 1) as u32
-        };
-        let mut types: Vec<u8> = Vec::new();
-        let mut push = |words: &[u32]| {
-            for w in words {
-                types.extend_from_slice(&w.to_le_bytes());
-            }
-        };
-        // 1: enum e { A = 7, B = 48 }; 2: enum64 e64 { C = 1 << 40 }; 3: func f
-        push(&[at("e"), KIND_ENUM << 24 | 2, 4, at("A"), 7, at("B"), 48]);
-        push(&[at("e64"), KIND_ENUM64 << 24 | 1, 8, at("C"), 0, 1 << 8]);
-        push(&[at("f"), KIND_FUNC << 24, 0]);
-        let mut btf = Vec::new();
-        for w in [0xeb9f_u16 as u32 | 1 << 16, 24, 0, types.len() as u32] {
-            btf.extend_from_slice(&w.to_le_bytes());
-        }
-        for w in [types.len() as u32, strings.len() as u32] {
-            btf.extend_from_slice(&w.to_le_bytes());
-        }
-        btf.extend_from_slice(&types);
-        btf.extend_from_slice(strings);
+        let at = |n: &str| name_at(strings, n);
+        let btf = blob(strings, |push| {
+            // 1: enum e { A = 7, B = 48 }; 2: enum64 e64 { C = 1 << 40 }; 3: func f
+            push(&[at("e"), KIND_ENUM << 24 | 2, 4, at("A"), 7, at("B"), 48]);
+            push(&[at("e64"), KIND_ENUM64 << 24 | 1, 8, at("C"), 0, 1 << 8]);
+            push(&[at("f"), KIND_FUNC << 24, 0]);
+        });
         let btf = Btf::parse(&btf).unwrap();
         assert_eq!(btf.enum_value("e", "A"), Some(7));
         assert_eq!(btf.enum_value("e", "B"), Some(48));
