@@ -173,52 +173,12 @@ fn trace_fixture(py: &Python, script: &str, out: &str) -> Value {
     read_json(&out)
 }
 
-/// Live allocations per Python leaf function.
-fn allocs_by_leaf(report: &Value) -> std::collections::BTreeMap<String, (u64, Vec<u64>)> {
-    let mut out: std::collections::BTreeMap<String, (u64, Vec<u64>)> = Default::default();
-    for s in report["stacks"].as_array().unwrap() {
-        if let Some((f, line)) = python_frames(s).last().cloned() {
-            let e = out.entry(f).or_default();
-            e.0 += s["live_allocs"].as_u64().unwrap();
-            if !e.1.contains(&line) {
-                e.1.push(line);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn threads_get_their_own_stacks() {
     require_root();
     for py in every_python() {
-        let label = &py.label;
         let report = trace_fixture(&py, "py_threads.py", "py-threads.json");
-        let leaves = allocs_by_leaf(&report);
-        for (function, marker) in [
-            ("leak_in_thread_a", "SITE:thread_a"),
-            ("leak_in_thread_b", "SITE:thread_b"),
-        ] {
-            let (allocs, lines) = leaves.get(function).cloned().unwrap_or_default();
-            assert!(
-                allocs >= 450,
-                "{label}: {function} has {allocs} live allocations: {leaves:?}"
-            );
-            assert_eq!(
-                lines,
-                vec![line_of("py_threads.py", marker)],
-                "{label}: {function}"
-            );
-        }
-        // No stack mixes the two threads' frames.
-        for s in report["stacks"].as_array().unwrap() {
-            let names: Vec<String> = python_frames(s).into_iter().map(|f| f.0).collect();
-            assert!(
-                !(names.contains(&"leak_in_thread_a".into())
-                    && names.contains(&"leak_in_thread_b".into())),
-                "{label}: {names:?}"
-            );
-        }
+        assert_threads_apart(&report, &py.label);
     }
 }
 

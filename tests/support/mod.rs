@@ -483,6 +483,50 @@ pub fn python_frames(stack: &Value) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Live allocations per Python leaf function, with the leaf's lines.
+pub fn allocs_by_leaf(report: &Value) -> std::collections::BTreeMap<String, (u64, Vec<u64>)> {
+    let mut out: std::collections::BTreeMap<String, (u64, Vec<u64>)> = Default::default();
+    for s in report["stacks"].as_array().unwrap() {
+        if let Some((f, line)) = python_frames(s).last().cloned() {
+            let e = out.entry(f).or_default();
+            e.0 += s["live_allocs"].as_u64().unwrap();
+            if !e.1.contains(&line) {
+                e.1.push(line);
+            }
+        }
+    }
+    out
+}
+
+/// `fixtures/py_threads.py`'s two threads: each leaf at its own line with at least 450 live
+/// allocations, and no stack mixing the two threads' frames. `label` names the interpreter.
+pub fn assert_threads_apart(report: &Value, label: &str) {
+    let leaves = allocs_by_leaf(report);
+    for (function, marker) in [
+        ("leak_in_thread_a", "SITE:thread_a"),
+        ("leak_in_thread_b", "SITE:thread_b"),
+    ] {
+        let (allocs, lines) = leaves.get(function).cloned().unwrap_or_default();
+        assert!(
+            allocs >= 450,
+            "{label}: {function} has {allocs} live allocations: {leaves:?}"
+        );
+        assert_eq!(
+            lines,
+            vec![line_of("py_threads.py", marker)],
+            "{label}: {function}: {leaves:?}"
+        );
+    }
+    for s in report["stacks"].as_array().unwrap() {
+        let names: Vec<String> = python_frames(s).into_iter().map(|f| f.0).collect();
+        assert!(
+            !(names.contains(&"leak_in_thread_a".into())
+                && names.contains(&"leak_in_thread_b".into())),
+            "{label}: {names:?}"
+        );
+    }
+}
+
 /// Runs `leaktrace ARGS...` to completion, asserting that it succeeded; returns its output.
 pub fn leaktrace_ok(args: &[&str]) -> std::process::Output {
     let out = Command::new(leaktrace_bin())
