@@ -135,8 +135,8 @@ fn two_threads_get_their_own_stacks() {
     assert_threads_apart(&report, "3.13t");
 }
 
-/// `leaktrace run` from start-up on py_leak.py (`--now`) for 12 s (start-up under `--pymalloc`
-/// on a loaded machine takes seconds).
+/// `leaktrace run` of py_leak.py from start-up: the fixture leaks on SIGUSR1 once leaktrace
+/// records Python frames; the trace stops with SIGINT after the fixture says `done`.
 fn run_leak(extra: &[&str], out: &str) -> Value {
     let py = ft_python();
     let script = root().join("tests/fixtures/py_leak.py");
@@ -153,7 +153,7 @@ fn run_leak(extra: &[&str], out: &str) -> Value {
     // the first objects came before that and had no Python stack).
     tracer.stderr.wait_for("recording Python frames", T);
     // SAFETY: kill(2) on the command this test started.
-    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    unsafe { libc::kill(pid, SIGUSR1) };
     tracer.stdout.wait_for("done", T);
     std::thread::sleep(Duration::from_millis(800));
     tracer.signal(SIGINT);
