@@ -8,7 +8,7 @@ A is this checkout's build (LEAKTRACE_BIN, default target/release/leaktrace), B 
 the tracer attached and keeps them all; the tracer runs with --max-allocs 2N --min-age 0
 -o report.json and is stopped with SIGINT. Measured per run: seconds from SIGINT to the report
 written (the report file's last modification) and to the tracer's exit, the tracer's peak RSS
-(wait4's ru_maxrss), and the live allocations in the report (must be N). A also runs as
+(its VmHWM), and the live allocations in the report (must be N). A also runs as
 `A entry-by-entry` (LEAKTRACE_NO_BATCH=1: maps read without BPF_MAP_LOOKUP_BATCH).
 
 `demo`: demo/app.py under uvicorn on 127.0.0.1 with demo/load.py driving it (bounded), the
@@ -61,16 +61,29 @@ def wait_for(path, pattern, proc, timeout, what):
     raise RuntimeError(f"{what}: no {pattern!r} within {timeout} s")
 
 
+def vm_hwm_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            m = re.search(r"^VmHWM:\s*(\d+) kB", f.read(), re.M)
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
 def stop(proc, sig, timeout):
-    """Sends `sig`, waits (bounded): (seconds to exit, rusage)."""
+    """Sends `sig`, waits (bounded): (seconds to exit, peak RSS in MiB, time of the signal).
+    The peak is the process's own VmHWM, read until it exits (wait4's ru_maxrss would also
+    count the memory of this script, which the child shared until its exec)."""
     t0 = time.time()
     proc.send_signal(sig)
     deadline = time.monotonic() + timeout
+    peak = vm_hwm_kib(proc.pid) or 0
     while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        peak = max(peak, vm_hwm_kib(proc.pid) or 0)
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return time.time() - t0, usage, t0
+            return time.time() - t0, peak / 1024, t0
         time.sleep(0.002)
     proc.kill()
     proc.wait()
@@ -131,14 +144,14 @@ def million_run(lt, env, n, work):
         target.send_signal(signal.SIGUSR1)
         wait_for(out, "^allocated", target, 300, "million")
         time.sleep(1)
-        exit_s, usage, t0 = stop(tracer, signal.SIGINT, 300)
+        exit_s, rss_mib, t0 = stop(tracer, signal.SIGINT, 300)
         tracer = None
         written_s = os.stat(report).st_mtime - t0
         with open(report) as f:
             live = json.load(f)["totals"]["live_allocs"]
         if live != n:
             raise RuntimeError(f"the report has {live} live allocations, not {n}")
-        return {"written_s": written_s, "exit_s": exit_s, "rss_mib": usage.ru_maxrss / 1024,
+        return {"written_s": written_s, "exit_s": exit_s, "rss_mib": rss_mib,
                 "line": verbose_line(err)}
     finally:
         if tracer is not None:
@@ -157,15 +170,26 @@ def free_port():
 
 
 def stack_map_entries(tracer_pid):
-    """Entries of the STACKS map owned by `tracer_pid` (bpftool), or None."""
-    r = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True)
-    if r.returncode:
-        return None
-    for m in json.loads(r.stdout):
-        if m.get("name") == "STACKS" and any(p.get("pid") == tracer_pid for p in m.get("pids", [])):
-            d = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(m["id"])],
+    """Entries of the STACKS map held open by process `tracer_pid` (its fdinfo, then
+    bpftool), or None."""
+    ids = set()
+    fdinfo = f"/proc/{tracer_pid}/fdinfo"
+    for fd in os.listdir(fdinfo):
+        try:
+            with open(os.path.join(fdinfo, fd)) as f:
+                m = re.search(r"^map_id:\s*(\d+)", f.read(), re.M)
+        except OSError:
+            continue
+        if m:
+            ids.add(int(m.group(1)))
+    for map_id in ids:
+        r = subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)], capture_output=True, text=True)
+        if r.returncode == 0 and json.loads(r.stdout).get("name") == "STACKS":
+            # Counted in a pipe: a thousand 1 KiB entries as text would grow this script.
+            d = subprocess.run(f"bpftool map dump id {map_id} | tail -n 1", shell=True,
                                capture_output=True, text=True)
-            return len(json.loads(d.stdout)) if d.returncode == 0 else None
+            m = re.search(r"Found (\d+) element", d.stdout)
+            return int(m.group(1)) if m else None
     return None
 
 
@@ -199,7 +223,7 @@ def demo_run(lt, env, seconds, work):
         wait_for(err, r"recording Python frames", tracer, 60, "tracer")
         time.sleep(seconds)
         stacks = stack_map_entries(tracer.pid)
-        exit_s, usage, t0 = stop(tracer, signal.SIGINT, 120)
+        exit_s, rss_mib, t0 = stop(tracer, signal.SIGINT, 120)
         tracer = None
         written_s = os.stat(report).st_mtime - t0
         with open(report) as f:
@@ -208,7 +232,7 @@ def demo_run(lt, env, seconds, work):
         deep = sum(s["live_allocs"] for s in r["stacks"]
                    if sum(1 for f in s["frames"] if f["kind"] == "native") > 2)
         c = r["counters"]
-        return {"written_s": written_s, "exit_s": exit_s, "rss_mib": usage.ru_maxrss / 1024,
+        return {"written_s": written_s, "exit_s": exit_s, "rss_mib": rss_mib,
                 "native_stacks": stacks, "map_full": c.get("stack_map_collision_or_full"),
                 "unwind_failed": c.get("stack_unwind_failed"), "allocs_seen": c.get("allocs_seen"),
                 "live": live, "live_deep_native": deep, "report_stacks": len(r["stacks"]),

@@ -594,7 +594,7 @@ impl Tracer {
         let aya::maps::Map::HashMap(data) = map else {
             anyhow::bail!("eBPF map {name} is not a hash map");
         };
-        if !std::env::var_os(NO_BATCH_ENV).is_some_and(|v| v == "1") {
+        if std::env::var_os(NO_BATCH_ENV).is_none_or(|v| v != "1") {
             use std::os::fd::AsFd as _;
             match crate::probes::batch::for_each(
                 data.fd().as_fd(),
