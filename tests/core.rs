@@ -152,6 +152,43 @@ fn sigterm_detaches_and_writes_the_report() {
 }
 
 #[test]
+fn heap_read_in_batches_or_entry_by_entry_gives_the_same_report() {
+    require_root();
+    // LEAKTRACE_NO_BATCH=1 reads the maps as on a kernel without BPF_MAP_LOOKUP_BATCH.
+    for (no_batch, how) in [(false, "batched"), (true, "entry by entry")] {
+        let fixture = start_fixture(&[]);
+        let out = out_path(&format!("fixture-read-{}.json", u8::from(no_batch)));
+        let pid = fixture.pid().to_string();
+        let mut cmd = Command::new(leaktrace_bin());
+        cmd.args(["attach", &pid, "--interval", "1", "-v", "-o"])
+            .arg(&out);
+        if no_batch {
+            cmd.env("LEAKTRACE_NO_BATCH", "1");
+        }
+        let mut tracer = Proc::spawn(&mut cmd);
+        tracer.stderr.wait_for("leaktrace: attached", T);
+        fixture.signal(SIGUSR1);
+        fixture.stdout.wait_for("done", T);
+        std::thread::sleep(Duration::from_millis(1500));
+        tracer.signal(SIGINT);
+        assert_eq!(tracer.wait(T), 0, "{how}: {}", tracer.stderr.text());
+        check_fixture_report(&read_json(&out));
+        // -v: one line with each phase's time, saying how the heap was read, and that the
+        // probes were detached in the background.
+        let stderr = tracer.stderr.text();
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("leaktrace: report written "))
+            .unwrap_or_else(|| panic!("{how}: no timing line in {stderr}"));
+        assert!(line.contains(&format!("syscalls, {how})")), "{line}");
+        for phase in ["heap ", "maps ", "stacks ", "write ", "detach "] {
+            assert!(line.contains(phase), "{phase}: {line}");
+        }
+        assert!(line.contains("detaching the uprobes took"), "{line}");
+    }
+}
+
+#[test]
 fn statically_linked_target_is_traced_through_its_own_malloc() {
     let (report, _tracer, _fixture) = trace_fixture(&["-static"], "fixture-static.json", SIGINT);
     check_fixture_report(&report);

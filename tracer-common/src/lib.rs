@@ -38,6 +38,11 @@ pub const MAP_PY_STACKS: &str = "PY_STACKS";
 pub const MAP_PY_SCRATCH: &str = "PY_SCRATCH";
 /// Per-CPU buffer holding the frame being read.
 pub const MAP_PY_FRAME_BUF: &str = "PY_FRAME_BUF";
+/// Python processes whose interpreter has no frame pointers: tgid -> [`TextRange`] of the
+/// interpreter's code. Their native stacks end at the first frame in that range (the
+/// allocator's caller, when it is there): past it a frame-pointer walk only finds junk, and
+/// the Python frames say where the interpreter was. Capacity [`MAX_PY_TARGETS`].
+pub const MAP_NATIVE_CUT: &str = "NATIVE_CUT";
 
 /// Default capacity of [`MAP_ALLOCS`] (`--max-allocs`).
 pub const DEFAULT_MAX_ALLOCS: u32 = 500_000;
@@ -402,6 +407,15 @@ pub struct PyStack {
 }
 const _: () = assert!(size_of::<PyStack>() == 8 + 24 * MAX_PY_FRAMES);
 
+/// Value of [`MAP_NATIVE_CUT`]: `[start, end)` of a process's interpreter code.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextRange {
+    pub start: u64,
+    pub end: u64,
+}
+const _: () = assert!(size_of::<TextRange>() == 16);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -416,4 +430,5 @@ mod pod {
     unsafe impl aya::Pod for StackTotals {}
     unsafe impl aya::Pod for Pending {}
     unsafe impl aya::Pod for MapEvent {}
+    unsafe impl aya::Pod for TextRange {}
 }

@@ -15,9 +15,9 @@ use aya_ebpf::{
 };
 use tracer_common::{
     sampling::{self, layout},
-    AllocInfo, AllocKey, Counter, NativeStack, Pending, StackKey, StackTotals, COUNTER_SLOTS,
-    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DEFAULT_MAX_STACK_TOTALS, EVENTS_BYTES,
-    MAX_NATIVE_FRAMES, MAX_PENDING,
+    AllocInfo, AllocKey, Counter, NativeStack, Pending, StackKey, StackTotals, TextRange,
+    COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DEFAULT_MAX_STACK_TOTALS, EVENTS_BYTES,
+    MAX_NATIVE_FRAMES, MAX_PENDING, MAX_PY_TARGETS,
 };
 
 // The names of these statics are the map names user space looks up (tracer_common::MAP_*).
@@ -39,6 +39,10 @@ pub static STACK_SCRATCH: PerCpuArray<NativeStack> = PerCpuArray::with_max_entri
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
+/// Python processes whose interpreter has no frame pointers (see [`tracer_common::MAP_NATIVE_CUT`]).
+#[map]
+pub static NATIVE_CUT: HashMap<u32, TextRange> = HashMap::with_max_entries(MAX_PY_TARGETS, 0);
+
 /// The current task's user stack (frame pointers), stored once under its own hash: its key
 /// in [`STACKS`], or 0 (counted) when there is none or the map is full. Two different stacks
 /// share a key only if their 64-bit FNV-1a hashes collide.
@@ -48,6 +52,52 @@ pub fn native_stack(ctx: &impl EbpfContext) -> u64 {
         count(Counter::StackError);
         return 0;
     };
+    let Some(len) = capture_stack(ctx, buf) else {
+        return 0;
+    };
+    store_stack(buf, len)
+}
+
+/// [`native_stack`] at an allocator's entry in process `tgid`, whose caller is `caller`,
+/// cut where the process's interpreter has no frame pointers ([`NATIVE_CUT`]): when the
+/// caller is interpreter code, nothing is walked (the stack is the probed instruction, the
+/// caller comes from `[sp]`); else the walk is kept up to its first frame in the interpreter.
+#[inline(always)]
+pub fn native_stack_at_entry(ctx: &ProbeContext, tgid: u32, caller: u64) -> u64 {
+    // SAFETY: copied out at once.
+    let Some(cut) = (unsafe { NATIVE_CUT.get(&tgid) }).copied() else {
+        return native_stack(ctx);
+    };
+    let Some(buf) = STACK_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::StackError);
+        return 0;
+    };
+    let inside = |ip: u64| ip >= cut.start && ip < cut.end;
+    if inside(caller) {
+        // SAFETY: per-CPU scratch slot (as in capture_stack); `regs` points at the probed
+        // task's saved registers.
+        unsafe { (*buf).ips[0] = (*ctx.regs).rip };
+        return store_stack(buf, 1);
+    }
+    let Some(mut len) = capture_stack(ctx, buf) else {
+        return 0;
+    };
+    for i in 1..MAX_NATIVE_FRAMES {
+        if i >= len {
+            break;
+        }
+        // SAFETY: as above; `i` is within `ips`.
+        if inside(unsafe { (*buf).ips[i] }) {
+            len = i + 1;
+            break;
+        }
+    }
+    store_stack(buf, len)
+}
+
+/// Unwinds the current task's user stack into `buf`: the number of frames, or None (counted).
+#[inline(always)]
+fn capture_stack(ctx: &impl EbpfContext, buf: *mut NativeStack) -> Option<usize> {
     // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU; the helper
     // writes at most the size given, which is that of `ips`.
     let n = unsafe {
@@ -60,9 +110,15 @@ pub fn native_stack(ctx: &impl EbpfContext) -> u64 {
     };
     if n <= 0 {
         count(Counter::StackError);
-        return 0;
+        return None;
     }
-    let len = (n as u64 / 8) as usize;
+    Some((n as u64 / 8) as usize)
+}
+
+/// Stores the first `len` frames of `buf` in [`STACKS`] under their hash; returns the key, or
+/// 0 (counted) when the map is full.
+#[inline(always)]
+fn store_stack(buf: *mut NativeStack, len: usize) -> u64 {
     let mut hash = FNV_OFFSET;
     for i in 0..MAX_NATIVE_FRAMES {
         if i >= len {
@@ -204,7 +260,7 @@ pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) {
     // caller's frame, which frame-pointer unwinding from here would skip.
     // SAFETY: bpf_probe_read_user tolerates any address.
     let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    let native_stack = native_stack(ctx);
+    let native_stack = native_stack_at_entry(ctx, tgid_of(pid_tgid), caller);
     let pending = Pending {
         sp,
         size,

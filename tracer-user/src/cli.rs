@@ -182,6 +182,10 @@ pub struct TraceArgs {
     /// across the target and its workers).
     #[arg(long)]
     pub per_process: bool,
+    /// Say more: how long each phase of the report took (reading the live heap, the maps,
+    /// symbolizing stacks, writing, detaching).
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 fn parse_seconds(s: &str, allow_zero: bool) -> Result<Duration, String> {
@@ -237,6 +241,7 @@ impl TraceArgs {
             max_python_depth: self.max_python_depth,
             follow_children: !self.no_children,
             per_process: self.per_process,
+            verbose: self.verbose,
         }
     }
 }

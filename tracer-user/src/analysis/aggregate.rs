@@ -31,61 +31,112 @@ pub struct StackAgg {
     pub oldest_ts_ns: u64,
 }
 
-/// Weighs the outstanding allocations read from the kernel (each `count` 1) for the report,
-/// leaving out those younger than `min_age_ns`. Exact mode: unchanged. Sampled mode: each one
-/// counts for its weight; per stack, the rounding remainders are carried from one allocation
-/// to the next, so each stack's sums are within one byte and one allocation of the exact
-/// weighted sums.
-pub fn weigh(
-    sampling: Option<&Sampling>,
-    allocs: impl IntoIterator<Item = LiveAlloc>,
+/// The live allocations of a report grouped by stack while they are read, so that a million of
+/// them are never held at once: those younger than `min_age_ns` at `now_ns` are left out, and in
+/// sampled mode each recorded allocation counts for its weight.
+#[derive(Debug)]
+pub struct LiveGroups {
+    sampling: Option<Sampling>,
     now_ns: u64,
     min_age_ns: u64,
-) -> Vec<LiveAlloc> {
-    let Some(s) = sampling else {
-        return allocs.into_iter().collect();
-    };
-    let mut carry: HashMap<StackKey, (f64, f64)> = HashMap::new();
-    allocs
-        .into_iter()
-        .filter(|a| now_ns.saturating_sub(a.ts_ns) >= min_age_ns)
-        .map(|a| {
-            let (wb, wc) = s.weight(a.size);
-            let c = carry.entry(a.stack).or_default();
-            c.0 += wb * a.count as f64;
-            c.1 += wc * a.count as f64;
-            let (bytes, count) = (c.0.round().max(0.0), c.1.round().max(0.0));
-            c.0 -= bytes;
-            c.1 -= count;
-            LiveAlloc {
-                size: bytes as u64,
-                count: count as u64,
-                ..a
-            }
-        })
-        .collect()
+    stacks: HashMap<StackKey, Group>,
 }
 
-/// Groups allocations at least `min_age_ns` old at `now_ns` by stack.
-pub fn group(
-    allocs: impl IntoIterator<Item = LiveAlloc>,
-    now_ns: u64,
-    min_age_ns: u64,
-) -> HashMap<StackKey, StackAgg> {
-    let mut out: HashMap<StackKey, StackAgg> = HashMap::new();
-    for a in allocs {
-        if now_ns.saturating_sub(a.ts_ns) < min_age_ns {
-            continue;
+#[derive(Debug)]
+struct Group {
+    agg: StackAgg,
+    /// Sampled mode: weighted bytes and allocations of the recorded blocks, summed unrounded.
+    weighed: (f64, f64),
+    /// Sampled mode: recorded blocks behind the estimate.
+    samples: u64,
+}
+
+impl LiveGroups {
+    pub fn new(sampling: Option<Sampling>, now_ns: u64, min_age_ns: u64) -> Self {
+        Self {
+            sampling,
+            now_ns,
+            min_age_ns,
+            stacks: HashMap::new(),
         }
-        let e = out.entry(a.stack).or_insert(StackAgg {
-            oldest_ts_ns: u64::MAX,
-            ..Default::default()
-        });
-        e.live_bytes += a.size;
-        e.live_allocs += a.count;
-        e.oldest_ts_ns = e.oldest_ts_ns.min(a.ts_ns);
     }
-    out
+
+    fn old_enough(&self, ts_ns: u64) -> bool {
+        self.now_ns.saturating_sub(ts_ns) >= self.min_age_ns
+    }
+
+    fn entry(&mut self, stack: StackKey) -> &mut Group {
+        self.stacks.entry(stack).or_insert(Group {
+            agg: StackAgg {
+                oldest_ts_ns: u64::MAX,
+                ..Default::default()
+            },
+            weighed: (0.0, 0.0),
+            samples: 0,
+        })
+    }
+
+    /// One outstanding allocation from the kernel's map: exact mode counts it as it is;
+    /// sampled mode counts it for its weight.
+    pub fn add_recorded(&mut self, stack: StackKey, size: u64, ts_ns: u64) {
+        if !self.old_enough(ts_ns) {
+            return;
+        }
+        let weight = self.sampling.map(|s| s.weight(size));
+        let g = self.entry(stack);
+        g.agg.oldest_ts_ns = g.agg.oldest_ts_ns.min(ts_ns);
+        match weight {
+            None => {
+                g.agg.live_bytes += size;
+                g.agg.live_allocs += 1;
+            }
+            Some((wb, wc)) => {
+                g.weighed.0 += wb;
+                g.weighed.1 += wc;
+                g.samples += 1;
+            }
+        }
+    }
+
+    /// Allocations counted as they are in every mode (tracked mappings: `count` 1, or 0 for
+    /// the extra pieces of a split mapping).
+    pub fn add_exact(&mut self, a: LiveAlloc) {
+        if !self.old_enough(a.ts_ns) {
+            return;
+        }
+        let g = self.entry(a.stack);
+        g.agg.live_bytes += a.size;
+        g.agg.live_allocs += a.count;
+        g.agg.oldest_ts_ns = g.agg.oldest_ts_ns.min(a.ts_ns);
+    }
+
+    /// Distinct stacks so far.
+    pub fn stacks(&self) -> usize {
+        self.stacks.len()
+    }
+
+    /// Each stack's totals, and in sampled mode the recorded blocks behind each estimate.
+    /// Weighted sums are rounded once per stack: each is within one byte and one allocation
+    /// of the exact weighted sum.
+    pub fn finish(self) -> (HashMap<StackKey, StackAgg>, HashMap<StackKey, u64>) {
+        let mut samples = HashMap::new();
+        let groups = self
+            .stacks
+            .into_iter()
+            .map(|(k, g)| {
+                let mut agg = g.agg;
+                if self.sampling.is_some() {
+                    agg.live_bytes += g.weighed.0.round().max(0.0) as u64;
+                    agg.live_allocs += g.weighed.1.round().max(0.0) as u64;
+                    if g.samples > 0 {
+                        samples.insert(k, g.samples);
+                    }
+                }
+                (k, agg)
+            })
+            .collect();
+        (groups, samples)
+    }
 }
 
 /// Least-squares slope of `(t, y)` points; None with fewer than two distinct times.
@@ -322,7 +373,17 @@ mod tests {
                 count: 1,
             }, // younger: dropped
         ];
-        let g = group(allocs, 10 * s, s);
+        let mut groups = LiveGroups::new(None, 10 * s, s);
+        for (i, a) in allocs.into_iter().enumerate() {
+            // Both ways in count alike in exact mode.
+            if i % 2 == 0 {
+                groups.add_recorded(a.stack, a.size, a.ts_ns);
+            } else {
+                groups.add_exact(a);
+            }
+        }
+        let (g, samples) = groups.finish();
+        assert!(samples.is_empty(), "exact mode has no samples");
         assert_eq!(g.len(), 2);
         assert_eq!(
             g[&key(1)],
@@ -412,31 +473,51 @@ mod tests {
     }
 
     #[test]
-    fn weighing_carries_remainders_per_stack() {
+    fn sampled_allocations_count_for_their_weight_per_stack() {
         let s = Sampling { n: 1000 };
-        let stack = StackKey {
+        let stack = |id| StackKey {
             tgid: 1,
             kind: 0,
-            native_stack: 1,
+            native_stack: id,
             caller: 0,
             py_stack: 0,
         };
-        let allocs: Vec<LiveAlloc> = (0..1000)
-            .map(|i| LiveAlloc {
-                stack,
-                size: 700,
-                ts_ns: i,
-                count: 1,
-            })
-            .collect();
-        let out = weigh(Some(&s), allocs.clone(), 10_000, 0);
         let (wb, wc) = s.weight(700);
-        let bytes: u64 = out.iter().map(|a| a.size).sum();
-        let count: u64 = out.iter().map(|a| a.count).sum();
-        assert!((bytes as f64 - 1000.0 * wb).abs() <= 1.0);
-        assert!((count as f64 - 1000.0 * wc).abs() <= 1.0);
-        // The age filter applies first; exact mode passes everything through.
-        assert_eq!(weigh(Some(&s), allocs.clone(), 1000, 500).len(), 501);
-        assert_eq!(weigh(None, allocs, 1000, 500).len(), 1000);
+        let run = |now, min_age| {
+            let mut g = LiveGroups::new(Some(s), now, min_age);
+            for i in 0..1000 {
+                g.add_recorded(stack(1 + i % 2), 700, i);
+            }
+            // A mapping is exact in every mode: not weighed, no sample.
+            g.add_exact(LiveAlloc {
+                stack: stack(3),
+                size: 4096,
+                ts_ns: 0,
+                count: 1,
+            });
+            g.finish()
+        };
+        let (groups, samples) = run(10_000, 0);
+        for id in [1, 2] {
+            let agg = groups[&stack(id)];
+            assert!((agg.live_bytes as f64 - 500.0 * wb).abs() <= 1.0, "{agg:?}");
+            assert!(
+                (agg.live_allocs as f64 - 500.0 * wc).abs() <= 1.0,
+                "{agg:?}"
+            );
+            assert_eq!(samples[&stack(id)], 500);
+        }
+        assert_eq!(groups[&stack(1)].oldest_ts_ns, 0);
+        assert_eq!(groups[&stack(2)].oldest_ts_ns, 1);
+        assert_eq!(
+            (groups[&stack(3)].live_bytes, groups[&stack(3)].live_allocs),
+            (4096, 1)
+        );
+        assert!(!samples.contains_key(&stack(3)));
+        // The age filter applies before weighing: ts 0..=500 are at least 500 ns old at 1000.
+        let (groups, samples) = run(1000, 500);
+        assert_eq!(samples[&stack(1)] + samples[&stack(2)], 501);
+        let bytes = groups[&stack(1)].live_bytes + groups[&stack(2)].live_bytes;
+        assert!((bytes as f64 - 501.0 * wb).abs() <= 2.0);
     }
 }

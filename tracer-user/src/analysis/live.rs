@@ -8,28 +8,26 @@ use tracer_common::StackKey;
 
 use crate::{
     analysis::{
-        aggregate::{group, merge, LiveAlloc, Resolved, Series, StackReport},
+        aggregate::{merge, Resolved, Series, StackAgg, StackReport},
         trend,
     },
     resolve::frame::Frame,
 };
 
-/// The report's stacks from the live allocations (weighed, mappings included) at `now_ns`,
-/// those younger than `min_age_ns` left out. `allocated` is (bytes, allocations) per stack
-/// while traced; `frames_of` resolves a stack. Sampled mode (`sample_bytes` set): `samples`
-/// is the recorded blocks behind each stack's estimate, and each stack gets its sample counts.
-#[allow(clippy::too_many_arguments)]
+/// The report's stacks from the live allocations grouped by stack (weighed, mappings
+/// included, see [`crate::analysis::aggregate::LiveGroups`]) at `now_ns`. `allocated` is
+/// (bytes, allocations) per stack while traced; `frames_of` resolves a stack. Sampled mode
+/// (`sample_bytes` set): `samples` is the recorded blocks behind each stack's estimate, and
+/// each stack gets its sample counts.
 pub fn report_stacks(
-    live: impl IntoIterator<Item = LiveAlloc>,
+    groups: HashMap<StackKey, StackAgg>,
     now_ns: u64,
-    min_age_ns: u64,
     allocated: &HashMap<StackKey, (u64, u64)>,
     series: &Series,
     samples: &HashMap<StackKey, u64>,
     sample_bytes: Option<f64>,
     mut frames_of: impl FnMut(&StackKey) -> Vec<Frame>,
 ) -> Vec<StackReport> {
-    let groups = group(live, now_ns, min_age_ns);
     let mut keys: Vec<StackKey> = groups.keys().copied().collect();
     keys.sort();
     let resolved: Vec<Resolved> = keys

@@ -19,8 +19,9 @@ use aya::{
 };
 use tracer_common::{
     cookie, sampling, AllocInfo, AllocKey, AllocKind, Counter, MapEvent, NativeStack, PyConfig,
-    PyStack, StackKey, StackTotals, COUNTER_SLOTS, MAP_ALLOCS, MAP_COUNTERS, MAP_EVENTS,
-    MAP_PENDING, MAP_PY_STACKS, MAP_PY_TARGETS, MAP_PY_TSTATES, MAP_STACKS, MAP_STACK_TOTALS,
+    PyStack, StackKey, StackTotals, TextRange, COUNTER_SLOTS, MAP_ALLOCS, MAP_COUNTERS, MAP_EVENTS,
+    MAP_NATIVE_CUT, MAP_PENDING, MAP_PY_STACKS, MAP_PY_TARGETS, MAP_PY_TSTATES, MAP_STACKS,
+    MAP_STACK_TOTALS,
 };
 
 use crate::probes::{limits::MapLimits, mode::Sampling};
@@ -149,6 +150,21 @@ pub struct Tracer {
     events: RingBuf<aya::maps::MapData>,
     /// Every probe attached (program name, link), detached together in [`Tracer::detach_all`].
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// [`Tracer::detach_in_background`]: the thread closing the links, which returns how
+    /// long that took. Joined before the tracer is gone.
+    detaching: Option<std::thread::JoinHandle<std::time::Duration>>,
+}
+
+/// Set to 1, maps are read entry by entry, as on kernels without batch lookups (benchmarks:
+/// `bench/report_time.sh` compares both).
+pub const NO_BATCH_ENV: &str = "LEAKTRACE_NO_BATCH";
+
+/// How a map was read: entries, syscalls, and whether in batches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapRead {
+    pub entries: u64,
+    pub syscalls: u64,
+    pub batched: bool,
 }
 
 /// Every counter, summed over CPUs.
@@ -276,6 +292,7 @@ impl Tracer {
             events,
             probe_at_entry: limits.probe_at_entry,
             links: Default::default(),
+            detaching: None,
             no_return_probe: limits.no_return_probe,
         })
     }
@@ -455,12 +472,24 @@ impl Tracer {
                 HashMap::try_from(self.map_mut(MAP_PY_TARGETS)?)?;
             let _ = targets.remove(&pid);
         }
+        {
+            let mut cuts: HashMap<&mut MapData, u32, TextRange> =
+                HashMap::try_from(self.map_mut(MAP_NATIVE_CUT)?)?;
+            let _ = cuts.remove(&pid);
+        }
         self.update_tstates(&[], tids)
     }
 
     /// Detaches every probe, concurrently (each detach waits for a kernel grace period, and
     /// concurrent waits share one): returns once none is attached.
     pub fn detach_all(&mut self) {
+        let links = self.take_links();
+        close_concurrently(links);
+        self.wait_detached();
+    }
+
+    /// Takes every uprobe link out of its program (still attached until dropped).
+    fn take_links(&mut self) -> Vec<UProbeLink> {
         let mut links = Vec::new();
         for (program, link) in std::mem::take(&mut self.links) {
             let probe: Option<&mut UProbe> = self
@@ -471,7 +500,38 @@ impl Tracer {
                 links.push(link);
             }
         }
-        close_concurrently(links);
+        links
+    }
+
+    /// Starts detaching every uprobe on another thread, while the maps stay readable (the
+    /// report is built meanwhile): the target stops paying for the probes sooner, and the
+    /// grace periods the kernel waits for per link overlap with the report's work.
+    /// [`Tracer::wait_detached`] (or dropping the tracer) waits for it to finish.
+    pub fn detach_in_background(&mut self) {
+        let links = self.take_links();
+        if links.is_empty() {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        let thread = std::thread::Builder::new()
+            .name("leaktrace-detach".into())
+            .spawn(move || {
+                close_concurrently(links);
+                t0.elapsed()
+            });
+        // No thread to be had: `spawn` dropped the closure, and the links with it, which
+        // detached them before it returned.
+        if let Ok(handle) = thread {
+            self.detaching = Some(handle);
+        }
+    }
+
+    /// Waits until a background detach is over; returns how long detaching took (None if
+    /// none was under way).
+    pub fn wait_detached(&mut self) -> Option<std::time::Duration> {
+        let handle = self.detaching.take()?;
+        // A panic on that thread still dropped (closed) the links it held.
+        handle.join().ok()
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
@@ -491,10 +551,10 @@ impl Tracer {
 
     /// Live totals per stack, as the kernel keeps them.
     pub fn stack_totals(&self) -> Result<Vec<(StackKey, StackTotals)>> {
-        let map: HashMap<&MapData, StackKey, StackTotals> =
-            HashMap::try_from(self.map(MAP_STACK_TOTALS)?)?;
-        // Entries can vanish between listing and reading: skip those errors.
-        let mut totals: Vec<(StackKey, StackTotals)> = map.iter().filter_map(Result::ok).collect();
+        let mut totals: Vec<(StackKey, StackTotals)> = Vec::new();
+        self.for_each_entry(MAP_STACK_TOTALS, |k: &StackKey, v: &StackTotals| {
+            totals.push((*k, *v))
+        })?;
         if let Some(s) = &self.sampling {
             // Sampled mode: the kernel keeps estimated counts in fixed point.
             for (_, t) in &mut totals {
@@ -512,8 +572,58 @@ impl Tracer {
 
     /// Every outstanding allocation.
     pub fn allocs(&self) -> Result<Vec<(AllocKey, AllocInfo)>> {
-        let map: HashMap<&MapData, AllocKey, AllocInfo> = HashMap::try_from(self.map(MAP_ALLOCS)?)?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+        let mut out = Vec::new();
+        self.for_each_alloc(|k, v| out.push((*k, *v)))?;
+        Ok(out)
+    }
+
+    /// Calls `f` on every outstanding allocation, read in batches (nothing is kept: a
+    /// million live allocations are 64 MB as key-value pairs).
+    pub fn for_each_alloc(&self, f: impl FnMut(&AllocKey, &AllocInfo)) -> Result<MapRead> {
+        self.for_each_entry(MAP_ALLOCS, f)
+    }
+
+    /// Calls `f` on every entry of the hash map `name`: with `BPF_MAP_LOOKUP_BATCH` where the
+    /// kernel has it (a few syscalls), else entry by entry (two syscalls each).
+    fn for_each_entry<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&K, &V),
+    ) -> Result<MapRead> {
+        let map = self.map(name)?;
+        let aya::maps::Map::HashMap(data) = map else {
+            anyhow::bail!("eBPF map {name} is not a hash map");
+        };
+        if std::env::var_os(NO_BATCH_ENV).is_none_or(|v| v != "1") {
+            use std::os::fd::AsFd as _;
+            match crate::probes::batch::for_each(
+                data.fd().as_fd(),
+                crate::probes::batch::DEFAULT_CHUNK,
+                &mut f,
+            ) {
+                Ok((entries, syscalls)) => {
+                    return Ok(MapRead {
+                        entries,
+                        syscalls,
+                        batched: true,
+                    })
+                }
+                Err(crate::probes::batch::BatchError::Unsupported(_)) => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot read eBPF map {name}")),
+            }
+        }
+        let map: HashMap<&MapData, K, V> = HashMap::try_from(map)?;
+        let mut entries = 0;
+        // Entries can vanish between listing and reading: skip those errors.
+        for (k, v) in map.iter().filter_map(Result::ok) {
+            f(&k, &v);
+            entries += 1;
+        }
+        Ok(MapRead {
+            entries,
+            syscalls: 2 * entries + 1,
+            batched: false,
+        })
     }
 
     /// Instruction pointers of a native stack, innermost first.
@@ -539,6 +649,15 @@ impl Tracer {
         let mut map: HashMap<&mut MapData, u32, PyConfig> =
             HashMap::try_from(self.map_mut(MAP_PY_TARGETS)?)?;
         map.insert(tgid, config, 0)?;
+        Ok(())
+    }
+
+    /// Ends process `tgid`'s native stacks at the first frame inside `text` (its
+    /// interpreter's code, which has no frame pointers): see [`MAP_NATIVE_CUT`].
+    pub fn set_native_cut(&mut self, tgid: u32, text: TextRange) -> Result<()> {
+        let mut map: HashMap<&mut MapData, u32, TextRange> =
+            HashMap::try_from(self.map_mut(MAP_NATIVE_CUT)?)?;
+        map.insert(tgid, text, 0)?;
         Ok(())
     }
 

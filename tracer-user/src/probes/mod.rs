@@ -7,6 +7,7 @@
 //!
 //! May call: `error`, `target`, `python`.
 
+pub mod batch;
 pub mod bpf;
 pub mod features;
 pub mod growth;

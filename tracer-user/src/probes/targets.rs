@@ -134,6 +134,19 @@ impl Targets {
         match Interpreter::discover(pid, maps, &mut self.interp_files) {
             Ok(interp) => {
                 tracer.set_python(pid, &interp.config(self.python.max_depth))?;
+                // Without frame pointers in the interpreter, a native walk that reaches it
+                // goes astray: end it there (the Python frames take over).
+                let cut = (!interp.frame_pointers)
+                    .then(|| interp_text(maps, &interp.module))
+                    .flatten();
+                if let Some(text) = cut {
+                    tracer.set_native_cut(pid, text)?;
+                }
+                let native_note = if cut.is_some() {
+                    " (native stacks end at the interpreter: it has no frame pointers)"
+                } else {
+                    ""
+                };
                 if self.python.pymalloc {
                     self.attach_pymalloc(pid, &interp, tracer)?;
                 } else if interp.free_threaded && is_root && self.mode != Mode::Growth {
@@ -145,13 +158,13 @@ impl Targets {
                 // Printed once everything is in place: scripts and tests wait for it.
                 if is_root {
                     eprintln!(
-                        "leaktrace: Python {} in `{}`: recording Python frames",
+                        "leaktrace: Python {} in `{}`: recording Python frames{native_note}",
                         interp.version(),
                         interp.module
                     );
                 } else {
                     eprintln!(
-                        "leaktrace: worker {pid}: Python {} in `{}`: recording Python frames",
+                        "leaktrace: worker {pid}: Python {} in `{}`: recording Python frames{native_note}",
                         interp.version(),
                         interp.module
                     );
@@ -329,5 +342,39 @@ impl Targets {
             self.exited.push((pid, t));
         }
         gone
+    }
+}
+
+/// `[start, end)` of the executable mappings of `module` (the interpreter's code) in `maps`.
+pub fn interp_text(maps: &ProcMaps, module: &str) -> Option<tracer_common::TextRange> {
+    let code = maps
+        .iter()
+        .filter(|m| m.executable && m.path.as_deref() == Some(module));
+    let (start, end) = code.fold(None, |acc: Option<(u64, u64)>, m| {
+        Some(acc.map_or((m.start, m.end), |(s, e)| (s.min(m.start), e.max(m.end))))
+    })?;
+    Some(tracer_common::TextRange { start, end })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpreter_text_is_its_executable_mappings() {
+        let maps = ProcMaps::new(crate::target::procmaps::parse(
+            "55d0a0000000-55d0a0100000 r--p 00000000 08:01 42 /usr/bin/python3.11\n\
+             55d0a0100000-55d0a0400000 r-xp 00100000 08:01 42 /usr/bin/python3.11\n\
+             55d0a0400000-55d0a0500000 r--p 00400000 08:01 42 /usr/bin/python3.11\n\
+             7f0000000000-7f0000100000 r-xp 00000000 08:01 7 /usr/lib/x86_64-linux-gnu/libc.so.6\n",
+        ));
+        assert_eq!(
+            interp_text(&maps, "/usr/bin/python3.11"),
+            Some(tracer_common::TextRange {
+                start: 0x55d0a0100000,
+                end: 0x55d0a0400000
+            })
+        );
+        assert_eq!(interp_text(&maps, "/usr/bin/python3.12"), None);
     }
 }

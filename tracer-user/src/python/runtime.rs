@@ -69,6 +69,9 @@ pub struct Interpreter {
     pub module: String,
     /// A free-threaded build (`Py_GIL_DISABLED`, "3.13t"): objects come from mimalloc.
     pub free_threaded: bool,
+    /// Its code keeps frame pointers (3.15's default, PEP 831), so native stacks can be
+    /// unwound through it; without them, a walk that reaches it goes astray.
+    pub frame_pointers: bool,
     pub(crate) layout: Layout,
     runtime: u64,
     /// `PyCode_Type`, to check that an address still holds a code object.
@@ -86,6 +89,8 @@ pub struct InterpFile {
     minor: u32,
     /// Exports the free-threaded build's own symbol (see [`crate::python::freethreaded`]).
     free_threaded: bool,
+    /// See [`Interpreter::frame_pointers`].
+    frame_pointers: bool,
     layout: Layout,
 }
 
@@ -132,6 +137,7 @@ impl InterpFiles {
             (layout, false)
         };
         let file = std::sync::Arc::new(InterpFile {
+            frame_pointers: elf.keeps_frame_pointers(),
             elf,
             runtime_vaddr,
             major,
@@ -270,6 +276,7 @@ impl Interpreter {
                 minor: file.minor,
                 module: path,
                 free_threaded: file.free_threaded,
+                frame_pointers: file.frame_pointers,
                 layout: file.layout,
                 runtime: bias + file.runtime_vaddr,
                 code_type: file.elf.object("PyCode_Type").map(|a| bias + a),

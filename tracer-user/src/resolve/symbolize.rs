@@ -30,6 +30,12 @@ pub struct Resolver {
     /// Open files by (target path, inode), kept for the tracer's lifetime.
     files: HashMap<(String, u64), Option<File>>,
     cache: HashMap<(u32, u64), Frame>,
+    /// Frames by (file path, inode, file offset of the looked-up address): what one
+    /// process resolved serves every other process running the same binary (workers), whose
+    /// addresses differ by their load bias.
+    by_file: HashMap<(String, u64, u64), Frame>,
+    /// Addresses handed to the symbolizer so far.
+    symbolized: u64,
 }
 
 impl Default for Resolver {
@@ -49,6 +55,8 @@ impl Resolver {
             processes: HashMap::new(),
             files: HashMap::new(),
             cache: HashMap::new(),
+            by_file: HashMap::new(),
+            symbolized: 0,
         }
     }
 
@@ -77,9 +85,34 @@ impl Resolver {
         if let Some(f) = self.cache.get(&(pid, addr)) {
             return f.clone();
         }
+        let lookup = if is_return {
+            addr.saturating_sub(1)
+        } else {
+            addr
+        };
+        let file_key = self
+            .processes
+            .get(&pid)
+            .and_then(|p| p.maps.find(lookup))
+            .filter(|m| m.is_file())
+            .and_then(|m| Some((m.path.clone()?, m.inode, m.file_offset(lookup))));
+        if let Some(f) = file_key.as_ref().and_then(|k| self.by_file.get(k)) {
+            let f = f.clone();
+            self.cache.insert((pid, addr), f.clone());
+            return f;
+        }
         let frame = self.resolve(pid, addr, is_return);
+        self.symbolized += 1;
+        if let Some(k) = file_key {
+            self.by_file.insert(k, frame.clone());
+        }
         self.cache.insert((pid, addr), frame.clone());
         frame
+    }
+
+    /// Addresses symbolized so far (each once per binary).
+    pub fn symbolized(&self) -> u64 {
+        self.symbolized
     }
 
     fn resolve(&self, pid: u32, addr: u64, is_return: bool) -> Frame {

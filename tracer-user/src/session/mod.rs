@@ -80,6 +80,8 @@ pub struct AttachOptions {
     pub follow_children: bool,
     /// Keep each process's stacks apart under a `pid N` root frame.
     pub per_process: bool,
+    /// `-v`: say how long each phase of the report took.
+    pub verbose: bool,
 }
 
 /// Why tracing stopped.
@@ -528,17 +530,19 @@ impl Session {
     }
 
     fn finish(mut self, stop: Stop, out: &mut File) -> Result<i32> {
-        let report = self.build_report(Some(stop))?;
-        // Detach before the (possibly slow) rendering: the target runs free again.
+        let mut phases = report::Phases::start();
+        // The probes are detached in the background once the live heap is read; every one
+        // is gone before the summary says so (and before leaktrace exits: dropping the
+        // tracer waits too).
+        let report = self.build_report(Some(stop), &mut phases)?;
         let root = self.targets.root;
         let Session {
             opts,
-            tracer,
+            mut tracer,
             targets,
             mut view,
             ..
         } = self;
-        drop(tracer);
         view.close();
 
         out.set_len(0)?;
@@ -549,6 +553,23 @@ impl Session {
             .and_then(|()| writer.flush().map_err(Into::into))
             .with_context(|| format!("cannot write `{}`", opts.output.display()))?;
         drop(writer);
+        phases.lap(format!("write ({})", opts.format.extension()));
+        let written = phases.total();
+        let detach = tracer.wait_detached();
+        drop(tracer);
+        phases.lap("detach (waiting for the background detach, then the rest)");
+        if opts.verbose {
+            eprintln!(
+                "leaktrace: report written {:.3} s after the stop, {:.3} s to exit: {}{}",
+                written.as_secs_f64(),
+                phases.total().as_secs_f64(),
+                phases.line(),
+                detach.map_or(String::new(), |d| format!(
+                    "; detaching the uprobes took {:.3} s in the background",
+                    d.as_secs_f64()
+                ))
+            );
+        }
         let why = match stop {
             Stop::Duration => "duration reached".to_string(),
             Stop::Signal(s) => format!("{s} received"),

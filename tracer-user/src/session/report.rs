@@ -6,6 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -16,7 +17,7 @@ use tracer_common::{
 
 use crate::{
     analysis::{
-        aggregate::{self, LiveAlloc, StackReport},
+        aggregate::{LiveAlloc, LiveGroups, StackReport},
         live::report_stacks,
     },
     error::user,
@@ -37,14 +38,82 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// How long each phase of building and writing a report took, for `-v`.
+pub(super) struct Phases {
+    started: Instant,
+    last: Instant,
+    laps: Vec<(String, Duration)>,
+}
+
+impl Phases {
+    pub(super) fn start() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last: now,
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends the phase `what`, which began where the last one ended.
+    pub(super) fn lap(&mut self, what: impl Into<String>) {
+        let now = Instant::now();
+        self.laps.push((what.into(), now - self.last));
+        self.last = now;
+    }
+
+    pub(super) fn total(&self) -> Duration {
+        self.last - self.started
+    }
+
+    /// `heap 0.41 s (1000000 allocations ...), stacks 0.02 s (3), ...`
+    pub(super) fn line(&self) -> String {
+        self.laps
+            .iter()
+            .map(|(what, d)| match what.split_once(' ') {
+                Some((name, rest)) => format!("{name} {:.3} s {rest}", d.as_secs_f64()),
+                None => format!("{what} {:.3} s", d.as_secs_f64()),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 impl Session {
-    /// What is live now, as a report: at the end (`stop` set) or for a snapshot while tracing.
-    pub(super) fn build_report(&mut self, stop: Option<Stop>) -> Result<Report> {
+    /// What is live now, as a report: at the end (`stop` set, and the probes are detached in
+    /// the background once the live heap is read) or for a snapshot while tracing goes on.
+    pub(super) fn build_report(
+        &mut self,
+        stop: Option<Stop>,
+        phases: &mut Phases,
+    ) -> Result<Report> {
         // Read the live heap first: the target keeps running while maps, symbols and Python
         // stacks are refreshed (seconds, on a busy machine), and a stack that churns (a full
         // cache that evicts) would meanwhile be replaced by allocations too young to count.
-        let heap = self.tracer.allocs()?;
+        // Allocations are grouped by stack as they are read: a million of them are never
+        // held at once. Those made while the map is read are younger than `now_ns`: in the
+        // report only with --min-age 0.
         let now_ns = monotonic_ns();
+        let min_age_ns = self.opts.min_age.as_nanos() as u64;
+        let mut live = LiveGroups::new(self.tracer.sampling().copied(), now_ns, min_age_ns);
+        let read = self
+            .tracer
+            .for_each_alloc(|_, info| live.add_recorded(info.stack, info.size, info.ts_ns))?;
+        phases.lap(format!(
+            "heap ({} allocations in {} stacks, {} syscalls, {})",
+            read.entries,
+            live.stacks(),
+            read.syscalls,
+            if read.batched {
+                "batched"
+            } else {
+                "entry by entry"
+            }
+        ));
+        if stop.is_some() {
+            // Nothing the report needs comes from the probes any more.
+            self.tracer.detach_in_background();
+        }
         self.drain();
         if stop != Some(Stop::TargetExited) {
             self.refresh_maps();
@@ -57,32 +126,21 @@ impl Session {
             .into_iter()
             .map(|(k, t)| (k, (t.total_bytes, t.total_allocs)))
             .collect();
-        let min_age_ns = self.opts.min_age.as_nanos() as u64;
-        // Sampled mode: the recorded blocks behind each stack's estimate.
-        let mut heap_samples: HashMap<StackKey, u64> = HashMap::new();
-        if self.tracer.sampling().is_some() {
-            for (_, info) in &heap {
-                if now_ns.saturating_sub(info.ts_ns) >= min_age_ns {
-                    *heap_samples.entry(info.stack).or_default() += 1;
-                }
-            }
-        }
-        let sample_bytes = self.sample_bytes();
-        let heap = heap.iter().map(|(_, info)| LiveAlloc {
-            stack: info.stack,
-            size: info.size,
-            ts_ns: info.ts_ns,
-            count: 1,
-        });
-        // Sampled mode: each recorded block stands for its weight.
-        let live = aggregate::weigh(self.tracer.sampling(), heap, now_ns, min_age_ns)
-            .into_iter()
-            .chain(self.regions.pieces().map(|(r, count)| LiveAlloc {
+        for (r, count) in self.regions.pieces() {
+            live.add_exact(LiveAlloc {
                 stack: r.stack,
                 size: r.len(),
                 ts_ns: r.ts_ns,
                 count,
-            }));
+            });
+        }
+        let (groups, heap_samples) = live.finish();
+        phases.lap(format!(
+            "maps ({} stack totals, mappings, Python stacks)",
+            allocated.len()
+        ));
+        let sample_bytes = self.sample_bytes();
+        let kernel_stacks = groups.len();
         let stacks = {
             let Session {
                 stacks: resolver,
@@ -91,9 +149,8 @@ impl Session {
                 ..
             } = self;
             report_stacks(
-                live,
+                groups,
                 now_ns,
-                min_age_ns,
                 &allocated,
                 &self.series,
                 &heap_samples,
@@ -101,6 +158,11 @@ impl Session {
                 |k| resolver.frames(k, targets, tracer),
             )
         };
+        phases.lap(format!(
+            "stacks ({kernel_stacks} recorded, {} reported, {} native frames symbolized)",
+            stacks.len(),
+            self.stacks.resolver.symbolized()
+        ));
         let mut report = self.report(stop, &counters, stacks);
         if self.opts.mode == Mode::Growth {
             annotate_growth(&mut report, &growth::counters(&self.tracer)?);
@@ -110,7 +172,8 @@ impl Session {
 
     /// SIGUSR1: writes a timestamped report next to the final one, and goes on tracing.
     pub(super) fn write_snapshot(&mut self) -> Result<()> {
-        let report = self.build_report(None)?;
+        let mut phases = Phases::start();
+        let report = self.build_report(None, &mut phases)?;
         let path = snapshot_path(&self.opts.output, std::time::SystemTime::now());
         let file = File::create(&path).map_err(|e| {
             user(format!(
@@ -123,6 +186,14 @@ impl Session {
             self.opts.flame,
             std::io::BufWriter::new(file),
         )?;
+        phases.lap("write");
+        if self.opts.verbose {
+            eprintln!(
+                "leaktrace: snapshot in {:.3} s: {}",
+                phases.total().as_secs_f64(),
+                phases.line()
+            );
+        }
         eprintln!(
             "leaktrace: snapshot written to `{}` ({} stacks, {} live); tracing goes on",
             path.display(),
