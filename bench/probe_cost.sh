@@ -6,7 +6,15 @@
 #   sampled             --mode sampled (default 512 KiB): a 64-byte malloc is almost never recorded
 #   sampled, no ret     the same without the uretprobe (benchmark-only switch): what the
 #                       return trap, still taken by every unsampled call, costs
-# MODES picks a subset (default: all five).
+#   placed-perf, sampled-perf
+#                       the same as placed / sampled on perf-event uprobes
+#                       (LEAKTRACE_UPROBE_MULTI=0) rather than uprobe_multi links
+#   floor               empty bpftrace programs on malloc's entry and on free where leaktrace
+#                       puts its probe (free+N, read from the placed run): one entry trap plus
+#                       one free trap, what an unsampled pair costs at best
+#   floor-ret           floor plus an empty uretprobe on malloc: the three traps of today's
+#                       unsampled pair
+# MODES picks a subset (default: all); floor modes need placed before them.
 # Prints the median ns per malloc+free pair of each and the ratios. Needs root and a build of
 # leaktrace (./dev setup && cargo build --release). usage: bench/probe_cost.sh [ROUNDS] [PAIRS]
 set -euo pipefail
@@ -27,14 +35,28 @@ measure() {
     "$work/probe_cost" "$PAIRS" >"$out" &
     pid=$!
     until grep -q ready "$out" 2>/dev/null; do sleep 0.01; done
-    if [ "$mode" != untraced ]; then
-        local extra=()
+    if [ "${mode%%-ret}" = floor ]; then
+        local libc off prog
+        libc=$(awk '$6 ~ /libc\.so/ {print $6; exit}' "/proc/$pid/maps")
+        off=$(sed -n 's/.* free+\([0-9]*\).*/\1/p' "$work/err.placed" | head -1)
+        [ -n "$off" ] || { echo "floor needs a placed run first (MODES)" >&2; exit 1; }
+        prog="uprobe:$libc:malloc {} uprobe:$libc:free+$off {}"
+        [ "$mode" = floor-ret ] && prog+=" uretprobe:$libc:malloc {}"
+        bpftrace -p "$pid" -e "$prog" >"$err" 2>&1 &
+        tracer=$!
+        until grep -q "Attached" "$err" 2>/dev/null; do
+            kill -0 "$tracer" 2>/dev/null || { cat "$err" >&2; exit 1; }
+            sleep 0.02
+        done
+    elif [ "$mode" != untraced ]; then
+        local extra=() env=()
         case $mode in
             entry) extra=(--probe-at-entry) ;;
-            sampled) extra=(--mode sampled) ;;
+            sampled | sampled-perf) extra=(--mode sampled) ;;
             sampled-noret) extra=(--mode sampled --bench-no-return-probe) ;;
         esac
-        "$LT" attach "$pid" --no-python --interval 3600 --min-age 0 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$err" &
+        case $mode in *-perf) env=(LEAKTRACE_UPROBE_MULTI=0) ;; esac
+        env "${env[@]}" "$LT" attach "$pid" --no-python --interval 3600 --min-age 0 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$err" &
         tracer=$!
         until grep -q "leaktrace: attached" "$err" 2>/dev/null; do
             kill -0 "$tracer" 2>/dev/null || { cat "$err" >&2; exit 1; }
@@ -52,7 +74,7 @@ measure() {
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-MODES=${MODES:-untraced placed entry sampled sampled-noret}
+MODES=${MODES:-untraced placed placed-perf entry sampled sampled-perf sampled-noret floor floor-ret}
 declare -A results
 for mode in $MODES; do results[$mode]=""; done
 for round in $(seq "$ROUNDS"); do
@@ -68,3 +90,15 @@ for mode in $MODES; do
     printf '%-16s %10s ns/pair  (%.1fx untraced, probes %.0f ns/pair)\n' "$mode" "$r" \
         "$(echo "$r / $u" | bc -l)" "$(echo "$r - $u" | bc -l)"
 done
+# Side-by-side ratios of the probe cost (ns/pair above untraced).
+cost() { echo "$(printf '%s' "${results[$1]}" | median) - $u" | bc -l; }
+ratio() {
+    [ -n "${results[$1]+x}" ] && [ -n "${results[$2]+x}" ] || return 0
+    printf '%-34s %.2fx\n' "$1 / $2" "$(echo "$(cost "$1") / $(cost "$2")" | bc -l)"
+}
+ratio placed placed-perf
+ratio sampled sampled-perf
+ratio sampled floor
+ratio sampled floor-ret
+ratio sampled-noret floor
+ratio placed floor-ret

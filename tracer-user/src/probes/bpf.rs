@@ -1,10 +1,16 @@
 //! Loading leaktrace's eBPF object, attaching it to one process, and reading its maps.
 //!
-//! Dropping a [`Tracer`] detaches every probe (aya closes the perf links); the kernel does the
-//! same if leaktrace is killed, because the links are file descriptors of this process.
+//! Two ways to attach, chosen once per run ([`ProbePath`]): uprobe_multi links (one per program
+//! and binary, see [`crate::probes::uprobe_multi`]) where the kernel has them, else one aya
+//! perf-event uprobe per probe.
+//!
+//! Dropping a [`Tracer`] detaches every probe (closes the links); the kernel does the same if
+//! leaktrace is killed, because the links are file descriptors of this process.
 
 use std::{
+    collections::HashMap as StdHashMap,
     num::NonZeroU32,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -12,7 +18,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         UProbe,
     },
     Ebpf, EbpfLoader,
@@ -24,7 +30,7 @@ use tracer_common::{
     MAP_STACK_TOTALS,
 };
 
-use crate::probes::{limits::MapLimits, mode::Sampling};
+use crate::probes::{limits::MapLimits, mode::Sampling, uprobe_multi};
 
 use crate::target::elf::{probe_offset, ElfFile};
 
@@ -132,6 +138,8 @@ pub struct Limits {
     pub no_return_probe: bool,
     /// Which programs to load: uprobes (exact) or tracepoints (growth).
     pub mode: crate::probes::mode::Mode,
+    /// How uprobes are attached ([`ProbePath::choose`]).
+    pub path: ProbePath,
 }
 
 /// One attached probe, for the progress line and the docs.
@@ -142,8 +150,52 @@ pub struct Attached {
     pub offset: u64,
 }
 
+/// How probes are attached in this run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbePath {
+    /// One uprobe_multi link per program and binary.
+    Multi,
+    /// One perf-event uprobe per probe (aya), on kernels without uprobe_multi or with
+    /// `LEAKTRACE_UPROBE_MULTI=0`.
+    PerfEvent,
+}
+
+impl ProbePath {
+    /// uprobe_multi unless the user turned it off or the kernel lacks it; the note says why
+    /// not, for the one line the session prints.
+    pub fn choose() -> (Self, Option<&'static str>) {
+        if !uprobe_multi::wanted() {
+            return (ProbePath::PerfEvent, None);
+        }
+        if uprobe_multi::supported() {
+            (ProbePath::Multi, None)
+        } else {
+            (
+                ProbePath::PerfEvent,
+                Some("leaktrace: note: this kernel cannot create uprobe_multi links (6.6+): attaching one perf-event uprobe per probe (slower attach, more file descriptors)"),
+            )
+        }
+    }
+}
+
+/// The entry and return programs that the uprobe_multi path loads itself.
+const MULTI_PROGRAMS: &[&str] = &[
+    "alloc_enter",
+    "alloc_return",
+    "free_enter",
+    "pyfree_ctx_enter",
+    "mmap_enter",
+    "munmap_enter",
+    "mremap_enter",
+];
+
 pub struct Tracer {
     pub(crate) ebpf: Ebpf,
+    path: ProbePath,
+    /// [`ProbePath::Multi`]: the programs loaded with the uprobe_multi attach type.
+    multi_programs: StdHashMap<&'static str, OwnedFd>,
+    /// [`ProbePath::Multi`]: every link, closed together in [`Tracer::detach_all`].
+    multi_links: Vec<OwnedFd>,
     sampling: Option<Sampling>,
     probe_at_entry: bool,
     no_return_probe: bool,
@@ -224,7 +276,7 @@ fn conflict_hint(e: anyhow::Error, function: &str) -> anyhow::Error {
 }
 
 /// Drops (detaches) links from several threads at once and waits for all of them.
-fn close_concurrently(mut links: Vec<UProbeLink>) {
+fn close_concurrently<L: Send>(mut links: Vec<L>) {
     const THREADS: usize = 32;
     if links.is_empty() {
         return;
@@ -232,7 +284,7 @@ fn close_concurrently(mut links: Vec<UProbeLink>) {
     let per_thread = links.len().div_ceil(THREADS);
     std::thread::scope(|scope| {
         while !links.is_empty() {
-            let chunk: Vec<UProbeLink> = links.drain(..per_thread.min(links.len())).collect();
+            let chunk: Vec<L> = links.drain(..per_thread.min(links.len())).collect();
             scope.spawn(move || drop(chunk));
         }
     });
@@ -268,13 +320,25 @@ impl Tracer {
                 table.set(i as u32, v, 0)?;
             }
         }
+        let growth = limits.mode == crate::probes::mode::Mode::Growth;
+        let path = if growth {
+            ProbePath::PerfEvent
+        } else {
+            limits.path
+        };
+        // The uprobe_multi programs, before any map is taken out of `ebpf`.
+        let multi_programs = if path == ProbePath::Multi {
+            uprobe_multi::load_programs(OBJECT, &ebpf, MULTI_PROGRAMS)?
+        } else {
+            Default::default()
+        };
         // Only the programs the mode attaches are loaded (and verified).
         for (name, program) in ebpf.programs_mut() {
             let loaded = match (program, limits.mode) {
                 (
                     aya::programs::Program::UProbe(p),
                     crate::probes::mode::Mode::Exact | crate::probes::mode::Mode::Sampled,
-                ) => p.load(),
+                ) if path == ProbePath::PerfEvent => p.load(),
                 (aya::programs::Program::TracePoint(p), crate::probes::mode::Mode::Growth) => {
                     p.load()
                 }
@@ -288,6 +352,9 @@ impl Tracer {
         )?;
         Ok(Self {
             ebpf,
+            path,
+            multi_programs,
+            multi_links: Vec::new(),
             sampling: limits.sampling,
             events,
             probe_at_entry: limits.probe_at_entry,
@@ -357,6 +424,20 @@ impl Tracer {
         );
         let mut seen_offsets = Vec::new();
         let mut attached = Vec::new();
+        // ProbePath::Multi: (program, return?) -> (offsets, cookies, functions), one link each.
+        let mut multi: Vec<(&'static str, bool, Vec<u64>, Vec<u64>, Vec<&'static str>)> =
+            Vec::new();
+        let mut add =
+            |program: &'static str, ret: bool, offset: u64, cookie: u64, f: &'static str| {
+                match multi.iter_mut().find(|m| m.0 == program && m.1 == ret) {
+                    Some(m) => {
+                        m.2.push(offset);
+                        m.3.push(cookie);
+                        m.4.push(f);
+                    }
+                    None => multi.push((program, ret, vec![offset], vec![cookie], vec![f])),
+                }
+            };
         for probe in table {
             let (function, needs_return) = (probe.function, probe.needs_return);
             let Some(f) = elf.function(function) else {
@@ -380,6 +461,20 @@ impl Tracer {
             } else {
                 probe_offset(&f.head)
             };
+            if self.path == ProbePath::Multi {
+                add(
+                    probe.program,
+                    false,
+                    f.file_offset + offset,
+                    probe.cookie,
+                    function,
+                );
+                if needs_return && !self.no_return_probe {
+                    add(RETURN_PROGRAM, true, f.file_offset, 0, function);
+                }
+                attached.push(Attached { function, offset });
+                continue;
+            }
             let target = PathBuf::from(module);
             self.attach_one(
                 probe.program,
@@ -407,7 +502,29 @@ impl Tracer {
             }
             attached.push(Attached { function, offset });
         }
+        for (program, ret, offsets, cookies, functions) in multi {
+            let fd = self
+                .multi_programs
+                .get(program)
+                .ok_or_else(|| anyhow!("eBPF program {program} was not loaded"))?;
+            let link = uprobe_multi::attach(fd.as_fd(), module, &offsets, &cookies, ret, pid)
+                .map_err(|e| conflict_hint(e.into(), &functions.join("`, `")))
+                .with_context(|| {
+                    format!(
+                        "failed to attach {} `{}` in `{}` (uprobe_multi; LEAKTRACE_UPROBE_MULTI=0 uses perf-event uprobes)",
+                        if ret { "uretprobes" } else { "uprobes" },
+                        functions.join("`, `"),
+                        module.display()
+                    )
+                })?;
+            self.multi_links.push(link);
+        }
         Ok(attached)
+    }
+
+    /// How this tracer attaches its uprobes.
+    pub fn probe_path(&self) -> ProbePath {
+        self.path
     }
 
     fn attach_one(
@@ -485,6 +602,7 @@ impl Tracer {
     pub fn detach_all(&mut self) {
         let links = self.take_links();
         close_concurrently(links);
+        close_concurrently(std::mem::take(&mut self.multi_links));
         self.wait_detached();
     }
 
@@ -509,7 +627,8 @@ impl Tracer {
     /// [`Tracer::wait_detached`] (or dropping the tracer) waits for it to finish.
     pub fn detach_in_background(&mut self) {
         let links = self.take_links();
-        if links.is_empty() {
+        let multi = std::mem::take(&mut self.multi_links);
+        if links.is_empty() && multi.is_empty() {
             return;
         }
         let t0 = std::time::Instant::now();
@@ -517,6 +636,7 @@ impl Tracer {
             .name("leaktrace-detach".into())
             .spawn(move || {
                 close_concurrently(links);
+                close_concurrently(multi);
                 t0.elapsed()
             });
         // No thread to be had: `spawn` dropped the closure, and the links with it, which

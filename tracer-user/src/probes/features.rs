@@ -32,8 +32,8 @@ impl fmt::Display for Found {
 }
 
 /// Kernel features that leaktrace uses (uprobes; BTF for `--mode growth`; the BPF ring buffer
-/// for mmap events) or that a cheaper probe path could use (uprobe_multi links, uprobe session
-/// programs: leaktrace does not use them yet).
+/// for mmap events; uprobe_multi links where the kernel has them) or that a cheaper probe path
+/// could use (uprobe session programs: not used yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelFeatures {
     /// `uname -r`.
@@ -137,7 +137,7 @@ pub fn long_version(sys: &Path) -> String {
          \x20 uprobes: {}\n\
          \x20 btf: {}\n\
          \x20 ring buffer: {}\n\
-         \x20 uprobe_multi: {} (not used yet)\n\
+         \x20 uprobe_multi: {}{}\n\
          \x20 uprobe session: {} (not used yet)",
         env!("CARGO_PKG_VERSION"),
         k.release,
@@ -145,8 +145,21 @@ pub fn long_version(sys: &Path) -> String {
         k.btf,
         k.ring_buffer,
         k.uprobe_multi,
+        multi_use(k.uprobe_multi, crate::probes::uprobe_multi::wanted()),
         k.uprobe_session,
     )
+}
+
+/// What leaktrace does with uprobe_multi links, after the kernel's answer.
+fn multi_use(found: Found, wanted: bool) -> &'static str {
+    match (found, wanted) {
+        (_, false) => " (off: LEAKTRACE_UPROBE_MULTI=0, perf-event uprobes)",
+        (Found::No, true) => " (perf-event uprobes instead)",
+        // BTF says yes (or cannot tell): the tracer still checks that the kernel links one.
+        (Found::Yes | Found::Unknown, true) => {
+            " (used: one link per program and binary; LEAKTRACE_UPROBE_MULTI=0 turns it off)"
+        }
+    }
 }
 
 #[cfg(test)]
@@ -202,5 +215,12 @@ mod tests {
             assert!(text.contains(line), "{line} in {text}");
         }
         assert!(text.contains(&format!("commit: {GIT_COMMIT}")));
+    }
+
+    #[test]
+    fn version_says_whether_uprobe_multi_is_used() {
+        assert!(multi_use(Found::Yes, true).starts_with(" (used"));
+        assert!(multi_use(Found::Yes, false).contains("off: LEAKTRACE_UPROBE_MULTI=0"));
+        assert!(multi_use(Found::No, true).contains("perf-event uprobes instead"));
     }
 }

@@ -14,3 +14,4 @@ pub mod growth;
 pub mod limits;
 pub mod mode;
 pub mod targets;
+pub mod uprobe_multi;

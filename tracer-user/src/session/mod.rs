@@ -188,6 +188,10 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             target.pid, target.exe, target.allocator
         );
         let t0 = Instant::now();
+        let (probe_path, note) = crate::probes::bpf::ProbePath::choose();
+        if let (Some(note), Mode::Exact | Mode::Sampled) = (note, opts.mode) {
+            eprintln!("{note}");
+        }
         let attached = Tracer::load(Limits {
             maps: crate::probes::limits::MapLimits {
                 allocs: opts.max_allocs,
@@ -197,6 +201,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             probe_at_entry: opts.probe_at_entry,
             no_return_probe: opts.bench_no_return_probe,
             mode: opts.mode,
+            path: probe_path,
         })
         .and_then(|mut tracer| {
             let probes = match opts.mode {
@@ -234,9 +239,12 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         eprintln!(
             "leaktrace: attached {} {} in {} ms: {}",
             attached.len(),
-            match opts.mode {
-                Mode::Exact | Mode::Sampled => "probes",
-                Mode::Growth => "tracepoints (no uprobes)",
+            match (opts.mode, tracer.probe_path()) {
+                (Mode::Exact | Mode::Sampled, crate::probes::bpf::ProbePath::Multi) =>
+                    "probes (uprobe_multi links)",
+                (Mode::Exact | Mode::Sampled, crate::probes::bpf::ProbePath::PerfEvent) =>
+                    "probes (perf-event uprobes)",
+                (Mode::Growth, _) => "tracepoints (no uprobes)",
             },
             t0.elapsed().as_millis(),
             probes.join(" ")

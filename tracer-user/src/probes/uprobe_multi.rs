@@ -1,0 +1,331 @@
+//! uprobe_multi links through the raw `bpf` syscall (aya 0.14 can load neither the programs nor
+//! the links).
+//!
+//! A uprobe_multi link (`BPF_LINK_CREATE` with attach type `BPF_TRACE_UPROBE_MULTI`, kernel
+//! 6.6+) attaches one program at many offsets of one binary, each with its own attach cookie,
+//! optionally filtered to one process: leaktrace then holds one link per program and binary
+//! (6 for a C library) instead of one perf event per probe (22), and attaching or detaching a
+//! worker is a handful of syscalls and RCU grace periods rather than dozens.
+//!
+//! The kernel only accepts such a link for a program that was loaded with the same expected
+//! attach type, which aya 0.14's `UProbe::load` never sets (it does not know the
+//! `uprobe.multi` section either). So [`load_programs`] loads the programs itself: it parses the
+//! same eBPF object with aya-obj, resolves map references against the maps aya already created
+//! (so both paths share every map), links the bpf-to-bpf calls, and issues `BPF_PROG_LOAD` with
+//! `expected_attach_type = BPF_TRACE_UPROBE_MULTI`. No BTF is passed: leaktrace's programs use
+//! no CO-RE relocation, kfunc or BTF-typed global function, so the verifier needs none.
+//!
+//! Constants and layouts are aya-obj's bindings of the kernel's `include/uapi/linux/bpf.h`
+//! (`union bpf_attr`'s `link_create.uprobe_multi`: path, offsets, ref_ctr_offsets, cookies, cnt,
+//! flags, pid; `BPF_F_UPROBE_MULTI_RETURN` in flags makes it a return probe).
+//!
+//! Support is probed once ([`supported`]); `LEAKTRACE_UPROBE_MULTI=0` forces the perf-event
+//! path ([`wanted`]), for tests and benchmarks of both.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    os::unix::ffi::OsStrExt,
+    path::Path,
+    sync::OnceLock,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{maps::Map, Ebpf};
+use aya_obj::generated::{
+    bpf_attach_type::BPF_TRACE_UPROBE_MULTI, bpf_attr, bpf_cmd, bpf_insn,
+    bpf_prog_type::BPF_PROG_TYPE_KPROBE, BPF_F_UPROBE_MULTI_RETURN,
+};
+
+/// The environment variable that turns uprobe_multi off (`0`).
+pub const ENV: &str = "LEAKTRACE_UPROBE_MULTI";
+
+/// Whether the user left uprobe_multi on (anything but `LEAKTRACE_UPROBE_MULTI=0`).
+pub fn wanted() -> bool {
+    std::env::var_os(ENV).is_none_or(|v| v != "0")
+}
+
+fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<RawFd> {
+    // SAFETY: `attr` is a valid, fully initialized bpf_attr of the size passed; the kernel
+    // reads (and for PROG_LOAD's log, writes) only through pointers we set in it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            size_of::<bpf_attr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret as RawFd)
+    }
+}
+
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: bpf_attr is a plain C union of integers; all-zero is its documented default.
+    unsafe { std::mem::zeroed() }
+}
+
+/// `BPF_PROG_LOAD` of a kprobe-type program with expected attach type
+/// `BPF_TRACE_UPROBE_MULTI`. On a verifier refusal the error carries the log's tail.
+fn prog_load(name: &str, insns: &[bpf_insn], license: &CString) -> Result<OwnedFd> {
+    let load = |log: &mut Vec<u8>| {
+        let mut attr = zeroed_attr();
+        // SAFETY: writing plain integer fields of the PROG_LOAD member of the union.
+        let a = unsafe { &mut attr.__bindgen_anon_3 };
+        a.prog_type = BPF_PROG_TYPE_KPROBE as u32;
+        a.expected_attach_type = BPF_TRACE_UPROBE_MULTI as u32;
+        a.insn_cnt = insns.len() as u32;
+        a.insns = insns.as_ptr() as u64;
+        a.license = license.as_ptr() as u64;
+        for (dst, src) in a.prog_name.iter_mut().zip(name.bytes().take(15)) {
+            *dst = src as libc::c_char;
+        }
+        if !log.is_empty() {
+            a.log_level = 1;
+            a.log_size = log.len() as u32;
+            a.log_buf = log.as_mut_ptr() as u64;
+        }
+        sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
+    };
+    match load(&mut Vec::new()) {
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        Err(first) => {
+            // Again with a log, for the error message only.
+            let mut log = vec![0u8; 16 << 20];
+            if let Ok(fd) = load(&mut log) {
+                // SAFETY: as above.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            let tail: Vec<&str> = text.lines().rev().take(8).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err(anyhow!(first).context(format!(
+                "the kernel refused `{name}` as a uprobe_multi program; verifier log ends: {}",
+                tail.join(" | ")
+            )))
+        }
+    }
+}
+
+/// The file descriptor of one of aya's maps (`Map` is an enum of `MapData`).
+fn map_fd(map: &Map) -> BorrowedFd<'_> {
+    let data = match map {
+        Map::Array(d)
+        | Map::ArrayOfMaps(d)
+        | Map::BloomFilter(d)
+        | Map::CgroupArray(d)
+        | Map::CgroupStorage(d)
+        | Map::CgrpStorage(d)
+        | Map::CpuMap(d)
+        | Map::DevMap(d)
+        | Map::DevMapHash(d)
+        | Map::HashMap(d)
+        | Map::HashOfMaps(d)
+        | Map::InodeStorage(d)
+        | Map::LpmTrie(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuCgroupStorage(d)
+        | Map::PerCpuHashMap(d)
+        | Map::PerCpuLruHashMap(d)
+        | Map::PerfEventArray(d)
+        | Map::ProgramArray(d)
+        | Map::Queue(d)
+        | Map::ReusePortSockArray(d)
+        | Map::RingBuf(d)
+        | Map::SockHash(d)
+        | Map::SockMap(d)
+        | Map::SkStorage(d)
+        | Map::Stack(d)
+        | Map::StackTraceMap(d)
+        | Map::Unsupported(d)
+        | Map::XskMap(d) => d,
+    };
+    data.fd().as_fd()
+}
+
+/// Loads the programs `names` of `object` as uprobe_multi programs, their map references
+/// resolved to the maps of `ebpf` (which loaded the same object). Call before any map is taken
+/// out of `ebpf`.
+pub fn load_programs(
+    object: &[u8],
+    ebpf: &Ebpf,
+    names: &[&'static str],
+) -> Result<HashMap<&'static str, OwnedFd>> {
+    let mut obj = aya_obj::Object::parse(object).context("cannot parse leaktrace's eBPF object")?;
+    let maps = obj.maps.clone();
+    let mut refs = Vec::new();
+    for (name, map) in &maps {
+        let loaded = ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("eBPF map {name} was not created"))?;
+        refs.push((name.as_str(), map_fd(loaded).as_raw_fd(), map));
+    }
+    let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
+    obj.relocate_maps(refs.into_iter(), &text_sections)
+        .context("cannot resolve the eBPF programs' maps")?;
+    obj.relocate_calls(&text_sections)
+        .context("cannot link the eBPF programs' calls")?;
+    let mut out = HashMap::new();
+    for &name in names {
+        let program = obj
+            .programs
+            .get(name)
+            .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?;
+        let function = &obj.functions[&program.function_key()];
+        let fd = prog_load(name, &function.instructions, &program.license)?;
+        out.insert(name, fd);
+    }
+    Ok(out)
+}
+
+/// Creates a uprobe_multi link of `program` at `offsets` (file offsets) of the binary at
+/// `path`, each with the cookie of the same index (`cookies` empty: all 0), a return probe if
+/// `ret`, firing only in process `pid` (0: every process). Closing the returned descriptor
+/// detaches every probe of the link; so does the exit of this process, however it ends.
+pub fn attach(
+    program: BorrowedFd<'_>,
+    path: &Path,
+    offsets: &[u64],
+    cookies: &[u64],
+    ret: bool,
+    pid: u32,
+) -> std::io::Result<OwnedFd> {
+    if offsets.is_empty() || (!cookies.is_empty() && cookies.len() != offsets.len()) {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut attr = zeroed_attr();
+    // SAFETY: writing plain integer fields of the LINK_CREATE member of the union.
+    unsafe {
+        let l = &mut attr.link_create;
+        l.__bindgen_anon_1.prog_fd = program.as_raw_fd() as u32;
+        l.attach_type = BPF_TRACE_UPROBE_MULTI as u32;
+        let u = &mut l.__bindgen_anon_3.uprobe_multi;
+        u.path = path.as_ptr() as u64;
+        u.offsets = offsets.as_ptr() as u64;
+        u.cookies = if cookies.is_empty() {
+            0
+        } else {
+            cookies.as_ptr() as u64
+        };
+        u.cnt = offsets.len() as u32;
+        u.flags = if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 };
+        u.pid = pid;
+    }
+    let fd = sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether this kernel creates uprobe_multi links for this process (cached): loads a two-instruction
+/// program with the uprobe_multi attach type and asks for a link on `/`, which a kernel that
+/// knows these links refuses with EBADF (not a regular file) after checking everything else.
+pub fn supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| probe().is_ok())
+}
+
+fn probe() -> Result<()> {
+    // r0 = 0; exit
+    let insns = [
+        insn(0xb7, 0, 0, 0, 0), // BPF_ALU64 | BPF_MOV | BPF_K
+        insn(0x95, 0, 0, 0, 0), // BPF_JMP | BPF_EXIT
+    ];
+    let license = CString::new("GPL").expect("no NUL");
+    let prog = prog_load("lt_probe_multi", &insns, &license)?;
+    match attach(prog.as_fd(), Path::new("/"), &[0], &[], false, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(()),
+        Err(e) => bail!("uprobe_multi link on `/`: {e}"),
+        Ok(_) => bail!("the kernel linked a uprobe on a directory"),
+    }
+}
+
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> bpf_insn {
+    let mut i = bpf_insn {
+        code,
+        _bitfield_align_1: [],
+        _bitfield_1: Default::default(),
+        off,
+        imm,
+    };
+    i.set_dst_reg(dst);
+    i.set_src_reg(src);
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aya_obj::generated::bpf_link_type::BPF_LINK_TYPE_UPROBE_MULTI;
+
+    fn empty_program() -> OwnedFd {
+        let insns = [insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)];
+        prog_load("lt_test", &insns, &CString::new("GPL").unwrap()).unwrap()
+    }
+
+    #[test]
+    fn this_kernel_links_uprobe_multi() {
+        // Kernel 6.18 as root on this machine kind.
+        probe().unwrap();
+        assert!(supported());
+    }
+
+    #[test]
+    fn a_link_holds_every_offset_with_its_flags_and_pid() {
+        let prog = empty_program();
+        // The test executable itself: two of its functions.
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let elf = crate::target::elf::ElfFile::open(&exe).unwrap();
+        let a = elf.function("main").expect("a main symbol").file_offset;
+        let b = elf.function("malloc").map_or(a + 16, |f| f.file_offset);
+        let pid = std::process::id();
+        let entry = attach(prog.as_fd(), &exe, &[a, b], &[7, 8], false, pid).unwrap();
+        assert_eq!(
+            link_info(entry.as_fd()),
+            (BPF_LINK_TYPE_UPROBE_MULTI as u32, 2, 0, pid)
+        );
+        let ret = attach(prog.as_fd(), &exe, &[a], &[], true, 0).unwrap();
+        assert_eq!(
+            link_info(ret.as_fd()),
+            (
+                BPF_LINK_TYPE_UPROBE_MULTI as u32,
+                1,
+                BPF_F_UPROBE_MULTI_RETURN,
+                0
+            )
+        );
+        // Mismatched cookies are refused before the kernel is asked.
+        let e = attach(prog.as_fd(), &exe, &[a, b], &[1], false, pid).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        // A binary that is not there: the kernel's own error.
+        let missing = Path::new("/nonexistent/leaktrace");
+        let e = attach(prog.as_fd(), missing, &[0], &[], false, pid).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    /// (link type, probe count, flags, pid) of a link, from `BPF_OBJ_GET_INFO_BY_FD`.
+    fn link_info(fd: BorrowedFd<'_>) -> (u32, u32, u32, u32) {
+        // SAFETY: plain C struct of integers.
+        let mut info: aya_obj::generated::bpf_link_info = unsafe { std::mem::zeroed() };
+        let mut attr = zeroed_attr();
+        // SAFETY: writing plain integer fields of the INFO member of the union.
+        unsafe {
+            attr.info.bpf_fd = fd.as_raw_fd() as u32;
+            attr.info.info_len = size_of_val(&info) as u32;
+            attr.info.info = &mut info as *mut _ as u64;
+        }
+        sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).unwrap();
+        // SAFETY: the kernel filled the uprobe_multi member for this link type (checked by the
+        // caller through the type).
+        let u = unsafe { info.__bindgen_anon_1.uprobe_multi };
+        (info.type_, u.count, u.flags, u.pid)
+    }
+}
