@@ -18,7 +18,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
         UProbe,
     },
     Ebpf, EbpfLoader,
