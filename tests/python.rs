@@ -284,6 +284,48 @@ fn trace_small_leak(py: &Python, extra: &[&str], out: &str) -> (Value, String) {
     (read_json(&out), tracer.stderr.text())
 }
 
+/// The frame `resolve::stacks` puts over every stack that mapped a pymalloc arena.
+const ARENAS_FRAME: &str =
+    "[pymalloc arenas: objects of 512 B or less, attributed one by one with --pymalloc]";
+
+#[test]
+fn arenas_are_one_stack_on_debians_stripped_3_14_and_3_15() {
+    require_root();
+    // Stripped (only .dynsym): the arena function `_PyObject_ArenaMmap` has no symbol, and is
+    // found through `_PyRuntime.allocators.obj_arena` in the target's memory.
+    for py in every_python().into_iter().filter(|p| p.chroot.is_some()) {
+        let label = &py.label;
+        let (report, _) = trace_small_leak(&py, &[], "small-arenas.json");
+        let stacks = report["stacks"].as_array().unwrap();
+        let arenas: Vec<&Value> = stacks
+            .iter()
+            .filter(|s| functions(s).first().map(String::as_str) == Some(ARENAS_FRAME))
+            .collect();
+        assert_eq!(arenas.len(), 1, "{label}: one arena stack: {stacks:#?}");
+        assert_eq!(
+            functions(arenas[0]),
+            [ARENAS_FRAME, "_PyObject_ArenaMmap", "mmap"],
+            "{label}"
+        );
+        // 5000 objects of 100 bytes need at least one new 1 MiB arena.
+        assert!(
+            arenas[0]["live_bytes"].as_u64().unwrap() >= 1 << 20,
+            "{label}: {:#}",
+            arenas[0]
+        );
+        // No Python stack keeps an arena it happened to map.
+        for s in stacks {
+            let f = functions(s);
+            assert!(
+                f.first().map(String::as_str) == Some(ARENAS_FRAME)
+                    || !(f.last().map(String::as_str) == Some("mmap")
+                        && s["live_bytes"].as_u64().unwrap() >= 1 << 20),
+                "{label}: an arena blamed on Python code: {s:#}"
+            );
+        }
+    }
+}
+
 #[test]
 fn pymalloc_attributes_small_objects_one_by_one() {
     require_root();
