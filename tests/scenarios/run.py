@@ -237,6 +237,8 @@ def available_versions():
     # Debian's 3.14/3.15 in the sid root, static and shared, when the root has their venvs.
     for v in SID_VERSIONS:
         if (SID_ROOT / "usr" / "bin" / f"python{minor_of(v)}").exists():
+            if v.endswith("-shared") and not (SID_ROOT / "opt" / "leaktrace" / f"python{minor_of(v)}-shared").exists():
+                die(f"the sid root has no /opt/leaktrace/python{minor_of(v)}-shared launcher: run ./dev setup")
             if not venv_exists(v):
                 die(f"the sid root has Python {minor_of(v)} but /opt/venv-{minor_of(v)} is missing: run ./dev setup")
             found.append(v)
