@@ -276,7 +276,21 @@ fn check_uvicorn(label: &str, server: &Proc, port: u16) {
 
 /// Traces py_small_leak.py; returns (report, tracer stderr).
 fn trace_small_leak(py: &Python, extra: &[&str], out: &str) -> (Value, String) {
-    let target = Proc::spawn(py.command().arg(py.fixture("py_small_leak.py")));
+    trace_small_leak_env(py, extra, out, None)
+}
+
+/// [`trace_small_leak`] with the target's PYTHONMALLOC set.
+fn trace_small_leak_env(
+    py: &Python,
+    extra: &[&str],
+    out: &str,
+    pythonmalloc: Option<&str>,
+) -> (Value, String) {
+    let mut cmd = py.command();
+    if let Some(m) = pythonmalloc {
+        cmd.env("PYTHONMALLOC", m);
+    }
+    let target = Proc::spawn(cmd.arg(py.fixture("py_small_leak.py")));
     target.stdout.wait_for("ready", T);
     let out = out_path(&format!("{}-{out}", file_label(&py.label)));
     let mut args = vec!["-o", out.to_str().unwrap(), "--min-age", "0.5"];
@@ -291,13 +305,54 @@ fn trace_small_leak(py: &Python, extra: &[&str], out: &str) -> (Value, String) {
     (read_json(&out), tracer.stderr.text())
 }
 
+/// The frame `resolve::stacks` puts over every stack that mapped a pymalloc arena.
+const ARENAS_FRAME: &str =
+    "[pymalloc arenas: objects of 512 B or less, attributed one by one with --pymalloc]";
+
+#[test]
+fn arenas_are_one_stack_on_debians_stripped_3_14_and_3_15() {
+    require_root();
+    // Stripped (only .dynsym): the arena function `_PyObject_ArenaMmap` has no symbol, and is
+    // found through `_PyRuntime.allocators.obj_arena` in the target's memory.
+    for py in every_python().into_iter().filter(|p| p.chroot.is_some()) {
+        let label = &py.label;
+        let (report, _) = trace_small_leak(&py, &[], "small-arenas.json");
+        let stacks = report["stacks"].as_array().unwrap();
+        let arenas: Vec<&Value> = stacks
+            .iter()
+            .filter(|s| functions(s).first().map(String::as_str) == Some(ARENAS_FRAME))
+            .collect();
+        assert_eq!(arenas.len(), 1, "{label}: one arena stack: {stacks:#?}");
+        assert_eq!(
+            functions(arenas[0]),
+            [ARENAS_FRAME, "_PyObject_ArenaMmap", "mmap"],
+            "{label}"
+        );
+        // 5000 objects of 100 bytes need at least one new 1 MiB arena.
+        assert!(
+            arenas[0]["live_bytes"].as_u64().unwrap() >= 1 << 20,
+            "{label}: {:#}",
+            arenas[0]
+        );
+        // No Python stack keeps an arena it happened to map.
+        for s in stacks {
+            let f = functions(s);
+            assert!(
+                f.first().map(String::as_str) == Some(ARENAS_FRAME)
+                    || !(f.last().map(String::as_str) == Some("mmap")
+                        && s["live_bytes"].as_u64().unwrap() >= 1 << 20),
+                "{label}: an arena blamed on Python code: {s:#}"
+            );
+        }
+    }
+}
+
 #[test]
 fn pymalloc_attributes_small_objects_one_by_one() {
     require_root();
     let line = line_of("py_small_leak.py", "SITE:small");
     // pyenv's (with a symbol table: pymalloc's own functions are probed) and Debian's shared
-    // 3.14/3.15 (stripped: only the exported PyObject_* functions, which libpython's own
-    // object allocations still call).
+    // 3.14/3.15 (stripped: pymalloc's functions are found through `_PyRuntime.allocators`).
     for py in every_python()
         .into_iter()
         .filter(|p| p.label.starts_with("pyenv") || (p.chroot.is_some() && !p.static_build))
@@ -312,16 +367,11 @@ fn pymalloc_attributes_small_objects_one_by_one() {
             }
         }
         let (report, stderr) = trace_small_leak(&py, &["--pymalloc"], "small-pymalloc.json");
-        let probes = if py.chroot.is_some() {
-            assert!(
-                stderr.contains("has no symbol table: only calls through the exported"),
-                "{label}: {stderr}"
-            );
-            "--pymalloc: probing PyObject_Malloc"
-        } else {
-            "--pymalloc: probing _PyObject_Malloc"
-        };
-        assert!(stderr.contains(probes), "{label}: {stderr}");
+        assert!(
+            stderr.contains("--pymalloc: probing _PyObject_Malloc _PyObject_Calloc _PyObject_Realloc _PyObject_Free in"),
+            "{label}: {stderr}"
+        );
+        assert!(!stderr.contains("warning"), "{label}: {stderr}");
         let top = &report["stacks"][0];
         assert_eq!(
             python_frames(top).last(),
@@ -348,29 +398,67 @@ fn pymalloc_on_a_stripped_interpreter_says_what_it_misses() {
         stderr.contains("has no symbol table: only calls through the exported"),
         "{stderr}"
     );
-    // Debian's static 3.14/3.15 (stripped, LTO): the interpreter's own object allocations
-    // never go through the exported PyObject_Malloc, so --pymalloc sees none of the 5000
-    // objects; the arena that holds them (its function unnamed) keeps the Python stack that
-    // mapped it, one mmap, as without --pymalloc.
+    // Debian's static 3.14/3.15 (stripped, PGO + LTO): `_PyObject_Malloc` is found through
+    // `_PyRuntime.allocators` and probed, but its body is inlined into about 300 call sites
+    // behind a comparison with its address, so the probe sees few objects: said in one line
+    // that says what to do, PYTHONMALLOC=malloc, which then shows every object exactly.
+    let line = line_of("py_small_leak.py", "SITE:small");
     for py in every_python()
         .into_iter()
         .filter(|p| p.chroot.is_some() && p.static_build)
     {
         let label = &py.label;
         let (report, stderr) = trace_small_leak(&py, &["--pymalloc"], "small-static.json");
-        assert!(
-            stderr.contains("has no symbol table: only calls through the exported"),
-            "{label}: {stderr}"
+        // The file as leaktrace sees it (the root's real path, then the path inside).
+        let host_path = py
+            .chroot
+            .as_ref()
+            .unwrap()
+            .canonicalize()
+            .unwrap()
+            .join(py.exe.strip_prefix("/").unwrap());
+        let warning = stderr
+            .lines()
+            .find(|l| l.contains("inlined into"))
+            .unwrap_or_else(|| panic!("{label}: no inlining warning: {stderr}"));
+        let (head, tail) = warning.split_once(" call sites ").unwrap();
+        let (head, sites) = head.rsplit_once(' ').unwrap();
+        assert_eq!(
+            head,
+            format!(
+                "leaktrace: warning: `{}` has pymalloc's _PyObject_Malloc inlined into",
+                host_path.display()
+            ),
+            "{label}"
         );
+        assert!(sites.parse::<u32>().unwrap() >= 200, "{label}: {warning}");
+        assert_eq!(
+            tail,
+            "(a PGO/LTO build): --pymalloc sees only the calls that reach the function; to see every object, start the target with PYTHONMALLOC=malloc (its objects then come from malloc, traced without --pymalloc)",
+            "{label}"
+        );
+        assert_eq!(stderr.matches("warning").count(), 1, "{label}: {stderr}");
+        // The arenas still come out as one stack of their own.
         let stacks = report["stacks"].as_array().unwrap();
-        let arena = stacks.iter().find(|s| {
-            python_frames(s).last().map(|f| f.0.as_str()) == Some("leaky_small")
-                && functions(s).last().map(String::as_str) == Some("mmap")
-        });
         assert!(
-            arena.is_some_and(|s| s["live_bytes"].as_u64().unwrap() >= 1 << 20),
-            "{label}: the arena keeps the stack that mapped it: {stacks:#?}"
+            stacks
+                .iter()
+                .any(|s| functions(s).first().map(String::as_str) == Some(ARENAS_FRAME)),
+            "{label}: {stacks:#?}"
         );
+        // What the line advises: every object, through malloc, at its line.
+        let (report, _) = trace_small_leak_env(&py, &[], "small-malloc.json", Some("malloc"));
+        let top = &report["stacks"][0];
+        assert_eq!(
+            python_frames(top).last(),
+            Some(&("leaky_small".to_string(), line)),
+            "{label}: {top:#}"
+        );
+        assert!(
+            top["live_allocs"].as_u64().unwrap() >= 5000,
+            "{label}: every object: {top:#}"
+        );
+        assert_eq!(functions(top).last().unwrap(), "malloc", "{label}");
     }
 }
 

@@ -1,5 +1,6 @@
 //! The leak scenario suite (tests/scenarios/): a FastAPI app with one endpoint per way FastAPI
-//! services leak and two controls, traced on every pyenv CPython 3.8-3.13 and Debian's 3.14/3.15 (sid root) under a bounded load;
+//! services leak and two controls, traced on every pyenv CPython 3.8-3.13 and Debian's 3.14/3.15
+//! (sid root), static and shared, under a bounded load;
 //! `run.py` checks, per version and scenario, that the top stack names the culprit and grows,
 //! that no control stack grows, and that the leaks outrank the controls. It prints the table
 //! and exits 1 on a miss. About a minute per interpreter; `./dev scenarios` runs it alone.

@@ -1,7 +1,7 @@
 """The leak scenario suite's accuracy runner.
 
-For every pyenv CPython 3.8-3.13 that has a venv in .venvs/X.Y, and, when named with
---versions, Debian's 3.14 and 3.15 in the sid root with their /opt/venv-X.Y (all made by
+For every pyenv CPython 3.8-3.13 that has a venv in .venvs/X.Y, and Debian's 3.14 and 3.15 in
+the sid root, static and shared (3.X-shared), with their /opt/venv-X.Y (all made by
 ./dev setup; the sid ones run through chroot, app.py copied into the root's
 /opt/leaktrace/scenarios): start app.py under uvicorn on 127.0.0.1, warm it up, attach `leaktrace attach PID --format json`,
 drive every endpoint with load.py for a fixed time, and check the report scenario by scenario
@@ -29,7 +29,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 VERSIONS = ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
 # Debian sid's interpreters, in the root ./dev setup makes (LEAKTRACE_SID_ROOT, default .roots/sid).
-SID_VERSIONS = ["3.14", "3.15"]
+# "3.X-shared" is the root's launcher linked against libpython3.X.so (/opt/leaktrace), with the
+# packages of /opt/venv-3.X on its PYTHONPATH.
+SID_VERSIONS = ["3.14", "3.15", "3.14-shared", "3.15-shared"]
 SID_ROOT = Path(os.environ.get("LEAKTRACE_SID_ROOT", ROOT / ".roots" / "sid"))
 
 # name, kind, the scenario's functions in app.py (a stack is the scenario's when one of its
@@ -204,15 +206,21 @@ def http_status(port, path):
         return None
 
 
+def minor_of(version):
+    return version.removesuffix("-shared")
+
+
 def venv_python(version):
     if version in SID_VERSIONS:
-        return SID_ROOT / "opt" / f"venv-{version}" / "bin" / "python"
+        return SID_ROOT / "opt" / f"venv-{minor_of(version)}" / "bin" / "python"
     return ROOT / ".venvs" / version / "bin" / "python"
 
 
 def server_command(version, port):
     """uvicorn serving app.py: with the host's venv, or through chroot in the sid root."""
     tail = ["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    if version.endswith("-shared"):
+        return ["chroot", str(SID_ROOT), f"/opt/leaktrace/python{minor_of(version)}-shared", *tail, "--app-dir", "/opt/leaktrace/scenarios"]
     if version in SID_VERSIONS:
         return ["chroot", str(SID_ROOT), f"/opt/venv-{version}/bin/python", *tail, "--app-dir", "/opt/leaktrace/scenarios"]
     return [str(venv_python(version)), *tail]
@@ -226,9 +234,14 @@ def available_versions():
             if not venv_python(v).exists():
                 die(f"pyenv has Python {v} but .venvs/{v} is missing: run ./dev setup")
             found.append(v)
-    # The sid root's 3.14/3.15 run when named (--versions 3.14,3.15), not by default: their
-    # stripped builds leave pymalloc's arena function unnamed, so an arena mapped during the
-    # export control is blamed on it, and on 3.15 that outranked three leaks (README.md).
+    # Debian's 3.14/3.15 in the sid root, static and shared, when the root has their venvs.
+    for v in SID_VERSIONS:
+        if (SID_ROOT / "usr" / "bin" / f"python{minor_of(v)}").exists():
+            if v.endswith("-shared") and not (SID_ROOT / "opt" / "leaktrace" / f"python{minor_of(v)}-shared").exists():
+                die(f"the sid root has no /opt/leaktrace/python{minor_of(v)}-shared launcher: run ./dev setup")
+            if not venv_exists(v):
+                die(f"the sid root has Python {minor_of(v)} but /opt/venv-{minor_of(v)} is missing: run ./dev setup")
+            found.append(v)
     return found
 
 
@@ -244,6 +257,9 @@ def run_version(version, args, env_extra, procs, out_dir):
     if version in SID_VERSIONS:
         # Paths the app opens, as the chrooted process sees them.
         env = {k: v.replace(str(SID_ROOT), "", 1) if v.startswith(str(SID_ROOT)) else v for k, v in env.items()}
+    if version.endswith("-shared"):
+        m = minor_of(version)
+        env["PYTHONPATH"] = f"/opt/venv-{m}/lib/python{m}/site-packages"
     server = procs.start(
         server_command(version, port),
         cwd=HERE,
@@ -488,7 +504,7 @@ def table(rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--leaktrace", type=Path, default=ROOT / "target" / "release" / "leaktrace")
-    ap.add_argument("--versions", help="comma-separated, default: every pyenv 3.8-3.13 with a venv (3.14, 3.15: the sid root's, when named)")
+    ap.add_argument("--versions", help="comma-separated, default: every pyenv 3.8-3.13 with a venv and the sid root's 3.14, 3.15, 3.14-shared, 3.15-shared")
     ap.add_argument("--duration", type=int, default=30)
     ap.add_argument("--interval", type=int, default=2)
     ap.add_argument("--pymalloc", action="store_true", help="trace with --pymalloc (every object counts)")

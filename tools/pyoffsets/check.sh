@@ -64,12 +64,15 @@ compiled_numbers() {
     "$tmp/offsets"
 }
 
-# "name value" lines from the Rust table (LAYOUT plus, 3.13+, the entries of DEBUG).
+# "name value" lines from the Rust table (LAYOUT; 3.12+, ALLOCATORS; 3.13+, the entries of
+# DEBUG), in the order offsets.c prints them.
 rust_numbers() {
     local v=$1 file="$tables/v${1/./_}.rs"
     echo "version $v"
     awk '/^pub const LAYOUT: Layout = Layout \{/ {on=1; next} on && /^\};/ {on=0}
          on { sub(/:$/, "", $1); sub(/,$/, "", $2); if ($2 == "Layout::ABSENT") $2 = "absent"; print $1, $2 }' "$file"
+    awk '/^pub const ALLOCATORS:/ {on=1; next} on && /^    \};/ {on=0}
+         on && /^        [a-z_]+: [0-9]+,$/ { sub(/:$/, "", $1); sub(/,$/, "", $2); print "alloc." $1, $2 }' "$file"
     awk '/^pub const DEBUG: DebugTable/ {on=1; next} on && /^\};/ {on=0}
          on && /^        \("/ { gsub(/[(),"]/, ""); print "debug." $1, $2 }' "$file"
 }

@@ -216,6 +216,13 @@ int main(void) {
         P("unicode_ascii_bit", lowest_bit(w));
     }
 
+#if PY_MINOR_VERSION >= 12
+    /* _PyRuntime.allocators: pymalloc's function pointers (python/allocators.rs). */
+    P("alloc.raw", offsetof(_PyRuntimeState, allocators.standard.raw));
+    P("alloc.obj", offsetof(_PyRuntimeState, allocators.standard.obj));
+    P("alloc.obj_arena", offsetof(_PyRuntimeState, allocators.obj_arena));
+#endif
+
 #if PY_MINOR_VERSION >= 13
     /* Where each entry sits inside _Py_DebugOffsets (the start of _PyRuntime), and the
      * relations the Rust parser relies on to fill fields the struct lacks. */

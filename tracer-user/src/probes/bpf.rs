@@ -379,8 +379,15 @@ impl Tracer {
         pid: u32,
         module: &Path,
         free_threaded: bool,
+        known: &[crate::python::allocators::KnownFunction],
     ) -> Result<(Vec<Attached>, bool)> {
-        let elf = ElfFile::open(module)?;
+        let mut elf = ElfFile::open(module)?;
+        // A stripped interpreter: pymalloc's functions as its allocator table points at them.
+        for f in known {
+            if elf.function(f.name).is_none() {
+                elf.add_function(f.name, f.vaddr);
+            }
+        }
         if free_threaded && elf.function("_PyObject_MiMalloc").is_some() {
             let probes = self.attach_table(
                 pid,

@@ -197,6 +197,11 @@ impl Targets {
         Ok(())
     }
 
+    /// `--pymalloc`: comparisons with `_PyObject_Malloc`'s address from which its body is taken
+    /// as inlined into its callers ([`crate::target::elf::ElfFile::address_uses`]; Debian's
+    /// shared libpython3.14/3.15 have 5, their static python3.14/3.15 about 300).
+    const PYMALLOC_INLINED_MIN: usize = 32;
+
     fn attach_pymalloc(
         &mut self,
         pid: u32,
@@ -218,7 +223,8 @@ impl Targets {
                     .join("root")
                     .join(interp.module.trim_start_matches('/'))
             });
-        let (probes, exported_only) = tracer.attach_pymalloc(pid, &host, interp.free_threaded)?;
+        let (probes, exported_only) =
+            tracer.attach_pymalloc(pid, &host, interp.free_threaded, &interp.pymalloc)?;
         if pid != self.root {
             return Ok(());
         }
@@ -228,6 +234,23 @@ impl Targets {
             names.join(" "),
             interp.module
         );
+        // Debian's static 3.14/3.15 (PGO + LTO): the object allocator's body is inlined into
+        // its callers behind a comparison with its address, so its probe sees few calls.
+        if let Some(f) = interp.pymalloc_function("_PyObject_Malloc") {
+            let inlined = crate::target::elf::read_file(&host)
+                .ok()
+                .and_then(|data| {
+                    let elf = crate::target::elf::ElfFile::parse(&data).ok()?;
+                    Some(elf.address_uses(&data, f.vaddr))
+                })
+                .unwrap_or(0);
+            if inlined >= Self::PYMALLOC_INLINED_MIN {
+                eprintln!(
+                    "leaktrace: warning: `{}` has pymalloc's _PyObject_Malloc inlined into {inlined} call sites (a PGO/LTO build): --pymalloc sees only the calls that reach the function; to see every object, start the target with PYTHONMALLOC=malloc (its objects then come from malloc, traced without --pymalloc)",
+                    interp.module
+                );
+            }
+        }
         if exported_only {
             eprintln!(
                 "leaktrace: warning: `{}` has no symbol table: only calls through the exported PyObject_*/PyMem_* functions are seen, and CPython's internal allocations bypass them",

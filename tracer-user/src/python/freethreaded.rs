@@ -225,6 +225,11 @@ mod tests {
                 assert_eq!(format!("{value}t"), v);
                 continue;
             }
+            // `_PyRuntime.allocators` (python::allocators) is not read on free-threaded builds
+            // (mimalloc, not pymalloc): the GIL build's table does not apply.
+            if name.starts_with("alloc.") {
+                continue;
+            }
             let value = if value == "absent" {
                 crate::python::Layout::ABSENT
             } else {

@@ -16,6 +16,7 @@
 //! May call: `error`, `target` (ELF files, mappings). Turning code objects into frames is
 //! `resolve::python`; publishing threads to the kernel is `probes::targets`.
 
+pub mod allocators;
 pub mod freethreaded;
 pub mod layout;
 pub mod linetable;

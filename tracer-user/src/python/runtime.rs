@@ -16,6 +16,7 @@ use tracer_common::{FrameModel, PyConfig, MAX_PY_FRAMES, NO_FIELD, PY_FRAME_WIND
 
 use crate::{
     python::{
+        allocators,
         layout::{debug_offsets, layout_for, Layout},
         version,
     },
@@ -79,6 +80,12 @@ pub struct Interpreter {
     pub(crate) mem: Memory,
     /// Offset of the kernel tid in glibc's `struct pthread` (3.8-3.10), once found.
     pthread_tid_offset: Option<u64>,
+    /// pymalloc's functions found through `_PyRuntime.allocators` (3.12+), see
+    /// [`crate::python::allocators`]; empty until found.
+    pub pymalloc: Vec<allocators::KnownFunction>,
+    /// The file the interpreter is in, and its load bias, for [`Interpreter::find_pymalloc`].
+    file: std::sync::Arc<InterpFile>,
+    bias: u64,
 }
 
 /// A file that holds a CPython interpreter, parsed once.
@@ -282,6 +289,9 @@ impl Interpreter {
                 code_type: file.elf.object("PyCode_Type").map(|a| bias + a),
                 mem,
                 pthread_tid_offset: None,
+                pymalloc: Vec::new(),
+                file: file.clone(),
+                bias,
             };
             // 3.13+: the struct in memory is the one the interpreter runs with (the file's
             // initial bytes were read before); a readable one that disagrees is refused.
@@ -304,9 +314,46 @@ impl Interpreter {
                     interp.version()
                 )));
             }
+            let mut interp = interp;
+            interp.find_pymalloc(maps);
             return Ok(interp);
         }
         Err(NotPython::Absent)
+    }
+
+    /// Looks for pymalloc's functions in `_PyRuntime.allocators` (3.12+ default builds) if
+    /// they are not found yet; true once they are. A process `run` just started has not had
+    /// its pointers relocated yet (they fail validation): called again later.
+    pub fn find_pymalloc(&mut self, maps: &ProcMaps) -> bool {
+        if !self.pymalloc.is_empty() {
+            return true;
+        }
+        if self.free_threaded || self.major != 3 {
+            return false;
+        }
+        let Some(off) = allocators::offsets_for(self.minor) else {
+            return false;
+        };
+        let Some(bytes) = self
+            .mem
+            .read(self.runtime + off.raw, allocators::READ_BYTES)
+        else {
+            return false;
+        };
+        self.pymalloc = allocators::known_functions(
+            &bytes,
+            &off,
+            &self.file.elf,
+            self.bias,
+            maps,
+            &self.module,
+        );
+        !self.pymalloc.is_empty()
+    }
+
+    /// The pymalloc function named `name`, if found in memory.
+    pub fn pymalloc_function(&self, name: &str) -> Option<&allocators::KnownFunction> {
+        self.pymalloc.iter().find(|f| f.name == name)
     }
 
     /// `3.13`, or `3.13t` for a free-threaded build.

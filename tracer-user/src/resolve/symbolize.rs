@@ -36,6 +36,10 @@ pub struct Resolver {
     by_file: HashMap<(String, u64, u64), Frame>,
     /// Addresses handed to the symbolizer so far.
     symbolized: u64,
+    /// Functions known by their address in a process (pymalloc's, found in the interpreter's
+    /// memory where the file has no symbol for them): (start, end, name), named before any
+    /// symbol table is asked.
+    known: HashMap<u32, Vec<(u64, u64, &'static str)>>,
 }
 
 impl Default for Resolver {
@@ -57,6 +61,7 @@ impl Resolver {
             cache: HashMap::new(),
             by_file: HashMap::new(),
             symbolized: 0,
+            known: HashMap::new(),
         }
     }
 
@@ -73,6 +78,17 @@ impl Resolver {
         }
         self.processes.insert(pid, Process { root, maps });
         Ok(())
+    }
+
+    /// Names `[start, end)` in process `pid` `name` from now on (addresses resolved before
+    /// keep their frames).
+    pub fn add_known(&mut self, pid: u32, start: u64, end: u64, name: &'static str) {
+        let known = self.known.entry(pid).or_default();
+        if !known.iter().any(|k| k.0 == start) {
+            known.push((start, end, name));
+            self.cache
+                .retain(|(p, a), _| *p != pid || *a < start || *a > end);
+        }
     }
 
     pub fn maps(&self, pid: u32) -> Option<&ProcMaps> {
@@ -128,6 +144,13 @@ impl Resolver {
             return unknown(addr, None);
         };
         let module = module_name(mapping);
+        if let Some(&(_, _, name)) = self
+            .known
+            .get(&pid)
+            .and_then(|k| k.iter().find(|k| lookup >= k.0 && lookup < k.1))
+        {
+            return Frame::native(name, module);
+        }
         let Some(path) = self.elf_path(process, mapping) else {
             return unknown(addr, Some((mapping, module)));
         };

@@ -363,7 +363,34 @@ impl Session {
     /// Turns on Python frames for process `pid` if it runs a supported CPython.
     fn find_python(&mut self, pid: u32) -> Result<()> {
         let maps = self.stacks.resolver.maps(pid);
-        self.targets.find_python(pid, maps, &mut self.tracer)
+        self.targets.find_python(pid, maps, &mut self.tracer)?;
+        self.name_pymalloc(pid);
+        Ok(())
+    }
+
+    /// Gives the resolver the pymalloc functions found in process `pid`'s memory (the arena
+    /// stack and `--pymalloc`'s frames need their names on stripped interpreters), looking
+    /// for them again if they were not found yet (a process `run` just started).
+    fn name_pymalloc(&mut self, pid: u32) {
+        let Some(interp) = self
+            .targets
+            .procs
+            .get_mut(&pid)
+            .and_then(|p| p.python.as_mut())
+        else {
+            return;
+        };
+        if interp.pymalloc.is_empty() {
+            let Some(maps) = self.stacks.resolver.maps(pid) else {
+                return;
+            };
+            if !interp.find_pymalloc(maps) {
+                return;
+            }
+        }
+        for f in &interp.pymalloc {
+            self.stacks.resolver.add_known(pid, f.start, f.end, f.name);
+        }
     }
 
     /// `run`: right after the command starts, looks for its interpreter every few milliseconds
@@ -399,6 +426,16 @@ impl Session {
 
     /// Publishes the current Python threads of every traced process to the kernel.
     fn refresh_threads(&mut self) -> Result<()> {
+        let unnamed: Vec<u32> = self
+            .targets
+            .procs
+            .iter()
+            .filter(|(_, p)| p.python.as_ref().is_some_and(|i| i.pymalloc.is_empty()))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in unnamed {
+            self.name_pymalloc(pid);
+        }
         self.targets.refresh_threads(&mut self.tracer)
     }
 

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context, Result};
-use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
 /// Largest ELF file we are willing to read (guards against reading a huge file by mistake).
 const MAX_ELF_BYTES: u64 = 2 << 30;
@@ -58,8 +58,13 @@ pub struct ElfFile {
     objects: HashMap<String, u64>,
     /// PT_LOAD segments: (vaddr, memsz, file offset, filesz).
     segments: Vec<(u64, u64, u64, u64)>,
+    /// Executable PT_LOAD segments: (vaddr, filesz, file offset).
+    code_segments: Vec<(u64, u64, u64)>,
     /// Initial bytes of the data symbols of [`KEEP_INITIAL_BYTES`] present in the file.
     initial: HashMap<String, Vec<u8>>,
+    /// Start addresses of the functions `.eh_frame_hdr` lists (every function with unwind
+    /// information, local ones of a stripped file included), sorted; empty without that section.
+    function_starts: Vec<u64>,
 }
 
 impl ElfFile {
@@ -78,6 +83,21 @@ impl ElfFile {
                 (s.address(), s.size(), off, filesz)
             })
             .collect();
+        let code_segments = match &file {
+            object::File::Elf64(elf) => {
+                use object::read::elf::ProgramHeader;
+                let endian = elf.endian();
+                elf.elf_program_headers()
+                    .iter()
+                    .filter(|p| {
+                        p.p_type(endian) == object::elf::PT_LOAD
+                            && p.p_flags(endian) & object::elf::PF_X != 0
+                    })
+                    .map(|p| (p.p_vaddr(endian), p.p_filesz(endian), p.p_offset(endian)))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let mut functions = HashMap::new();
         let mut objects = HashMap::new();
         // Dynamic symbols first (they are what a stripped library still has), then the full
@@ -139,12 +159,106 @@ impl ElfFile {
                 initial.insert(name.to_string(), bytes);
             }
         }
+        let function_starts = file
+            .section_by_name(".eh_frame_hdr")
+            .and_then(|s| Some(eh_frame_hdr_starts(s.data().ok()?, s.address())))
+            .unwrap_or_default();
         Ok(Self {
             functions,
             objects,
             segments,
+            code_segments,
             initial,
+            function_starts,
         })
+    }
+
+    /// The function starting exactly at `vaddr`, per `.eh_frame_hdr`: its range, up to the next
+    /// listed start (a function's end, or the padding after it; a split-off `.cold` part has
+    /// an entry of its own). `None` when `vaddr` starts no listed function.
+    pub fn function_range_at(&self, vaddr: u64) -> Option<(u64, u64)> {
+        let i = self.function_starts.binary_search(&vaddr).ok()?;
+        let end = self
+            .function_starts
+            .get(i + 1)
+            .copied()
+            .unwrap_or(vaddr.saturating_add(1));
+        Some((vaddr, end))
+    }
+
+    /// Whether `vaddr` lies in the file part of an executable PT_LOAD segment.
+    pub fn is_code(&self, vaddr: u64) -> bool {
+        self.code_segments
+            .iter()
+            .any(|&(a, filesz, _)| vaddr >= a && vaddr - a < filesz)
+    }
+
+    /// How many instructions of the file's code (`data`: the whole file) take the address of
+    /// the function at `target` as a value to compare or load: an absolute 32-bit immediate or
+    /// displacement (a non-PIE executable), or a RIP-relative `lea` (position-independent
+    /// code). Direct calls are not counted. A compiler that promoted the indirect call
+    /// through an allocator table into `if (ptr == f) { f's body inlined }` leaves one such
+    /// comparison per call site: hundreds, against a handful where the pointer is only
+    /// stored. A byte-pattern scan, not a disassembly: a random match is possible, and
+    /// rare (one in 2^32 per position).
+    pub fn address_uses(&self, data: &[u8], target: u64) -> usize {
+        let mut uses = 0;
+        let absolute = u32::try_from(target).ok().map(u32::to_le_bytes);
+        for &(vaddr, filesz, offset) in &self.code_segments {
+            let Some(code) = usize::try_from(offset).ok().and_then(|at| {
+                let end = at.checked_add(usize::try_from(filesz).ok()?)?;
+                data.get(at..end.min(data.len()))
+            }) else {
+                continue;
+            };
+            for i in 0..code.len().saturating_sub(3) {
+                let word: [u8; 4] = code[i..i + 4].try_into().expect("4 bytes");
+                if absolute == Some(word) {
+                    uses += 1;
+                    continue;
+                }
+                // lea disp32(%rip), r64: REX.W (48/4c) 8d, ModRM mod=00 rm=101.
+                if i >= 3
+                    && matches!(code[i - 3], 0x48 | 0x4c)
+                    && code[i - 2] == 0x8d
+                    && code[i - 1] & 0xc7 == 0x05
+                {
+                    let next = vaddr.wrapping_add(i as u64 + 4);
+                    let rel = i64::from(i32::from_le_bytes(word));
+                    if next.wrapping_add_signed(rel) == target {
+                        uses += 1;
+                    }
+                }
+            }
+        }
+        uses
+    }
+
+    /// A function known by its address only (a local function of a stripped file, found in
+    /// the target's memory), as [`ElfFile::function`] returns it from then on. Its head is
+    /// not read, so its probe sits at its first byte. False when `vaddr` is not in the file.
+    pub fn add_function(&mut self, name: &str, vaddr: u64) -> bool {
+        let Some(&(seg_addr, _, seg_off, filesz)) = self
+            .segments
+            .iter()
+            .find(|(a, size, _, _)| vaddr >= *a && vaddr - a < *size)
+        else {
+            return false;
+        };
+        let rel = vaddr - seg_addr;
+        let Some(file_offset) = seg_off.checked_add(rel).filter(|_| rel < filesz) else {
+            return false;
+        };
+        self.functions.insert(
+            name.to_string(),
+            Function {
+                name: name.to_string(),
+                vaddr,
+                file_offset,
+                head: Vec::new(),
+            },
+        );
+        true
     }
 
     /// The initial bytes, as the file holds them, at the start of a data symbol kept by
@@ -177,6 +291,48 @@ impl ElfFile {
             .find(|(_, _, off, filesz)| offset >= *off && offset - off < *filesz.max(&1))?;
         start.checked_sub(vaddr.checked_add(offset - seg_off)?)
     }
+}
+
+/// Largest `.eh_frame_hdr` table read (entries); CPython has about 10 000 functions.
+const MAX_EH_FRAME_ENTRIES: usize = 1 << 20;
+
+/// Function start addresses from an `.eh_frame_hdr` section (`data`, loaded at `addr`), sorted:
+/// the binary search table the unwinder uses, pairs of (initial location, FDE address). Only
+/// the encodings linkers write on x86_64 are read (`DW_EH_PE_datarel | DW_EH_PE_sdata4` table,
+/// 4-byte count); anything else, a truncated table or one out of order gives no starts.
+pub fn eh_frame_hdr_starts(data: &[u8], addr: u64) -> Vec<u64> {
+    const DATAREL_SDATA4: u8 = 0x3b;
+    const UDATA4: u8 = 0x03;
+    let [1, ptr_enc, count_enc, table_enc, rest @ ..] = data else {
+        return Vec::new();
+    };
+    // eh_frame_ptr (skipped): 4 or 8 bytes by its encoding's format.
+    let ptr_len = match ptr_enc & 0x0f {
+        0x03 | 0x0b => 4,
+        0x04 | 0x0c => 8,
+        _ => return Vec::new(),
+    };
+    if *count_enc != UDATA4 || *table_enc != DATAREL_SDATA4 || rest.len() < ptr_len + 4 {
+        return Vec::new();
+    }
+    let count =
+        u32::from_le_bytes(rest[ptr_len..ptr_len + 4].try_into().expect("4 bytes")) as usize;
+    let table = &rest[ptr_len + 4..];
+    if count > MAX_EH_FRAME_ENTRIES || table.len() / 8 < count {
+        return Vec::new();
+    }
+    let mut starts = Vec::with_capacity(count);
+    for entry in table.chunks_exact(8).take(count) {
+        let rel = i32::from_le_bytes(entry[..4].try_into().expect("4 bytes"));
+        let Some(start) = addr.checked_add_signed(i64::from(rel)) else {
+            return Vec::new();
+        };
+        if starts.last().is_some_and(|&last| last >= start) {
+            return Vec::new();
+        }
+        starts.push(start);
+    }
+    starts
 }
 
 /// Up to `len` bytes the file holds at virtual address `vaddr` (within one PT_LOAD segment's
@@ -411,6 +567,50 @@ mod tests {
     fn test_with_memory_operand_is_not_skipped() {
         // test %rdi,(%rax) has modrm mod != 3
         assert_eq!(probe_offset(&[0x48, 0x85, 0x38, 0x74, 0x01]), 0);
+    }
+
+    /// An `.eh_frame_hdr` at `addr` listing functions at `starts` (absolute addresses).
+    fn eh_frame_hdr(addr: u64, starts: &[u64]) -> Vec<u8> {
+        let mut b = vec![1, 0x1b, 0x03, 0x3b];
+        b.extend_from_slice(&0x100i32.to_le_bytes());
+        b.extend_from_slice(&(starts.len() as u32).to_le_bytes());
+        for &s in starts {
+            b.extend_from_slice(&((s as i64 - addr as i64) as i32).to_le_bytes());
+            b.extend_from_slice(&0i32.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn eh_frame_hdr_lists_function_starts() {
+        let addr = 0x50_0000;
+        let hdr = eh_frame_hdr(addr, &[0x40_1000, 0x40_1040, 0x60_0000]);
+        assert_eq!(
+            eh_frame_hdr_starts(&hdr, addr),
+            [0x40_1000, 0x40_1040, 0x60_0000]
+        );
+        // Truncated, a count larger than the table, out of order, another encoding.
+        assert!(eh_frame_hdr_starts(&hdr[..hdr.len() - 1], addr).is_empty());
+        let mut big = hdr.clone();
+        big[8..12].copy_from_slice(&4u32.to_le_bytes());
+        assert!(eh_frame_hdr_starts(&big, addr).is_empty());
+        let unsorted = eh_frame_hdr(addr, &[0x40_1040, 0x40_1000]);
+        assert!(eh_frame_hdr_starts(&unsorted, addr).is_empty());
+        let mut enc = hdr.clone();
+        enc[3] = 0x1b;
+        assert!(eh_frame_hdr_starts(&enc, addr).is_empty());
+        assert!(eh_frame_hdr_starts(&[], addr).is_empty());
+        assert!(eh_frame_hdr_starts(&[2, 0x1b, 0x03, 0x3b], addr).is_empty());
+    }
+
+    #[test]
+    fn libc_functions_start_where_eh_frame_hdr_says() {
+        let elf = ElfFile::open(Path::new("/lib/x86_64-linux-gnu/libc.so.6")).unwrap();
+        let malloc = elf.function("malloc").unwrap().vaddr;
+        let (start, end) = elf.function_range_at(malloc).expect("malloc has an FDE");
+        assert!(start == malloc && end > malloc && end - malloc < 0x10000);
+        assert!(elf.function_range_at(malloc + 1).is_none());
+        assert!(elf.is_code(malloc) && !elf.is_code(elf.object("environ").unwrap_or(0)));
     }
 
     #[test]

@@ -178,6 +178,13 @@ fn tables_match_headers() {
             .into_iter()
             .map(|(n, v)| (n.to_string(), v))
             .collect();
+        if let Some(a) = crate::python::allocators::offsets_for(minor) {
+            expected.extend([
+                ("alloc.raw".to_string(), a.raw),
+                ("alloc.obj".to_string(), a.obj),
+                ("alloc.obj_arena".to_string(), a.obj_arena),
+            ]);
+        }
         if let Some(table) = debug_offsets::table_for(minor) {
             expected.extend(
                 table

@@ -57,3 +57,11 @@ pub const LAYOUT: Layout = Layout {
     unicode_compact_bit: 5,
     unicode_ascii_bit: 6,
 };
+
+/// Where `allocators` sits in `_PyRuntimeState` (see `python::allocators`).
+pub const ALLOCATORS: crate::python::allocators::AllocatorOffsets =
+    crate::python::allocators::AllocatorOffsets {
+        raw: 96,
+        obj: 176,
+        obj_arena: 360,
+    };

@@ -117,3 +117,11 @@ pub const DEBUG: DebugTable = DebugTable {
     owner_shim_min: 3,
     code_tag_mask: 0,
 };
+
+/// Where `allocators` sits in `_PyRuntimeState` (see `python::allocators`).
+pub const ALLOCATORS: crate::python::allocators::AllocatorOffsets =
+    crate::python::allocators::AllocatorOffsets {
+        raw: 704,
+        obj: 784,
+        obj_arena: 976,
+    };
