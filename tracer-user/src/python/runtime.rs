@@ -47,6 +47,11 @@ impl Memory {
         Some(buf)
     }
 
+    /// Fills `buf` from `addr`; false if any of it cannot be read.
+    pub fn read_exact_into(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.file.read_exact_at(buf, addr).is_ok()
+    }
+
     pub fn u64(&self, addr: u64) -> Option<u64> {
         let mut b = [0; 8];
         self.file.read_exact_at(&mut b, addr).ok()?;
@@ -70,7 +75,7 @@ pub struct Interpreter {
     /// A free-threaded build (`Py_GIL_DISABLED`, "3.13t"): objects come from mimalloc.
     pub free_threaded: bool,
     pub(crate) layout: Layout,
-    runtime: u64,
+    pub(crate) runtime: u64,
     /// `PyCode_Type`, to check that an address still holds a code object.
     pub(crate) code_type: Option<u64>,
     pub(crate) mem: Memory,
