@@ -108,6 +108,46 @@ fn one_census_as_text_and_svg() {
         line.split_whitespace().any(|w| w == N.to_string()),
         "{line}"
     );
+    // The smallest read size: the registry's entries are read in many bounded pieces, with
+    // the same result.
+    let small = out_path("heap-small-reads.json");
+    leaktrace_ok(&[
+        "heap",
+        &pid,
+        "--max-read-bytes",
+        "4096",
+        "--format",
+        "json",
+        "-o",
+        small.to_str().unwrap(),
+    ]);
+    let r = read_json(&small);
+    assert_eq!(r["complete"], true, "{:?}", r["incomplete_reason"]);
+    let reg = by_key(&r["owners"], "path", "__main__:REGISTRY").expect("REGISTRY");
+    assert_eq!(reg["len"], N);
+    let item = by_key(&r["types"], "type", "__main__.Item").expect("Item");
+    assert_eq!(item["count"], N);
+    // A depth limit of 1 stops at the registry's values: said, not hidden.
+    let shallow = out_path("heap-depth1.json");
+    leaktrace_ok(&[
+        "heap",
+        &pid,
+        "--max-depth",
+        "1",
+        "--format",
+        "json",
+        "-o",
+        shallow.to_str().unwrap(),
+    ]);
+    let r = read_json(&shallow);
+    assert_eq!(r["complete"], false);
+    assert!(
+        r["incomplete_reason"]
+            .as_str()
+            .unwrap()
+            .contains("--max-depth 1"),
+        "{r}"
+    );
     let svg = out_path("heap.svg");
     leaktrace_ok(&["heap", &pid, "--format", "svg", "-o", svg.to_str().unwrap()]);
     let svg = std::fs::read_to_string(&svg).unwrap();
@@ -134,6 +174,12 @@ fn bad_input_is_one_line() {
     fails_with(&["heap", "4194303"], "no process with PID 4194303");
     let sleeper = Proc::spawn(Command::new("sleep").arg("30"));
     let pid = sleeper.pid().to_string();
+    // Until exec is done the child is a copy of this test binary.
+    let deadline = std::time::Instant::now() + T;
+    while !std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("sleep")) {
+        assert!(std::time::Instant::now() < deadline, "sleep did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     fails_with(&["heap", &pid], "runs no CPython interpreter");
     fails_with(
         &["heap", &pid, "--interval", "2"],

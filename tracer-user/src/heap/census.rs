@@ -148,6 +148,8 @@ struct DictRead {
 }
 
 const MAX_NAME: usize = 256;
+/// Bytes of a dict's keys read at once when it is small (header, indices, entries).
+const SMALL_KEYS: u64 = 512;
 /// Sizes larger than this are not believed (a torn or wild read).
 const MAX_OBJECT_BYTES: u64 = 1 << 40;
 
@@ -378,7 +380,7 @@ impl<'a> Walker<'a> {
         let n = o.size_field as i64;
         let size = match ti.kind {
             Kind::Int if self.hl.int_lv_tag => ti.basicsize + ti.itemsize * (o.size_field >> 3),
-            Kind::Str => self.str_bytes(o.addr, ti),
+            Kind::Str => self.str_bytes(o, ti),
             Kind::List => {
                 let alloc = o.word(LIST_ALLOCATED);
                 if n < 0 || alloc < n as u64 || alloc > 1 << 36 {
@@ -410,16 +412,19 @@ impl<'a> Walker<'a> {
         (size <= MAX_OBJECT_BYTES).then_some(size)
     }
 
-    fn str_bytes(&mut self, addr: u64, ti: &TypeInfo) -> u64 {
+    /// A string's bytes, from its first words (length and state are in the first 48 bytes on
+    /// every version; anything else is not believed and gives the basic size).
+    fn str_bytes(&self, o: &Obj, ti: &TypeInfo) -> u64 {
         let hl = self.hl;
-        let (Some(len), Some(state)) = (
-            self.words::<1>(addr + hl.unicode_length),
-            self.read(addr + hl.unicode_state, 4),
-        ) else {
+        if hl.unicode_length % 8 != 0
+            || hl.unicode_length + 8 > OBJ_READ as u64
+            || hl.unicode_state + 4 > OBJ_READ as u64
+        {
             return ti.basicsize;
-        };
-        let len = len[0].min(1 << 36);
-        let state = u32::from_le_bytes(state.try_into().expect("4 bytes")) as u64;
+        }
+        let len = o.word(hl.unicode_length).min(1 << 36);
+        let w = o.word(hl.unicode_state & !7);
+        let state = (w >> ((hl.unicode_state % 8) * 8)) & 0xffff_ffff;
         let kind = ((state >> hl.unicode_kind_shift) & hl.unicode_kind_mask).clamp(1, 4);
         if (state >> hl.unicode_compact_bit) & 1 == 0 {
             ti.basicsize
@@ -434,6 +439,10 @@ impl<'a> Walker<'a> {
     /// object, if it is not shared with other dicts (a split table or the static empty keys).
     fn keys_shape(&mut self, keys: u64) -> Option<(u64, u64, u64, u64, u64, bool)> {
         let w = self.words::<5>(keys)?;
+        self.shape_of(w)
+    }
+
+    fn shape_of(&self, w: [u64; 5]) -> Option<(u64, u64, u64, u64, u64, bool)> {
         let refcnt = w[0];
         let (size, index_bytes, entry, nentries, head) = if self.hl.compact_keys {
             let b = w[1].to_le_bytes();
@@ -482,8 +491,28 @@ impl<'a> Walker<'a> {
     /// none), at most what one bounded read holds.
     fn dict_entries(&mut self, dict: u64) -> Option<DictRead> {
         let d = self.words::<6>(dict)?;
-        let (keys, values) = (d[(DICT_KEYS / 8) as usize], d[(DICT_VALUES / 8) as usize]);
-        let (entries_off, entry, usable, _, nentries, own) = self.keys_shape(keys)?;
+        self.dict_entries_of(d[(DICT_KEYS / 8) as usize], d[(DICT_VALUES / 8) as usize])
+    }
+
+    /// [`Self::dict_entries`] from the dict's `ma_keys` and `ma_values`.
+    fn dict_entries_of(&mut self, keys: u64, values: u64) -> Option<DictRead> {
+        // A small table: header and entries in one read (falling back to two reads if that
+        // reaches past readable memory).
+        let mut head = [0u64; 5];
+        let mut block = None;
+        if keys % 8 == 0 && keys != 0 && (keys % 4096) + SMALL_KEYS <= 4096 {
+            let mut b = vec![0u8; SMALL_KEYS as usize];
+            if self.src.read_into(keys, &mut b) {
+                for (i, c) in b[..40].chunks_exact(8).enumerate() {
+                    head[i] = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+                }
+                block = Some(b);
+            }
+        }
+        if block.is_none() {
+            head = self.words::<5>(keys)?;
+        }
+        let (entries_off, entry, usable, _, nentries, own) = self.shape_of(head)?;
         let bytes = if own { entries_off + usable * entry } else { 0 };
         if values != 0 {
             return Some(DictRead {
@@ -491,15 +520,11 @@ impl<'a> Walker<'a> {
                 entries: Vec::new(),
             });
         }
-        let want = (nentries * entry) as usize;
-        let take = want.min(self.lim.max_read_bytes) / entry as usize;
-        if take < nentries as usize {
-            self.stop(format!(
-                "a dict of {nentries} entries is larger than --max-read-bytes {}",
-                self.lim.max_read_bytes
-            ));
-        }
-        let raw = self.read(keys + entries_off, take * entry as usize)?;
+        let end = entries_off + nentries * entry;
+        let raw = match block {
+            Some(b) if end <= SMALL_KEYS => b[entries_off as usize..end as usize].to_vec(),
+            _ => self.read_chunked(keys + entries_off, nentries, entry)?,
+        };
         let entries = raw
             .chunks_exact(entry as usize)
             .filter_map(|e| {
@@ -598,7 +623,7 @@ impl<'a> Walker<'a> {
             };
             let gc = self.counted.contains(&addr);
             let (bytes, children): (Option<u64>, Vec<u64>) = match ti.kind {
-                Kind::Dict => match self.dict_entries(addr) {
+                Kind::Dict => match self.dict_entries_of(o.word(DICT_KEYS), o.word(DICT_VALUES)) {
                     Some(d) => (
                         Some(ti.basicsize + d.bytes),
                         d.entries.iter().flat_map(|&(k, v)| [k, v]).collect(),
@@ -641,7 +666,31 @@ impl<'a> Walker<'a> {
         (total, len, tname)
     }
 
-    /// The items of a list, tuple or set, at most one bounded read.
+    /// `n` records of `size` bytes from `addr`, read at most `--max-read-bytes` at a time; more
+    /// than `--max-objects` records are not read (the census says so).
+    fn read_chunked(&mut self, addr: u64, n: u64, size: u64) -> Option<Vec<u8>> {
+        let n = if n > self.lim.max_objects {
+            self.stop(format!(
+                "a container of {n} items is larger than --max-objects {}",
+                self.lim.max_objects
+            ));
+            self.lim.max_objects
+        } else {
+            n
+        };
+        let total = n.checked_mul(size)?;
+        let chunk = (self.lim.max_read_bytes as u64 / size).max(1) * size;
+        let mut out = Vec::with_capacity(total.min(1 << 24) as usize);
+        let mut off = 0;
+        while off < total {
+            let len = chunk.min(total - off);
+            out.extend(self.read(addr.checked_add(off)?, len as usize)?);
+            off += len;
+        }
+        Some(out)
+    }
+
+    /// The items of a list, tuple or set.
     fn items(&mut self, o: &Obj, ti: &TypeInfo) -> Vec<u64> {
         let (at, n, stride) = match ti.kind {
             Kind::List => (o.word(LIST_ITEM), o.size_field, 8),
@@ -651,14 +700,7 @@ impl<'a> Walker<'a> {
         if n == 0 {
             return Vec::new();
         }
-        let max = (self.lim.max_read_bytes / stride) as u64;
-        if n > max {
-            self.stop(format!(
-                "a container of {n} items is larger than --max-read-bytes {}",
-                self.lim.max_read_bytes
-            ));
-        }
-        let Some(raw) = self.read(at, (n.min(max) as usize) * stride) else {
+        let Some(raw) = self.read_chunked(at, n, stride as u64) else {
             return Vec::new();
         };
         raw.chunks_exact(stride)
