@@ -141,6 +141,10 @@ impl Obj {
     }
 }
 
+/// A dict keys object: (entries offset, entry size, entries allocated, index bytes, used
+/// entries, not shared with other dicts).
+type KeysShape = (u64, u64, u64, u64, u64, bool);
+
 /// A dict's entries as read: (key, value) pairs.
 struct DictRead {
     bytes: u64,
@@ -201,7 +205,9 @@ impl<'a> Walker<'a> {
             ));
             return true;
         }
-        if self.objects % 4096 == 0 && self.start.elapsed().as_secs_f64() > self.lim.time_budget_s {
+        if self.objects.is_multiple_of(4096)
+            && self.start.elapsed().as_secs_f64() > self.lim.time_budget_s
+        {
             self.stop(format!(
                 "--time-budget {} s reached: counts are lower bounds",
                 self.lim.time_budget_s
@@ -294,7 +300,7 @@ impl<'a> Walker<'a> {
     }
 
     fn read_type(&mut self, ty: u64) -> Option<TypeInfo> {
-        if ty == 0 || ty % 8 != 0 {
+        if ty == 0 || !ty.is_multiple_of(8) {
             return None;
         }
         let b = self.read(ty, TYPE_READ)?;
@@ -354,7 +360,7 @@ impl<'a> Walker<'a> {
 
     /// The object at `addr`: its first [`OBJ_READ`] bytes.
     fn object(&mut self, addr: u64) -> Option<(Obj, TypeInfo)> {
-        if addr == 0 || addr % 8 != 0 {
+        if addr == 0 || !addr.is_multiple_of(8) {
             self.skip();
             return None;
         }
@@ -416,7 +422,7 @@ impl<'a> Walker<'a> {
     /// every version; anything else is not believed and gives the basic size).
     fn str_bytes(&self, o: &Obj, ti: &TypeInfo) -> u64 {
         let hl = self.hl;
-        if hl.unicode_length % 8 != 0
+        if !hl.unicode_length.is_multiple_of(8)
             || hl.unicode_length + 8 > OBJ_READ as u64
             || hl.unicode_state + 4 > OBJ_READ as u64
         {
@@ -437,12 +443,12 @@ impl<'a> Walker<'a> {
 
     /// (entries offset, entry size, entries allocated, index bytes, used entries) of a keys
     /// object, if it is not shared with other dicts (a split table or the static empty keys).
-    fn keys_shape(&mut self, keys: u64) -> Option<(u64, u64, u64, u64, u64, bool)> {
+    fn keys_shape(&mut self, keys: u64) -> Option<KeysShape> {
         let w = self.words::<5>(keys)?;
         self.shape_of(w)
     }
 
-    fn shape_of(&self, w: [u64; 5]) -> Option<(u64, u64, u64, u64, u64, bool)> {
+    fn shape_of(&self, w: [u64; 5]) -> Option<KeysShape> {
         let refcnt = w[0];
         let (size, index_bytes, entry, nentries, head) = if self.hl.compact_keys {
             let b = w[1].to_le_bytes();
@@ -500,7 +506,7 @@ impl<'a> Walker<'a> {
         // reaches past readable memory).
         let mut head = [0u64; 5];
         let mut block = None;
-        if keys % 8 == 0 && keys != 0 && (keys % 4096) + SMALL_KEYS <= 4096 {
+        if keys.is_multiple_of(8) && keys != 0 && (keys % 4096) + SMALL_KEYS <= 4096 {
             let mut b = vec![0u8; SMALL_KEYS as usize];
             if self.src.read_into(keys, &mut b) {
                 for (i, c) in b[..40].chunks_exact(8).enumerate() {
