@@ -1,3 +1,11 @@
+/* The offsets tracer-user/src/heap/layout.rs uses (GC list heads, type, dict, list, set and
+ * module fields), printed by the compiler from one CPython's own headers ("name value" lines).
+ * 3.8-3.13, pyenv's headers:
+ *   gcc -w -I$P/include/python3.X -I$P/include/python3.X/internal heap.c -o heap && ./heap
+ * 3.14/3.15, Debian's python3.X-dev in the sid root (copy this file into it first):
+ *   chroot .roots/sid gcc -w -I/usr/include/python3.X -I/usr/include/python3.X/internal \
+ *       /tmp/heap.c -o /tmp/heap && chroot .roots/sid /tmp/heap
+ * Not part of check.sh yet: compare its output with heap_layout() by hand. */
 #define Py_BUILD_CORE 1
 #include <Python.h>
 #include <stddef.h>
