@@ -9,7 +9,7 @@ ROOT=$(cd .. && pwd)
 PYENV=${PYENV_ROOT:-$HOME/.pyenv}/versions
 SEEDS=$FUZZ/seeds
 rm -rf "$SEEDS"
-mkdir -p "$SEEDS"/{elf_symbols,python_version,procmaps,linetable,report_json}
+mkdir -p "$SEEDS"/{elf_symbols,python_version,procmaps,linetable,report_json,heap_census}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
@@ -66,5 +66,21 @@ for s in r["stacks"]:
     for k in ("alloc_bytes", "alloc_count", "trend", "added_bytes"):
         s.pop(k, None)
 json.dump(r, open(sys.argv[2], "w"), separators=(",", ":"))
+PY
+# heap_census: byte 0 = 4 (3.12), then memory from 0x10000: two empty GC list heads; and a list
+# holding one dict whose type is named "dict", with a small unicode keys table.
+python3 - "$SEEDS/heap_census" <<'PY'
+import struct, sys
+d, base = sys.argv[1], 0x10000
+open(d + "/empty-3.12", "wb").write(bytes([4]) + struct.pack("<QQQQ", base, base, base + 24, base + 24) + bytes(16))
+m = bytearray(0x400)
+struct.pack_into("<QQ", m, 0, base + 0x40, base + 0x40)
+struct.pack_into("<QQ", m, 24, base + 24, base + 24)
+struct.pack_into("<QQ", m, 0x40, base, base)
+struct.pack_into("<QQQQQQ", m, 0x50, 1, base + 0x100, 1, 0, base + 0x200, 0)
+struct.pack_into("<QQQQ", m, 0x110, 0, base + 0x300, 48, 0)
+m[0x300:0x305] = b"dict\0"
+struct.pack_into("<QBBBxIQQ", m, 0x200, 1, 3, 3, 1, 0, 4, 1)
+open(d + "/one-dict-3.12", "wb").write(bytes([4]) + bytes(m))
 PY
 du -sh "$SEEDS"/*

@@ -99,7 +99,7 @@ fn unpacked_deb(name: &str) -> PathBuf {
 }
 
 /// Every subcommand has a man page of its own (`man leaktrace-attach`).
-const SUBCOMMANDS: [&str; 5] = ["attach", "run", "top", "report", "diff"];
+const SUBCOMMANDS: [&str; 6] = ["attach", "run", "top", "report", "diff", "heap"];
 
 #[test]
 fn wheel_holds_exactly_the_binary_and_its_metadata() {

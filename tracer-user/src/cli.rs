@@ -46,6 +46,10 @@ pub enum Command {
     Report(ReportArgs),
     /// Compare two saved JSON reports: the stacks that grew most, and a differential flamegraph.
     Diff(DiffArgs),
+    /// Count a running CPython's objects by type, and rank its module globals and class
+    /// attributes by the bytes they retain, read from its memory (no probe, no pause); with
+    /// --duration, what grew between two censuses.
+    Heap(crate::heap::HeapArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -312,6 +316,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run(r) => session::run_command(|pid| r.trace.options(pid), &r.command),
         Command::Report(r) => rerender(r),
         Command::Diff(d) => diff(d),
+        Command::Heap(h) => crate::heap::run(h),
         Command::Top(a) => session::attach(AttachOptions {
             live_view: true,
             ..a.trace.options(a.pid)

@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod cli;
 pub mod error;
+pub mod heap;
 pub mod output;
 pub mod probes;
 pub mod python;

@@ -48,6 +48,11 @@ impl Memory {
         Some(buf)
     }
 
+    /// Fills `buf` from `addr`; false if any of it cannot be read.
+    pub fn read_exact_into(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.file.read_exact_at(buf, addr).is_ok()
+    }
+
     pub fn u64(&self, addr: u64) -> Option<u64> {
         let mut b = [0; 8];
         self.file.read_exact_at(&mut b, addr).ok()?;
@@ -74,7 +79,7 @@ pub struct Interpreter {
     /// unwound through it; without them, a walk that reaches it goes astray.
     pub frame_pointers: bool,
     pub(crate) layout: Layout,
-    runtime: u64,
+    pub(crate) runtime: u64,
     /// `PyCode_Type`, to check that an address still holds a code object.
     pub(crate) code_type: Option<u64>,
     pub(crate) mem: Memory,

@@ -1,0 +1,35 @@
+//! The heap census's readers fed hostile memory: byte 0 picks the CPython version (3.8 +
+//! `% 8`), the rest stands for the target's memory from 0x10000 on, with a GC list head at its
+//! start. Wild pointers, cycles, huge lengths and torn lists must end in a bounded, incomplete
+//! census, never a panic or a hang.
+#![no_main]
+use leaktrace::heap::{
+    census::{Bytes, Limits, Walker},
+    layout::heap_layout,
+};
+use leaktrace::python::layout::layout_for;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&v, mem)) = data.split_first() else {
+        return;
+    };
+    let minor = 8 + u32::from(v % 8);
+    let l = layout_for(3, minor).expect("3.8-3.15 have tables");
+    let hl = heap_layout(minor, &l).expect("3.8-3.15 have heap tables");
+    let base = 0x10000;
+    let src = Bytes {
+        base,
+        data: mem.to_vec(),
+    };
+    let lim = Limits {
+        max_objects: 100_000,
+        max_read_bytes: 1 << 16,
+        max_depth: 16,
+        time_budget_s: 2.0,
+    };
+    let c = Walker::new(&src, &hl, lim).census(&[base, base + 24]);
+    assert!(c.objects <= 100_000);
+    let total: u64 = c.types.values().map(|t| t.count).sum();
+    assert_eq!(total, c.objects);
+});

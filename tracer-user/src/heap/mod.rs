@@ -1,0 +1,215 @@
+//! `leaktrace heap PID`: a census of a running CPython's objects, read out of its memory (no
+//! probe, no pause, no write): objects by type, and module globals and class attributes by
+//! the bytes they retain, with growth between censuses.
+//!
+//! * [`layout`]: where each version keeps its GC lists, and the object fields read.
+//! * [`census`]: one census over a [`census::Source`] (a process, or bytes for the fuzz target).
+//! * [`report`]: the `leaktrace-heap/v1` JSON, the text table, the SVG.
+//!
+//! May call: `python` (finding the interpreter), `target` (the process), `output` (the v1
+//! target record, byte formatting).
+
+pub mod census;
+pub mod layout;
+pub mod report;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    error::user,
+    python::runtime::{InterpFiles, Interpreter, NotPython},
+    target::{process::TargetProcess, procmaps::ProcMaps},
+};
+
+/// Output format of `leaktrace heap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeapFormat {
+    Text,
+    Json,
+    Svg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HeapArgs {
+    /// Process to read (a CPython 3.8-3.15 interpreter).
+    pub pid: u32,
+    /// Take a second census this many seconds after the first and report the growth.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// With --duration, also take a census every SECS in between (growth is last minus first).
+    #[arg(long, value_name = "SECS")]
+    pub interval: Option<f64>,
+    /// Rows in the text table and the SVG, owners in the JSON.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: HeapFormat,
+    /// Output file (default: standard output).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Objects read per census at most.
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    pub max_objects: u64,
+    /// Bytes read at once at most (a list's items, a dict's entries).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_read_bytes: usize,
+    /// Containers followed from a global or attribute, at most this deep.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_depth: u32,
+    /// Seconds one census may take at most.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub time_budget: f64,
+}
+
+impl HeapArgs {
+    fn validate(&self) -> Result<()> {
+        for (name, v) in [("--duration", self.duration), ("--interval", self.interval)] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                    return Err(user(format!(
+                        "{name} must be between 0 and 86400 seconds: give e.g. {name} 30"
+                    )));
+                }
+            }
+        }
+        if self.interval.is_some() && self.duration.is_none() {
+            return Err(user(
+                "--interval needs --duration: give e.g. --duration 60 --interval 10",
+            ));
+        }
+        if self.max_read_bytes < 4096 || self.max_objects == 0 || self.max_depth == 0 {
+            return Err(user(
+                "--max-read-bytes must be at least 4096, --max-objects and --max-depth at least 1",
+            ));
+        }
+        if !(self.time_budget.is_finite() && self.time_budget > 0.0) {
+            return Err(user("--time-budget must be a positive number of seconds"));
+        }
+        Ok(())
+    }
+
+    fn limits(&self) -> census::Limits {
+        census::Limits {
+            max_objects: self.max_objects,
+            max_read_bytes: self.max_read_bytes,
+            max_depth: self.max_depth,
+            time_budget_s: self.time_budget,
+        }
+    }
+}
+
+/// Runs `leaktrace heap`.
+pub fn run(args: HeapArgs) -> Result<i32> {
+    args.validate()?;
+    let target = TargetProcess::discover(args.pid)?;
+    let pid = args.pid;
+    let maps = ProcMaps::read(pid).map_err(|e| {
+        user(format!(
+            "cannot read /proc/{pid}/maps ({e}): run leaktrace as root"
+        ))
+    })?;
+    let interp = match Interpreter::discover(pid, &maps, &mut InterpFiles::default()) {
+        Ok(i) => i,
+        Err(NotPython::Absent) => {
+            return Err(user(format!(
+                "process {pid} ({}) runs no CPython interpreter: `leaktrace heap` reads CPython 3.8-3.15; use `leaktrace attach {pid}` for other programs",
+                target.exe
+            )))
+        }
+        Err(NotPython::Unsupported(why)) => {
+            return Err(user(format!("{why}: `leaktrace heap` cannot read it")))
+        }
+    };
+    if interp.free_threaded {
+        return Err(user(format!(
+            "Python {} is a free-threaded build: `leaktrace heap` does not read its objects yet (they live in mimalloc heaps, not GC lists); use `leaktrace attach {pid} --pymalloc`",
+            interp.version()
+        )));
+    }
+    let Some(hl) = layout::heap_layout(interp.minor, &interp.layout) else {
+        return Err(user(format!(
+            "`leaktrace heap` does not read Python {} yet (it reads 3.8-3.15): use `leaktrace attach {pid}`",
+            interp.version()
+        )));
+    };
+    let base = if hl.gc_in_runtime {
+        interp.runtime
+    } else {
+        interp
+            .mem
+            .u64(interp.runtime + interp.layout.runtime_interpreters_main)
+            .filter(|&a| a != 0)
+            .ok_or_else(|| {
+                user(format!(
+                    "cannot read the main interpreter of process {pid}: is it still starting up? try again"
+                ))
+            })?
+    };
+    let heads: Vec<u64> = hl.gc_heads.iter().map(|o| base + o).collect();
+
+    let started = Instant::now();
+    let take = |n: usize| {
+        let t = Instant::now();
+        let c = census::Walker::new(&interp.mem, &hl, args.limits()).census(&heads);
+        eprintln!(
+            "leaktrace: census {n} taken: {} objects in {:.2} s{}",
+            c.objects,
+            t.elapsed().as_secs_f64(),
+            if c.skipped_reads > 0 {
+                format!(", {} reads skipped", c.skipped_reads)
+            } else {
+                String::new()
+            }
+        );
+        c
+    };
+    let first = take(1);
+    let mut last = None;
+    if let Some(d) = args.duration {
+        let end = started + Duration::from_secs_f64(d);
+        let step = args.interval.map(Duration::from_secs_f64);
+        let mut n = 2;
+        loop {
+            let next = step.map_or(end, |s| (Instant::now() + s).min(end));
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            if !target.is_alive() {
+                return Err(user(format!(
+                    "process {pid} exited before the last census: nothing to compare"
+                )));
+            }
+            last = Some(take(n));
+            n += 1;
+            if Instant::now() >= end {
+                break;
+            }
+        }
+    }
+    let rep = report::HeapReport::build(
+        crate::output::report::Target {
+            pids: vec![pid],
+            exe: target.exe.clone(),
+            python: Some(interp.version()),
+        },
+        started.elapsed().as_secs_f64(),
+        &first,
+        last.as_ref(),
+        args.top,
+    );
+    let text = match args.format {
+        HeapFormat::Json => serde_json::to_string_pretty(&rep)? + "\n",
+        HeapFormat::Text => rep.text(args.top),
+        HeapFormat::Svg => rep.svg(args.top)?,
+    };
+    match &args.output {
+        Some(p) => std::fs::write(p, text)
+            .with_context(|| format!("cannot write `{}`", p.display()))
+            .map_err(|e| user(format!("{e:#}: check the folder exists and is writable")))?,
+        None => print!("{text}"),
+    }
+    Ok(crate::error::exit::OK)
+}

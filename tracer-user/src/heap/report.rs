@@ -1,0 +1,343 @@
+//! The `leaktrace-heap/v1` report and its renderings (text table, SVG of retained bytes by
+//! owner path).
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::census::Census;
+use crate::output::report::{human_bytes, Target};
+
+pub const SCHEMA: &str = "leaktrace-heap/v1";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TypeRow {
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub count: u64,
+    pub bytes: u64,
+    pub count_growth: Option<i64>,
+    pub bytes_growth: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OwnerRow {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub len: Option<u64>,
+    pub retained_bytes: u64,
+    pub retained_growth: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRow {
+    pub coroutine: String,
+    pub state: String,
+    pub count: u64,
+    pub holder: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeapReport {
+    pub schema: String,
+    pub target: Target,
+    pub duration_s: f64,
+    pub complete: bool,
+    /// Why `complete` is false (the first limit hit or the first torn list), else null.
+    pub incomplete_reason: Option<String>,
+    pub skipped_reads: u64,
+    /// Censuses taken (1, or 2+ with --duration).
+    pub censuses: u32,
+    /// Objects counted in the last census.
+    pub objects: u64,
+    pub types: Vec<TypeRow>,
+    pub owners: Vec<OwnerRow>,
+    /// Not read yet: always empty.
+    pub tasks: Vec<TaskRow>,
+}
+
+fn growth(a: u64, b: u64) -> i64 {
+    (b as i128 - a as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
+impl HeapReport {
+    /// The report from the first census and, with --duration, the last; `top` owners kept.
+    pub fn build(
+        target: Target,
+        duration_s: f64,
+        first: &Census,
+        last: Option<&Census>,
+        top: usize,
+    ) -> HeapReport {
+        let now = last.unwrap_or(first);
+        let mut types: Vec<TypeRow> = now
+            .types
+            .iter()
+            .map(|(name, s)| {
+                let before = first.types.get(name).cloned().unwrap_or_default();
+                TypeRow {
+                    type_name: name.clone(),
+                    count: s.count,
+                    bytes: s.bytes,
+                    count_growth: last.map(|_| growth(before.count, s.count)),
+                    bytes_growth: last.map(|_| growth(before.bytes, s.bytes)),
+                }
+            })
+            .collect();
+        if last.is_some() {
+            // Types that disappeared shrank to zero.
+            for (name, s) in &first.types {
+                if !now.types.contains_key(name) {
+                    types.push(TypeRow {
+                        type_name: name.clone(),
+                        count: 0,
+                        bytes: 0,
+                        count_growth: Some(-(s.count as i64)),
+                        bytes_growth: Some(-(s.bytes as i64)),
+                    });
+                }
+            }
+        }
+        types.sort_by(|a, b| {
+            b.bytes_growth
+                .cmp(&a.bytes_growth)
+                .then(b.bytes.cmp(&a.bytes))
+                .then(a.type_name.cmp(&b.type_name))
+        });
+        let before: std::collections::HashMap<&str, u64> = first
+            .owners
+            .iter()
+            .map(|o| (o.path.as_str(), o.retained_bytes))
+            .collect();
+        let mut owners: Vec<OwnerRow> = now
+            .owners
+            .iter()
+            .map(|o| OwnerRow {
+                path: o.path.clone(),
+                type_name: o.type_name.clone(),
+                len: o.len,
+                retained_bytes: o.retained_bytes,
+                retained_growth: last.map(|_| {
+                    growth(
+                        before.get(o.path.as_str()).copied().unwrap_or(0),
+                        o.retained_bytes,
+                    )
+                }),
+            })
+            .collect();
+        owners.sort_by(|a, b| {
+            b.retained_growth
+                .cmp(&a.retained_growth)
+                .then(b.retained_bytes.cmp(&a.retained_bytes))
+                .then(a.path.cmp(&b.path))
+        });
+        owners.truncate(top);
+        let incomplete = first
+            .incomplete
+            .clone()
+            .or(last.and_then(|l| l.incomplete.clone()));
+        HeapReport {
+            schema: SCHEMA.to_string(),
+            target,
+            duration_s,
+            complete: incomplete.is_none(),
+            incomplete_reason: incomplete,
+            skipped_reads: first.skipped_reads + last.map_or(0, |l| l.skipped_reads),
+            censuses: 1 + u32::from(last.is_some()),
+            objects: now.objects,
+            types,
+            owners,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// The terminal table.
+    pub fn text(&self, top: usize) -> String {
+        let mut s = String::new();
+        let pid = self.target.pids.first().copied().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "leaktrace heap: process {pid} ({}), Python {}, {} objects{}",
+            self.target.exe,
+            self.target.python.as_deref().unwrap_or("?"),
+            self.objects,
+            if self.censuses > 1 {
+                format!(", growth over {:.1} s", self.duration_s)
+            } else {
+                String::new()
+            }
+        );
+        if let Some(why) = &self.incomplete_reason {
+            let _ = writeln!(s, "incomplete: {why}");
+        }
+        if self.skipped_reads > 0 {
+            let _ = writeln!(
+                s,
+                "{} reads skipped (memory that changed or was freed while read)",
+                self.skipped_reads
+            );
+        }
+        let g = |v: Option<i64>| v.map_or(String::new(), |v| format!("{v:+}"));
+        let gb = |v: Option<i64>| {
+            v.map_or(String::new(), |v| {
+                let sign = if v < 0 { "-" } else { "+" };
+                format!("{sign}{}", human_bytes(v.unsigned_abs()))
+            })
+        };
+        let _ = writeln!(
+            s,
+            "\nTypes (by {}):",
+            if self.censuses > 1 {
+                "bytes growth"
+            } else {
+                "bytes"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "{:>10} {:>11} {:>9} {:>12}  type",
+            "count", "bytes", "+count", "+bytes"
+        );
+        for t in self.types.iter().take(top) {
+            let _ = writeln!(
+                s,
+                "{:>10} {:>11} {:>9} {:>12}  {}",
+                t.count,
+                human_bytes(t.bytes),
+                g(t.count_growth),
+                gb(t.bytes_growth),
+                t.type_name
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nOwners (module globals and class attributes, by retained bytes):"
+        );
+        let _ = writeln!(
+            s,
+            "{:>11} {:>12} {:>9}  owner (type)",
+            "retained", "+retained", "len"
+        );
+        for o in self.owners.iter().take(top) {
+            let _ = writeln!(
+                s,
+                "{:>11} {:>12} {:>9}  {} ({})",
+                human_bytes(o.retained_bytes),
+                gb(o.retained_growth),
+                o.len.map_or(String::new(), |l| l.to_string()),
+                o.path,
+                o.type_name
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nTasks: not read yet (asyncio tasks are counted under their type above)."
+        );
+        s
+    }
+
+    /// Folded lines of retained bytes by owner path: module, then global (then attribute).
+    pub fn folded(&self, top: usize) -> String {
+        let mut s = String::new();
+        for o in self
+            .owners
+            .iter()
+            .take(top)
+            .filter(|o| o.retained_bytes > 0)
+        {
+            let (module, rest) = o.path.split_once(':').unwrap_or(("?", &o.path));
+            let frames: Vec<String> = std::iter::once(module.to_string())
+                .chain(rest.split('.').map(str::to_string))
+                .map(|f| f.replace([';', ' '], "_"))
+                .collect();
+            let _ = writeln!(s, "{} {}", frames.join(";"), o.retained_bytes);
+        }
+        s
+    }
+
+    pub fn svg(&self, top: usize) -> Result<String> {
+        let folded = self.folded(top);
+        let pid = self.target.pids.first().copied().unwrap_or(0);
+        let title = format!("Retained bytes by owner, process {pid}");
+        if folded.is_empty() {
+            return Ok(format!(
+                r#"<?xml version="1.0" standalone="no"?>
+<svg version="1.1" width="1200" height="60" xmlns="http://www.w3.org/2000/svg">
+<text x="600" y="24" text-anchor="middle" font-family="Verdana" font-size="17">{title}</text>
+<text x="600" y="48" text-anchor="middle" font-family="Verdana" font-size="12">No module global or class attribute retains anything.</text>
+</svg>
+"#
+            ));
+        }
+        let mut opts = inferno::flamegraph::Options::default();
+        opts.title = title;
+        opts.subtitle =
+            (!self.complete).then(|| "Incomplete census: numbers are lower bounds".to_string());
+        opts.count_name = "bytes".to_string();
+        opts.colors =
+            inferno::flamegraph::Palette::Basic(inferno::flamegraph::color::BasicPalette::Mem);
+        let mut out = Vec::new();
+        inferno::flamegraph::from_lines(&mut opts, folded.lines(), &mut out)
+            .context("cannot render the flamegraph")?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::census::{Owner, TypeStat};
+
+    fn census(dicts: u64, reg_len: u64) -> Census {
+        let mut c = Census::default();
+        c.types.insert(
+            "dict".into(),
+            TypeStat {
+                count: dicts,
+                bytes: dicts * 100,
+            },
+        );
+        c.owners.push(Owner {
+            path: "app:REG".into(),
+            type_name: "dict".into(),
+            len: Some(reg_len),
+            retained_bytes: reg_len * 200,
+        });
+        c.objects = dicts;
+        c
+    }
+
+    fn target() -> Target {
+        Target {
+            pids: vec![7],
+            exe: "/usr/bin/python3".into(),
+            python: Some("3.12".into()),
+        }
+    }
+
+    #[test]
+    fn growth_between_two_censuses() {
+        let r = HeapReport::build(target(), 2.0, &census(10, 5), Some(&census(15, 9)), 20);
+        assert_eq!(r.schema, SCHEMA);
+        assert_eq!(r.types[0].count_growth, Some(5));
+        assert_eq!(r.types[0].bytes_growth, Some(500));
+        assert_eq!(r.owners[0].len, Some(9));
+        assert_eq!(r.owners[0].retained_growth, Some(800));
+        assert!(r.complete && r.tasks.is_empty());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["types"][0]["type"], "dict");
+        assert_eq!(v["owners"][0]["path"], "app:REG");
+        assert_eq!(r.folded(5), "app;REG 1800\n");
+    }
+
+    #[test]
+    fn one_census_has_null_growth() {
+        let r = HeapReport::build(target(), 0.1, &census(3, 1), None, 20);
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v["types"][0]["count_growth"].is_null());
+        assert!(v["owners"][0]["retained_growth"].is_null());
+        assert!(r.text(5).contains("app:REG (dict)"));
+    }
+}
