@@ -286,7 +286,8 @@ fn check_version(output: &str) {
         "  uprobes: yes".to_string(),
         "  btf: yes".to_string(),
         "  ring buffer: yes".to_string(),
-        "  uprobe_multi: yes (not used yet)".to_string(),
+        "  uprobe_multi: yes (used: one link per program and binary; LEAKTRACE_UPROBE_MULTI=0 turns it off)"
+            .to_string(),
         "  uprobe session: yes (not used yet)".to_string(),
     ];
     let lines: Vec<&str> = output.lines().collect();

@@ -106,7 +106,7 @@ impl HeapArgs {
 /// Runs `leaktrace heap`.
 pub fn run(args: HeapArgs) -> Result<i32> {
     args.validate()?;
-    let target = TargetProcess::discover(args.pid)?;
+    let target = TargetProcess::for_reading(args.pid)?;
     let pid = args.pid;
     let maps = ProcMaps::read(pid).map_err(|e| {
         user(format!(

@@ -42,7 +42,22 @@ fn read_stat(pid: u32) -> Option<(char, u64)> {
 }
 
 impl TargetProcess {
-    pub fn discover(pid: u32) -> Result<Self> {
+    /// A process to read, not to trace (`leaktrace heap`): the checks of [`Self::discover`]
+    /// without the allocator, which a reader does not need (a process whose dynamic loader has
+    /// not mapped libc yet, or one without libc, is still read).
+    pub fn for_reading(pid: u32) -> Result<Self> {
+        let (exe, start_time) = Self::check(pid)?;
+        Ok(Self {
+            pid,
+            exe,
+            allocator_host_path: PathBuf::new(),
+            allocator: String::new(),
+            start_time,
+        })
+    }
+
+    /// That `pid` is another process that runs: its executable and start time.
+    fn check(pid: u32) -> Result<(String, u64)> {
         if pid == std::process::id() {
             return Err(user(
                 "refusing to trace leaktrace itself: give the PID of the process to trace",
@@ -61,6 +76,11 @@ impl TargetProcess {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
+        Ok((exe, start_time))
+    }
+
+    pub fn discover(pid: u32) -> Result<Self> {
+        let (exe, start_time) = Self::check(pid)?;
         let maps = ProcMaps::read(pid).map_err(|e| {
             user(format!(
                 "cannot read /proc/{pid}/maps ({e}): run leaktrace as root"
