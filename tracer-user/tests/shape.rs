@@ -15,7 +15,8 @@ use std::{
 /// The crate's top-level modules in data-flow order: a module may import itself and the ones
 /// before it. `error` is used by every stage; `cli` (the commands) sits above the session.
 const ORDER: &[&str] = &[
-    "error", "target", "python", "probes", "resolve", "analysis", "output", "session", "cli",
+    "error", "target", "python", "probes", "resolve", "analysis", "output", "heap", "session",
+    "cli",
 ];
 /// Longest file without a written reason.
 const MAX_LINES: usize = 600;

@@ -1,3 +1,5 @@
+// size: one walker: the GC lists, the owner graph and the per-type readers (dict, list, set,
+// tuple, str, int) share one Source, one set of bounds and one skipped-read count.
 //! One census: every object on the GC's lists, and every object reachable from a module global
 //! or a class attribute through containers, counted by type; and each global's and attribute's
 //! retained bytes. Reads go through a [`Source`], so the same code runs on a live process and

@@ -1,3 +1,5 @@
+// size: the Tracer and its maps: loading, attaching on both paths (perf-event uprobes here,
+// uprobe_multi links in uprobe_multi.rs), batched reads (batch.rs) and the background detach.
 //! Loading leaktrace's eBPF object, attaching it to one process, and reading its maps.
 //!
 //! Two ways to attach, chosen once per run ([`ProbePath`]): uprobe_multi links (one per program

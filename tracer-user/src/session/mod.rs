@@ -1,3 +1,5 @@
+// size: the session loop and its stop paths (duration, signals, target exit, workers) in one
+// place, so that every way a trace ends detaches and writes the same way.
 //! One tracing session: the loop that ties the stages together. Attach (target/, probes/),
 //! then every 100 ms drain the kernel's events, follow workers, publish Python threads and
 //! resolve new stacks; at each interval sample and show a table (analysis/, output/); on a
