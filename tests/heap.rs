@@ -110,36 +110,14 @@ fn one_census_as_text_and_svg() {
     );
     // The smallest read size: the registry's entries are read in many bounded pieces, with
     // the same result.
-    let small = out_path("heap-small-reads.json");
-    leaktrace_ok(&[
-        "heap",
-        &pid,
-        "--max-read-bytes",
-        "4096",
-        "--format",
-        "json",
-        "-o",
-        small.to_str().unwrap(),
-    ]);
-    let r = read_json(&small);
+    let r = census_json(&pid, &["--max-read-bytes", "4096"], "heap-small-reads.json");
     assert_eq!(r["complete"], true, "{:?}", r["incomplete_reason"]);
     let reg = by_key(&r["owners"], "path", "__main__:REGISTRY").expect("REGISTRY");
     assert_eq!(reg["len"], N);
     let item = by_key(&r["types"], "type", "__main__.Item").expect("Item");
     assert_eq!(item["count"], N);
     // A depth limit of 1 stops at the registry's values: said, not hidden.
-    let shallow = out_path("heap-depth1.json");
-    leaktrace_ok(&[
-        "heap",
-        &pid,
-        "--max-depth",
-        "1",
-        "--format",
-        "json",
-        "-o",
-        shallow.to_str().unwrap(),
-    ]);
-    let r = read_json(&shallow);
+    let r = census_json(&pid, &["--max-depth", "1"], "heap-depth1.json");
     assert_eq!(r["complete"], false);
     assert!(
         r["incomplete_reason"]
@@ -153,6 +131,16 @@ fn one_census_as_text_and_svg() {
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.starts_with("<?xml"), "{}", &svg[..100.min(svg.len())]);
     assert!(svg.contains("REGISTRY"), "the SVG names no REGISTRY");
+}
+
+/// One census of `pid` with `extra` options, as JSON written to the test output `file`.
+fn census_json(pid: &str, extra: &[&str], file: &str) -> Value {
+    let out = out_path(file);
+    let mut args = vec!["heap", pid];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--format", "json", "-o", out.to_str().unwrap()]);
+    leaktrace_ok(&args);
+    read_json(&out)
 }
 
 fn fails_with(args: &[&str], needle: &str) {

@@ -266,22 +266,14 @@ impl<'a> Walker<'a> {
         if ti.kind != Kind::Str {
             return None;
         }
-        let hl = self.hl;
-        let len = self.words::<1>(addr + hl.unicode_length)?[0];
-        let state = self.read(addr + hl.unicode_state, 4)?;
-        let state = u32::from_le_bytes(state.try_into().ok()?) as u64;
-        let compact = (state >> hl.unicode_compact_bit) & 1 == 1;
-        let ascii = (state >> hl.unicode_ascii_bit) & 1 == 1;
-        let kind = (state >> hl.unicode_kind_shift) & hl.unicode_kind_mask;
-        if !compact || kind != 1 || len > MAX_NAME as u64 {
+        let l = &self.hl.py;
+        let len = self.words::<1>(addr + l.unicode_length)?[0];
+        let state = self.read(addr + l.unicode_state, 4)?;
+        let state = l.str_state(u32::from_le_bytes(state.try_into().ok()?) as u64);
+        if !state.compact || state.kind != 1 || len > MAX_NAME as u64 {
             return None;
         }
-        let data = if ascii {
-            hl.unicode_ascii_data
-        } else {
-            hl.unicode_compact_data
-        };
-        let b = self.read(addr + data, len as usize)?;
+        let b = self.read(addr + state.data, len as usize)?;
         Some(b.iter().map(|&c| c as char).collect())
     }
 
@@ -423,23 +415,22 @@ impl<'a> Walker<'a> {
     /// A string's bytes, from its first words (length and state are in the first 48 bytes on
     /// every version; anything else is not believed and gives the basic size).
     fn str_bytes(&self, o: &Obj, ti: &TypeInfo) -> u64 {
-        let hl = self.hl;
-        if !hl.unicode_length.is_multiple_of(8)
-            || hl.unicode_length + 8 > OBJ_READ as u64
-            || hl.unicode_state + 4 > OBJ_READ as u64
+        let l = &self.hl.py;
+        if !l.unicode_length.is_multiple_of(8)
+            || l.unicode_length + 8 > OBJ_READ as u64
+            || l.unicode_state + 4 > OBJ_READ as u64
         {
             return ti.basicsize;
         }
-        let len = o.word(hl.unicode_length).min(1 << 36);
-        let w = o.word(hl.unicode_state & !7);
-        let state = (w >> ((hl.unicode_state % 8) * 8)) & 0xffff_ffff;
-        let kind = ((state >> hl.unicode_kind_shift) & hl.unicode_kind_mask).clamp(1, 4);
-        if (state >> hl.unicode_compact_bit) & 1 == 0 {
+        let len = o.word(l.unicode_length).min(1 << 36);
+        let w = o.word(l.unicode_state & !7);
+        let state = l.str_state((w >> ((l.unicode_state % 8) * 8)) & 0xffff_ffff);
+        if !state.compact {
             ti.basicsize
-        } else if (state >> hl.unicode_ascii_bit) & 1 == 1 {
-            hl.unicode_ascii_data + len + 1
+        } else if state.ascii {
+            state.data + len + 1
         } else {
-            hl.unicode_compact_data + (len + 1) * kind
+            state.data + (len + 1) * state.kind.clamp(1, 4)
         }
     }
 

@@ -65,15 +65,9 @@ pub struct HeapLayout {
     pub tuple_item: u64,
     /// `int` keeps its digit count in `lv_tag >> 3` (3.12+) rather than `|ob_size|`.
     pub int_lv_tag: bool,
-    /// The string fields, from the frame walker's layout.
-    pub unicode_length: u64,
-    pub unicode_state: u64,
-    pub unicode_ascii_data: u64,
-    pub unicode_compact_data: u64,
-    pub unicode_kind_shift: u64,
-    pub unicode_kind_mask: u64,
-    pub unicode_compact_bit: u64,
-    pub unicode_ascii_bit: u64,
+    /// The frame walker's layout, for the string fields (`str` objects are sized and read
+    /// as the walker reads names).
+    pub py: Layout,
 }
 
 /// `sizeof(struct gc_generation)` on every version: a `PyGC_Head` and two `int`s.
@@ -105,13 +99,6 @@ pub fn heap_layout(minor: u32, l: &Layout) -> Option<HeapLayout> {
         compact_keys: minor >= 11,
         tuple_item: if minor >= 14 { 32 } else { 24 },
         int_lv_tag: minor >= 12,
-        unicode_length: l.unicode_length,
-        unicode_state: l.unicode_state,
-        unicode_ascii_data: l.unicode_ascii_data,
-        unicode_compact_data: l.unicode_compact_data,
-        unicode_kind_shift: l.unicode_kind_shift,
-        unicode_kind_mask: l.unicode_kind_mask,
-        unicode_compact_bit: l.unicode_compact_bit,
-        unicode_ascii_bit: l.unicode_ascii_bit,
+        py: *l,
     })
 }

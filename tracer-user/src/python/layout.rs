@@ -204,9 +204,38 @@ pub struct Layout {
     pub unicode_ascii_bit: u64,
 }
 
+/// What a `str` object's 32-bit `state` word says about where its characters are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StrState {
+    /// The characters follow the header inline (every string but legacy ones).
+    pub compact: bool,
+    /// Every character is ASCII (one byte each, after the shorter header).
+    pub ascii: bool,
+    /// Bytes per character as stored: 1, 2 or 4 (anything else in a torn or foreign object).
+    pub kind: u64,
+    /// Offset of the characters from the object: after `PyASCIIObject` for an ASCII string,
+    /// after `PyCompactUnicodeObject` otherwise (meaningful only when `compact`).
+    pub data: u64,
+}
+
 impl Layout {
     /// Marks a field the version does not have.
     pub const ABSENT: u64 = u64::MAX;
+
+    /// Decodes a `str` object's `state` word (read at `unicode_state`).
+    pub fn str_state(&self, state: u64) -> StrState {
+        let ascii = (state >> self.unicode_ascii_bit) & 1 == 1;
+        StrState {
+            compact: (state >> self.unicode_compact_bit) & 1 == 1,
+            ascii,
+            kind: (state >> self.unicode_kind_shift) & self.unicode_kind_mask,
+            data: if ascii {
+                self.unicode_ascii_data
+            } else {
+                self.unicode_compact_data
+            },
+        }
+    }
 
     /// Whether `value` (one of this struct's fields) is present.
     pub const fn has(value: u64) -> bool {

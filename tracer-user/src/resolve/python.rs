@@ -161,20 +161,12 @@ fn read_bytes(interp: &Interpreter, obj: u64) -> Option<Vec<u8>> {
 fn read_str(interp: &Interpreter, obj: u64) -> Option<String> {
     let l = &interp.layout;
     let len = interp.mem.u64(obj + l.unicode_length)?.min(MAX_STR_CHARS);
-    let state = interp.mem.u32(obj + l.unicode_state)? as u64;
-    let kind = (state >> l.unicode_kind_shift) & l.unicode_kind_mask;
-    let compact = (state >> l.unicode_compact_bit) & 1 == 1;
-    let ascii = (state >> l.unicode_ascii_bit) & 1 == 1;
-    if !compact || !matches!(kind, 1 | 2 | 4) {
+    let state = l.str_state(interp.mem.u32(obj + l.unicode_state)? as u64);
+    let kind = state.kind;
+    if !state.compact || !matches!(kind, 1 | 2 | 4) {
         return None;
     }
-    let data = obj
-        + if ascii {
-            l.unicode_ascii_data
-        } else {
-            l.unicode_compact_data
-        };
-    let raw = interp.mem.read(data, (len * kind) as usize)?;
+    let raw = interp.mem.read(obj + state.data, (len * kind) as usize)?;
     Some(match kind {
         1 => raw.iter().map(|&b| b as char).collect(),
         2 => String::from_utf16_lossy(
