@@ -3,9 +3,13 @@
 #   untraced            malloc+free with no probe
 #   traced              leaktrace attached (free's probe placed past `test %rdi,%rdi`)
 #   traced, at entry    leaktrace attached with every probe at the function's first byte
-#   sampled             --mode sampled (default 512 KiB): a 64-byte malloc is almost never recorded
+#   sampled             --mode sampled (default 512 KiB): a 64-byte malloc is almost never recorded;
+#                       with session uprobes (kernel 6.13+) an unsampled call takes no return trap
+#   sampled-nosess      the same with separate entry and return probes
+#                       (LEAKTRACE_UPROBE_SESSION=0): every unsampled call takes the return trap
+#   placed-nosess       placed, without sessions (exact mode tracks every call: same traps)
 #   sampled, no ret     the same without the uretprobe (benchmark-only switch): what the
-#                       return trap, still taken by every unsampled call, costs
+#                       return trap costs
 #   placed-perf, sampled-perf
 #                       the same as placed / sampled on perf-event uprobes
 #                       (LEAKTRACE_UPROBE_MULTI=0) rather than uprobe_multi links
@@ -52,10 +56,13 @@ measure() {
         local extra=() env=()
         case $mode in
             entry) extra=(--probe-at-entry) ;;
-            sampled | sampled-perf) extra=(--mode sampled) ;;
+            sampled | sampled-perf | sampled-nosess) extra=(--mode sampled) ;;
             sampled-noret) extra=(--mode sampled --bench-no-return-probe) ;;
         esac
-        case $mode in *-perf) env=(LEAKTRACE_UPROBE_MULTI=0) ;; esac
+        case $mode in
+            *-perf) env=(LEAKTRACE_UPROBE_MULTI=0) ;;
+            *-nosess) env=(LEAKTRACE_UPROBE_SESSION=0) ;;
+        esac
         env "${env[@]}" "$LT" attach "$pid" --no-python --interval 3600 --min-age 0 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$err" &
         tracer=$!
         until grep -q "leaktrace: attached" "$err" 2>/dev/null; do
@@ -74,7 +81,7 @@ measure() {
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-MODES=${MODES:-untraced placed placed-perf entry sampled sampled-perf sampled-noret floor floor-ret}
+MODES=${MODES:-untraced placed placed-nosess placed-perf entry sampled sampled-nosess sampled-perf sampled-noret floor floor-ret}
 declare -A results
 for mode in $MODES; do results[$mode]=""; done
 for round in $(seq "$ROUNDS"); do
@@ -97,6 +104,8 @@ ratio() {
     printf '%-34s %.2fx\n' "$1 / $2" "$(echo "$(cost "$1") / $(cost "$2")" | bc -l)"
 }
 ratio placed placed-perf
+ratio placed placed-nosess
+ratio sampled sampled-nosess
 ratio sampled sampled-perf
 ratio sampled floor
 ratio sampled floor-ret

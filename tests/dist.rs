@@ -288,7 +288,7 @@ fn check_version(output: &str) {
         "  ring buffer: yes".to_string(),
         "  uprobe_multi: yes (used: one link per program and binary; LEAKTRACE_UPROBE_MULTI=0 turns it off)"
             .to_string(),
-        "  uprobe session: yes (not used yet)".to_string(),
+        "  uprobe session: yes (used: the malloc family's return trap only for tracked calls; LEAKTRACE_UPROBE_SESSION=0 turns it off)".to_string(),
     ];
     let lines: Vec<&str> = output.lines().collect();
     for w in &want {

@@ -44,6 +44,12 @@ pub const MAP_PY_FRAME_BUF: &str = "PY_FRAME_BUF";
 /// the Python frames say where the interpreter was. Capacity [`MAX_PY_TARGETS`].
 pub const MAP_NATIVE_CUT: &str = "NATIVE_CUT";
 
+/// Session uprobes: the helper number the eBPF side calls where it means the kernel function
+/// `bpf_session_is_return`. No kernel helper has this number (they stop below 300); before
+/// loading, user space rewrites each such call into a kfunc call (`BPF_PSEUDO_KFUNC_CALL`
+/// with the function's BTF id in the running kernel), which aya 0.14 cannot express.
+pub const KFUNC_MARKER_SESSION_IS_RETURN: u32 = 0x4c54_0001;
+
 /// Default capacity of [`MAP_ALLOCS`] (`--max-allocs`).
 pub const DEFAULT_MAX_ALLOCS: u32 = 500_000;
 /// Default capacity of [`MAP_STACK_TOTALS`].

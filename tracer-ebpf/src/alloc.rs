@@ -1,6 +1,9 @@
-//! Entry probes of the malloc family and the one return probe that completes them all.
+//! Entry probes of the malloc family and the one return probe that completes them all, and the
+//! session program that is both (uprobe_multi session links, kernel 6.13+): its entry half
+//! returns 1 for a call it does not track, and the kernel then skips the return trap.
 
 use aya_ebpf::{
+    bindings::pt_regs,
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
@@ -46,11 +49,48 @@ fn mul(a: u64, b: u64) -> Option<u64> {
 /// program, and the Python walk inside it, is verified once.
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    on_entry(&ctx);
+    0
+}
+
+/// [`alloc_enter`] and [`alloc_return`] in one program, for a session link: the kernel runs it
+/// at the entry and, unless the entry returned 1, at the return of the same call
+/// (`bpf_session_is_return` tells which). An untracked call (sampled mode's unsampled calls,
+/// nested calls) so costs one trap instead of two.
+#[uprobe]
+pub fn alloc_session(ctx: ProbeContext) -> u32 {
+    if session_is_return() {
+        on_return(&ctx.regs);
+        0
+    } else if on_entry(&ctx) {
+        0
+    } else {
+        1
+    }
+}
+
+/// The kernel function `bool bpf_session_is_return(void)`, called through the marker number
+/// that user space turns into a kfunc call before loading (see
+/// [`tracer_common::KFUNC_MARKER_SESSION_IS_RETURN`]).
+#[inline(always)]
+fn session_is_return() -> bool {
+    // SAFETY: called like a helper; the loader rewrites the call into the kfunc call, whose
+    // prototype (no argument, bool in r0) is this one. A program holding the unrewritten call
+    // is refused by the verifier (unknown helper), never run.
+    let f: unsafe extern "C" fn() -> u64 =
+        unsafe { core::mem::transmute(tracer_common::KFUNC_MARKER_SESSION_IS_RETURN as usize) };
+    // The verifier tracks r0 as a bool: compare it, do not trust its high bits.
+    unsafe { f() & 1 != 0 }
+}
+
+/// The entry half: whether this call was left pending for the return half.
+#[inline(always)]
+fn on_entry(ctx: &ProbeContext) -> bool {
     // SAFETY: plain helper call on this program's context.
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     // The verifier forbids reading the context at a variable offset: load the arguments at
     // constant offsets, then pick among the values.
-    let args = [arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2)];
+    let args = [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2)];
     let pick = |i: u64| match i {
         0 => args[0],
         1 => args[1],
@@ -65,7 +105,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
             None => {
                 // glibc returns NULL with ENOMEM: nothing to track.
                 count(Counter::SizeOverflow);
-                return 0;
+                return false;
             }
         }
     }
@@ -73,17 +113,20 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
         size = size.saturating_add(PAGE - 1) & !(PAGE - 1);
     }
     // `--mode sampled`: decide before any other map operation, stack capture or Python walk.
-    if sample_bytes() != 0 && !sample_decision(&ctx, c, size, pick(cookie::ptr_arg(c))) {
-        return 0;
+    if sample_bytes() != 0 {
+        // Unsampled calls are only pending when large (watched for nested mmaps).
+        if let Some(watched) = sample_decision(ctx, c, size, pick(cookie::ptr_arg(c))) {
+            return watched;
+        }
     }
-    enter(&ctx, cookie::kind(c), size, pick(cookie::ptr_arg(c)), 0);
-    0
+    enter(ctx, cookie::kind(c), size, pick(cookie::ptr_arg(c)), 0)
 }
 
-/// `--mode sampled`: whether to record this call. An unsampled call creates no pending entry
-/// (the return probe then finds none), except for large requests (see [`enter_unrecorded`]).
+/// `--mode sampled`: None to record this call; for an unsampled one, whether it was left
+/// pending all the same. An unsampled call creates no pending entry (the return probe then
+/// finds none), except for large requests (see [`enter_unrecorded`]).
 #[inline(always)]
-fn sample_decision(ctx: &ProbeContext, c: u64, size: u64, ptr: u64) -> bool {
+fn sample_decision(ctx: &ProbeContext, c: u64, size: u64, ptr: u64) -> Option<bool> {
     const REALLOC: u32 = AllocKind::Realloc as u32;
     const REALLOCARRAY: u32 = AllocKind::ReallocArray as u32;
     const PYREALLOC: u32 = AllocKind::PyRealloc as u32;
@@ -91,11 +134,11 @@ fn sample_decision(ctx: &ProbeContext, c: u64, size: u64, ptr: u64) -> bool {
     if kind == REALLOCARRAY {
         // glibc's reallocarray calls realloc, whose probe decides: deciding twice would give
         // these bytes two chances.
-        return false;
+        return Some(false);
     }
     if sampled(size) {
         count(Counter::Sampled);
-        return true;
+        return None;
     }
     count(Counter::Unsampled);
     if (kind == REALLOC || kind == PYREALLOC) && ptr != 0 {
@@ -103,22 +146,25 @@ fn sample_decision(ctx: &ProbeContext, c: u64, size: u64, ptr: u64) -> bool {
         // realloc keeps it, which this loses (ENOMEM only).
         forget(tgid_of(bpf_get_current_pid_tgid()), ptr);
     }
-    if size >= NESTED_WATCH_BYTES {
-        enter_unrecorded(ctx);
-    }
-    false
+    Some(size >= NESTED_WATCH_BYTES && enter_unrecorded(ctx))
 }
 
 /// Attached as a uretprobe to every allocating function; the pending entry says which.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    on_return(&ctx.regs);
+    0
+}
+
+/// The return half: completes this thread's pending call, if this is its return.
+#[inline(always)]
+fn on_return(regs: &*mut pt_regs) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `regs` points at the task's saved registers for the program's lifetime.
-    let sp = unsafe { (*ctx.regs).rsp };
+    let (sp, ret) = unsafe { ((**regs).rsp, (**regs).rax) };
     let Some(p) = take_pending(pid_tgid, sp) else {
-        return 0;
+        return;
     };
-    let ret: u64 = ctx.ret();
     const REALLOC: u32 = AllocKind::Realloc as u32;
     const REALLOCARRAY: u32 = AllocKind::ReallocArray as u32;
     const POSIX_MEMALIGN: u32 = AllocKind::PosixMemalign as u32;
@@ -183,5 +229,4 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             }
         }
     }
-    0
 }

@@ -212,13 +212,13 @@ pub fn stack_pointer(ctx: &ProbeContext) -> u64 {
 /// entry without stack (kind `Other`, which the return probe ignores), only so that an mmap or
 /// mremap made inside it is seen as nested.
 #[inline(always)]
-pub fn enter_unrecorded(ctx: &ProbeContext) {
+pub fn enter_unrecorded(ctx: &ProbeContext) -> bool {
     let pid_tgid = bpf_get_current_pid_tgid();
     let sp = stack_pointer(ctx);
     // SAFETY: copied out at once.
     if let Some(outer) = unsafe { PENDING.get(&pid_tgid) } {
         if sp <= outer.sp {
-            return;
+            return false;
         }
     }
     let pending = Pending {
@@ -237,13 +237,15 @@ pub fn enter_unrecorded(ctx: &ProbeContext) {
     };
     if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
         count(Counter::PendingFull);
+        return false;
     }
+    true
 }
 
 /// Starts tracking an allocator call on this thread, unless it is made from inside another
 /// tracked allocator call (glibc's malloc calls mmap, reallocarray tail-calls realloc, ...).
 #[inline(always)]
-pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) {
+pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) -> bool {
     let pid_tgid = bpf_get_current_pid_tgid();
     let sp = stack_pointer(ctx);
     // SAFETY: the value is copied out before the map can change under it.
@@ -252,7 +254,7 @@ pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) {
         // outer call, which accounts for this memory itself.
         if sp <= outer.sp {
             count(Counter::Nested);
-            return;
+            return false;
         }
         count(Counter::MissedReturn);
     }
@@ -278,7 +280,9 @@ pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) {
     };
     if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
         count(Counter::PendingFull);
+        return false;
     }
+    true
 }
 
 /// Takes this thread's pending call if `ret_sp` is its matching return.

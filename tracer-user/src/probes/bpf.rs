@@ -88,6 +88,8 @@ pub const PROBES: &[Probe] = &[
     other("mremap", "mremap_enter", true),
 ];
 const RETURN_PROGRAM: &str = "alloc_return";
+/// [`ProbePath::Session`]: the program that replaces `alloc_enter` and its return probe.
+const SESSION_PROGRAM: &str = "alloc_session";
 /// Functions without which tracing makes no sense.
 const REQUIRED: &[&str] = &["malloc", "free"];
 
@@ -155,6 +157,10 @@ pub struct Attached {
 /// How probes are attached in this run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbePath {
+    /// [`ProbePath::Multi`], with the malloc family's entry and return probes in one session
+    /// link (kernel 6.13+): a call the tracer does not track (sampled mode's unsampled calls,
+    /// nested calls) costs one trap instead of two.
+    Session,
     /// One uprobe_multi link per program and binary.
     Multi,
     /// One perf-event uprobe per probe (aya), on kernels without uprobe_multi or with
@@ -170,13 +176,27 @@ impl ProbePath {
             return (ProbePath::PerfEvent, None);
         }
         if uprobe_multi::supported() {
-            (ProbePath::Multi, None)
+            if !uprobe_multi::session_wanted() {
+                return (ProbePath::Multi, None);
+            }
+            match uprobe_multi::session_supported() {
+                Ok(()) => (ProbePath::Session, None),
+                Err(_) => (
+                    ProbePath::Multi,
+                    Some("leaktrace: note: this kernel cannot run session uprobes (6.13+): every allocator call pays a return trap, tracked or not"),
+                ),
+            }
         } else {
             (
                 ProbePath::PerfEvent,
                 Some("leaktrace: note: this kernel cannot create uprobe_multi links (6.6+): attaching one perf-event uprobe per probe (slower attach, more file descriptors)"),
             )
         }
+    }
+
+    /// Whether probes are uprobe_multi links (sessions or not).
+    pub fn is_multi(self) -> bool {
+        matches!(self, ProbePath::Session | ProbePath::Multi)
     }
 }
 
@@ -323,16 +343,25 @@ impl Tracer {
             }
         }
         let growth = limits.mode == crate::probes::mode::Mode::Growth;
-        let path = if growth {
-            ProbePath::PerfEvent
-        } else {
-            limits.path
+        let path = match limits.path {
+            _ if growth => ProbePath::PerfEvent,
+            // Benchmarks of the missing return trap: plain entry links.
+            ProbePath::Session if limits.no_return_probe => ProbePath::Multi,
+            path => path,
         };
-        // The uprobe_multi programs, before any map is taken out of `ebpf`.
-        let multi_programs = if path == ProbePath::Multi {
-            uprobe_multi::load_programs(OBJECT, &ebpf, MULTI_PROGRAMS)?
-        } else {
-            Default::default()
+        // The uprobe_multi programs, before any map is taken out of `ebpf`. With sessions,
+        // `alloc_session` replaces `alloc_enter` (one verification less).
+        let multi_programs = match path {
+            ProbePath::Session => {
+                let plain: Vec<&'static str> = MULTI_PROGRAMS
+                    .iter()
+                    .copied()
+                    .filter(|&p| p != "alloc_enter")
+                    .collect();
+                uprobe_multi::load_programs(OBJECT, &ebpf, &plain, &[SESSION_PROGRAM])?
+            }
+            ProbePath::Multi => uprobe_multi::load_programs(OBJECT, &ebpf, MULTI_PROGRAMS, &[])?,
+            ProbePath::PerfEvent => Default::default(),
         };
         // Only the programs the mode attaches are loaded (and verified).
         for (name, program) in ebpf.programs_mut() {
@@ -340,7 +369,7 @@ impl Tracer {
                 (
                     aya::programs::Program::UProbe(p),
                     crate::probes::mode::Mode::Exact | crate::probes::mode::Mode::Sampled,
-                ) if path == ProbePath::PerfEvent => p.load(),
+                ) if path == ProbePath::PerfEvent && name != SESSION_PROGRAM => p.load(),
                 (aya::programs::Program::TracePoint(p), crate::probes::mode::Mode::Growth) => {
                     p.load()
                 }
@@ -433,20 +462,28 @@ impl Tracer {
         );
         let mut seen_offsets = Vec::new();
         let mut attached = Vec::new();
-        // ProbePath::Multi: (program, return?) -> (offsets, cookies, functions), one link each.
-        let mut multi: Vec<(&'static str, bool, Vec<u64>, Vec<u64>, Vec<&'static str>)> =
-            Vec::new();
-        let mut add =
-            |program: &'static str, ret: bool, offset: u64, cookie: u64, f: &'static str| {
-                match multi.iter_mut().find(|m| m.0 == program && m.1 == ret) {
-                    Some(m) => {
-                        m.2.push(offset);
-                        m.3.push(cookie);
-                        m.4.push(f);
-                    }
-                    None => multi.push((program, ret, vec![offset], vec![cookie], vec![f])),
+        // uprobe_multi: (program, link kind) -> (offsets, cookies, functions), one link each.
+        let mut multi: Vec<(
+            &'static str,
+            uprobe_multi::LinkKind,
+            Vec<u64>,
+            Vec<u64>,
+            Vec<&'static str>,
+        )> = Vec::new();
+        let mut add = |program: &'static str,
+                       ret: uprobe_multi::LinkKind,
+                       offset: u64,
+                       cookie: u64,
+                       f: &'static str| {
+            match multi.iter_mut().find(|m| m.0 == program && m.1 == ret) {
+                Some(m) => {
+                    m.2.push(offset);
+                    m.3.push(cookie);
+                    m.4.push(f);
                 }
-            };
+                None => multi.push((program, ret, vec![offset], vec![cookie], vec![f])),
+            }
+        };
         for probe in table {
             let (function, needs_return) = (probe.function, probe.needs_return);
             let Some(f) = elf.function(function) else {
@@ -470,16 +507,34 @@ impl Tracer {
             } else {
                 probe_offset(&f.head)
             };
-            if self.path == ProbePath::Multi {
+            if self.path == ProbePath::Session && probe.program == "alloc_enter" {
+                // Entry and return in one program: at the first byte, as a return probe must be.
+                add(
+                    SESSION_PROGRAM,
+                    uprobe_multi::LinkKind::Session,
+                    f.file_offset,
+                    probe.cookie,
+                    function,
+                );
+                attached.push(Attached { function, offset });
+                continue;
+            }
+            if self.path.is_multi() {
                 add(
                     probe.program,
-                    false,
+                    uprobe_multi::LinkKind::Entry,
                     f.file_offset + offset,
                     probe.cookie,
                     function,
                 );
                 if needs_return && !self.no_return_probe {
-                    add(RETURN_PROGRAM, true, f.file_offset, 0, function);
+                    add(
+                        RETURN_PROGRAM,
+                        uprobe_multi::LinkKind::Return,
+                        f.file_offset,
+                        0,
+                        function,
+                    );
                 }
                 attached.push(Attached { function, offset });
                 continue;
@@ -521,7 +576,11 @@ impl Tracer {
                 .with_context(|| {
                     format!(
                         "failed to attach {} `{}` in `{}` (uprobe_multi; LEAKTRACE_UPROBE_MULTI=0 uses perf-event uprobes)",
-                        if ret { "uretprobes" } else { "uprobes" },
+                        match ret {
+                            uprobe_multi::LinkKind::Entry => "uprobes",
+                            uprobe_multi::LinkKind::Return => "uretprobes",
+                            uprobe_multi::LinkKind::Session => "session uprobes",
+                        },
                         functions.join("`, `"),
                         module.display()
                     )

@@ -32,8 +32,7 @@ impl fmt::Display for Found {
 }
 
 /// Kernel features that leaktrace uses (uprobes; BTF for `--mode growth`; the BPF ring buffer
-/// for mmap events; uprobe_multi links where the kernel has them) or that a cheaper probe path
-/// could use (uprobe session programs: not used yet).
+/// for mmap events; uprobe_multi links and uprobe session programs where the kernel has them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelFeatures {
     /// `uname -r`.
@@ -138,7 +137,7 @@ pub fn long_version(sys: &Path) -> String {
          \x20 btf: {}\n\
          \x20 ring buffer: {}\n\
          \x20 uprobe_multi: {}{}\n\
-         \x20 uprobe session: {} (not used yet)",
+         \x20 uprobe session: {}{}",
         env!("CARGO_PKG_VERSION"),
         k.release,
         k.uprobes,
@@ -147,7 +146,24 @@ pub fn long_version(sys: &Path) -> String {
         k.uprobe_multi,
         multi_use(k.uprobe_multi, crate::probes::uprobe_multi::wanted()),
         k.uprobe_session,
+        session_use(
+            k.uprobe_session,
+            crate::probes::uprobe_multi::wanted(),
+            crate::probes::uprobe_multi::session_wanted(),
+        ),
     )
+}
+
+/// What leaktrace does with session programs, after the kernel's answer.
+fn session_use(found: Found, multi_wanted: bool, wanted: bool) -> &'static str {
+    match (found, multi_wanted, wanted) {
+        (_, false, _) => " (off with uprobe_multi)",
+        (_, true, false) => " (off: LEAKTRACE_UPROBE_SESSION=0, separate return probes)",
+        (Found::No, true, true) => " (separate return probes instead)",
+        (Found::Yes | Found::Unknown, true, true) => {
+            " (used: the malloc family's return trap only for tracked calls; LEAKTRACE_UPROBE_SESSION=0 turns it off)"
+        }
+    }
 }
 
 /// What leaktrace does with uprobe_multi links, after the kernel's answer.
@@ -222,5 +238,9 @@ mod tests {
         assert!(multi_use(Found::Yes, true).starts_with(" (used"));
         assert!(multi_use(Found::Yes, false).contains("off: LEAKTRACE_UPROBE_MULTI=0"));
         assert!(multi_use(Found::No, true).contains("perf-event uprobes instead"));
+        assert!(session_use(Found::Yes, true, true).starts_with(" (used"));
+        assert!(session_use(Found::Yes, false, true).contains("off with uprobe_multi"));
+        assert!(session_use(Found::Yes, true, false).contains("LEAKTRACE_UPROBE_SESSION=0"));
+        assert!(session_use(Found::No, true, true).contains("instead"));
     }
 }

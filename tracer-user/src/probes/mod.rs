@@ -11,6 +11,7 @@ pub mod batch;
 pub mod bpf;
 pub mod features;
 pub mod growth;
+pub mod kfunc;
 pub mod limits;
 pub mod mode;
 pub mod targets;

@@ -21,6 +21,14 @@
 //!
 //! Support is probed once ([`supported`]); `LEAKTRACE_UPROBE_MULTI=0` forces the perf-event
 //! path ([`wanted`]), for tests and benchmarks of both.
+//!
+//! **Session links** (attach type `BPF_TRACE_UPROBE_SESSION`, kernel 6.13+) run one program at
+//! both the entry and the return of each call, and skip the return when the entry half
+//! returned 1: a call the tracer does not track then costs one trap, not two. The program
+//! tells its halves apart with the kfunc `bpf_session_is_return`, which [`load_programs`]
+//! links through [`crate::probes::kfunc`]; the program must be loaded with the session attach
+//! type. [`session_supported`] probes for all of it once; `LEAKTRACE_UPROBE_SESSION=0` turns
+//! sessions off ([`session_wanted`]) and leaves separate entry and return links.
 
 use std::{
     collections::HashMap,
@@ -46,6 +54,29 @@ pub fn wanted() -> bool {
     std::env::var_os(ENV).is_none_or(|v| v != "0")
 }
 
+/// The environment variable that turns session links off (`0`).
+pub const SESSION_ENV: &str = "LEAKTRACE_UPROBE_SESSION";
+
+/// Whether the user left session links on (anything but `LEAKTRACE_UPROBE_SESSION=0`).
+pub fn session_wanted() -> bool {
+    std::env::var_os(SESSION_ENV).is_none_or(|v| v != "0")
+}
+
+/// `BPF_TRACE_UPROBE_SESSION` of the kernel's `enum bpf_attach_type` (uapi, 6.13+), which
+/// aya-obj's bindings predate.
+pub const BPF_TRACE_UPROBE_SESSION: u32 = 57;
+
+/// What a link runs its program at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// Function entries.
+    Entry,
+    /// Function returns (uretprobes).
+    Return,
+    /// Both, one program, the return skipped when the entry returned 1.
+    Session,
+}
+
 fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<RawFd> {
     // SAFETY: `attr` is a valid, fully initialized bpf_attr of the size passed; the kernel
     // reads (and for PROG_LOAD's log, writes) only through pointers we set in it.
@@ -69,15 +100,21 @@ fn zeroed_attr() -> bpf_attr {
     unsafe { std::mem::zeroed() }
 }
 
-/// `BPF_PROG_LOAD` of a kprobe-type program with expected attach type
-/// `BPF_TRACE_UPROBE_MULTI`. On a verifier refusal the error carries the log's tail.
-fn prog_load(name: &str, insns: &[bpf_insn], license: &CString) -> Result<OwnedFd> {
+/// `BPF_PROG_LOAD` of a kprobe-type program with expected attach type `attach_type`
+/// (`BPF_TRACE_UPROBE_MULTI` or [`BPF_TRACE_UPROBE_SESSION`]). On a verifier refusal the
+/// error carries the log's tail.
+fn prog_load(
+    name: &str,
+    insns: &[bpf_insn],
+    license: &CString,
+    attach_type: u32,
+) -> Result<OwnedFd> {
     let load = |log: &mut Vec<u8>| {
         let mut attr = zeroed_attr();
         // SAFETY: writing plain integer fields of the PROG_LOAD member of the union.
         let a = unsafe { &mut attr.__bindgen_anon_3 };
         a.prog_type = BPF_PROG_TYPE_KPROBE as u32;
-        a.expected_attach_type = BPF_TRACE_UPROBE_MULTI as u32;
+        a.expected_attach_type = attach_type;
         a.insn_cnt = insns.len() as u32;
         a.insns = insns.as_ptr() as u64;
         a.license = license.as_ptr() as u64;
@@ -151,12 +188,14 @@ fn map_fd(map: &Map) -> BorrowedFd<'_> {
 }
 
 /// Loads the programs `names` of `object` as uprobe_multi programs, their map references
-/// resolved to the maps of `ebpf` (which loaded the same object). Call before any map is taken
+/// resolved to the maps of `ebpf` (which loaded the same object), and those of `sessions` as
+/// session programs, their `bpf_session_is_return` calls linked. Call before any map is taken
 /// out of `ebpf`.
 pub fn load_programs(
     object: &[u8],
     ebpf: &Ebpf,
     names: &[&'static str],
+    sessions: &[&'static str],
 ) -> Result<HashMap<&'static str, OwnedFd>> {
     let mut obj = aya_obj::Object::parse(object).context("cannot parse leaktrace's eBPF object")?;
     let maps = obj.maps.clone();
@@ -172,29 +211,48 @@ pub fn load_programs(
         .context("cannot resolve the eBPF programs' maps")?;
     obj.relocate_calls(&text_sections)
         .context("cannot link the eBPF programs' calls")?;
+    let session_id = if sessions.is_empty() {
+        0
+    } else {
+        crate::probes::kfunc::vmlinux_func_id("bpf_session_is_return")?
+    };
     let mut out = HashMap::new();
-    for &name in names {
+    for &name in names.iter().chain(sessions) {
         let program = obj
             .programs
             .get(name)
             .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?;
         let function = &obj.functions[&program.function_key()];
-        let fd = prog_load(name, &function.instructions, &program.license)?;
+        let fd = if sessions.contains(&name) {
+            let mut insns = function.instructions.clone();
+            let marker = tracer_common::KFUNC_MARKER_SESSION_IS_RETURN;
+            if crate::probes::kfunc::patch_calls(&mut insns, marker, session_id) == 0 {
+                bail!("eBPF program {name} never calls bpf_session_is_return");
+            }
+            prog_load(name, &insns, &program.license, BPF_TRACE_UPROBE_SESSION)?
+        } else {
+            prog_load(
+                name,
+                &function.instructions,
+                &program.license,
+                BPF_TRACE_UPROBE_MULTI as u32,
+            )?
+        };
         out.insert(name, fd);
     }
     Ok(out)
 }
 
 /// Creates a uprobe_multi link of `program` at `offsets` (file offsets) of the binary at
-/// `path`, each with the cookie of the same index (`cookies` empty: all 0), a return probe if
-/// `ret`, firing only in process `pid` (0: every process). Closing the returned descriptor
+/// `path`, each with the cookie of the same index (`cookies` empty: all 0), of `kind`,
+/// firing only in process `pid` (0: every process). Closing the returned descriptor
 /// detaches every probe of the link; so does the exit of this process, however it ends.
 pub fn attach(
     program: BorrowedFd<'_>,
     path: &Path,
     offsets: &[u64],
     cookies: &[u64],
-    ret: bool,
+    kind: LinkKind,
     pid: u32,
 ) -> std::io::Result<OwnedFd> {
     if offsets.is_empty() || (!cookies.is_empty() && cookies.len() != offsets.len()) {
@@ -207,7 +265,10 @@ pub fn attach(
     unsafe {
         let l = &mut attr.link_create;
         l.__bindgen_anon_1.prog_fd = program.as_raw_fd() as u32;
-        l.attach_type = BPF_TRACE_UPROBE_MULTI as u32;
+        l.attach_type = match kind {
+            LinkKind::Session => BPF_TRACE_UPROBE_SESSION,
+            LinkKind::Entry | LinkKind::Return => BPF_TRACE_UPROBE_MULTI as u32,
+        };
         let u = &mut l.__bindgen_anon_3.uprobe_multi;
         u.path = path.as_ptr() as u64;
         u.offsets = offsets.as_ptr() as u64;
@@ -217,7 +278,11 @@ pub fn attach(
             cookies.as_ptr() as u64
         };
         u.cnt = offsets.len() as u32;
-        u.flags = if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 };
+        u.flags = if kind == LinkKind::Return {
+            BPF_F_UPROBE_MULTI_RETURN
+        } else {
+            0
+        };
         u.pid = pid;
     }
     let fd = sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
@@ -240,12 +305,47 @@ fn probe() -> Result<()> {
         insn(0x95, 0, 0, 0, 0), // BPF_JMP | BPF_EXIT
     ];
     let license = CString::new("GPL").expect("no NUL");
-    let prog = prog_load("lt_probe_multi", &insns, &license)?;
-    match attach(prog.as_fd(), Path::new("/"), &[0], &[], false, 0) {
+    let prog = prog_load(
+        "lt_probe_multi",
+        &insns,
+        &license,
+        BPF_TRACE_UPROBE_MULTI as u32,
+    )?;
+    link_on_root(prog.as_fd(), LinkKind::Entry)
+}
+
+/// A link on `/`, which a kernel that knows the link kind refuses with EBADF (not a regular
+/// file) after checking the program and everything else.
+fn link_on_root(prog: BorrowedFd<'_>, kind: LinkKind) -> Result<()> {
+    match attach(prog, Path::new("/"), &[0], &[], kind, 0) {
         Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(()),
-        Err(e) => bail!("uprobe_multi link on `/`: {e}"),
+        Err(e) => bail!("{kind:?} uprobe_multi link on `/`: {e}"),
         Ok(_) => bail!("the kernel linked a uprobe on a directory"),
     }
+}
+
+/// Whether this kernel runs session uprobe programs that call `bpf_session_is_return`
+/// (cached; needs [`supported`]). The reason when not, for the one line the session prints.
+pub fn session_supported() -> std::result::Result<(), String> {
+    static SUPPORTED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    SUPPORTED
+        .get_or_init(|| session_probe().map_err(|e| format!("{e:#}")))
+        .clone()
+}
+
+fn session_probe() -> Result<()> {
+    let id = crate::probes::kfunc::vmlinux_func_id("bpf_session_is_return")?;
+    let marker = tracer_common::KFUNC_MARKER_SESSION_IS_RETURN;
+    // call bpf_session_is_return; r0 &= 1; exit
+    let mut insns = [
+        insn(0x85, 0, 0, 0, marker as i32), // BPF_JMP | BPF_CALL
+        insn(0x57, 0, 0, 0, 1),             // BPF_ALU64 | BPF_AND | BPF_K
+        insn(0x95, 0, 0, 0, 0),             // BPF_JMP | BPF_EXIT
+    ];
+    crate::probes::kfunc::patch_calls(&mut insns, marker, id);
+    let license = CString::new("GPL").expect("no NUL");
+    let prog = prog_load("lt_probe_sess", &insns, &license, BPF_TRACE_UPROBE_SESSION)?;
+    link_on_root(prog.as_fd(), LinkKind::Session)
 }
 
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> bpf_insn {
@@ -268,7 +368,13 @@ mod tests {
 
     fn empty_program() -> OwnedFd {
         let insns = [insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)];
-        prog_load("lt_test", &insns, &CString::new("GPL").unwrap()).unwrap()
+        prog_load(
+            "lt_test",
+            &insns,
+            &CString::new("GPL").unwrap(),
+            BPF_TRACE_UPROBE_MULTI as u32,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -287,12 +393,12 @@ mod tests {
         let a = elf.function("main").expect("a main symbol").file_offset;
         let b = elf.function("malloc").map_or(a + 16, |f| f.file_offset);
         let pid = std::process::id();
-        let entry = attach(prog.as_fd(), &exe, &[a, b], &[7, 8], false, pid).unwrap();
+        let entry = attach(prog.as_fd(), &exe, &[a, b], &[7, 8], LinkKind::Entry, pid).unwrap();
         assert_eq!(
             link_info(entry.as_fd()),
             (BPF_LINK_TYPE_UPROBE_MULTI as u32, 2, 0, pid)
         );
-        let ret = attach(prog.as_fd(), &exe, &[a], &[], true, 0).unwrap();
+        let ret = attach(prog.as_fd(), &exe, &[a], &[], LinkKind::Return, 0).unwrap();
         assert_eq!(
             link_info(ret.as_fd()),
             (
@@ -303,12 +409,51 @@ mod tests {
             )
         );
         // Mismatched cookies are refused before the kernel is asked.
-        let e = attach(prog.as_fd(), &exe, &[a, b], &[1], false, pid).unwrap_err();
+        let e = attach(prog.as_fd(), &exe, &[a, b], &[1], LinkKind::Entry, pid).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
         // A binary that is not there: the kernel's own error.
         let missing = Path::new("/nonexistent/leaktrace");
-        let e = attach(prog.as_fd(), missing, &[0], &[], false, pid).unwrap_err();
+        let e = attach(prog.as_fd(), missing, &[0], &[], LinkKind::Entry, pid).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn this_kernel_links_session_programs() {
+        // Kernel 6.18 as root on this machine kind (sessions from 6.13).
+        session_probe().unwrap();
+        assert_eq!(session_supported(), Ok(()));
+    }
+
+    #[test]
+    fn a_session_program_is_refused_as_an_entry_link_and_the_unlinked_marker_by_the_verifier() {
+        let marker = tracer_common::KFUNC_MARKER_SESSION_IS_RETURN;
+        let license = CString::new("GPL").unwrap();
+        let unpatched = [
+            insn(0x85, 0, 0, 0, marker as i32),
+            insn(0x57, 0, 0, 0, 1),
+            insn(0x95, 0, 0, 0, 0),
+        ];
+        // The marker is no helper: a program still holding it never loads.
+        let e = prog_load("lt_test", &unpatched, &license, BPF_TRACE_UPROBE_SESSION).unwrap_err();
+        assert!(format!("{e:#}").contains("verifier log"), "{e:#}");
+        // The kfunc is refused outside session programs.
+        let mut patched = unpatched;
+        let id = crate::probes::kfunc::vmlinux_func_id("bpf_session_is_return").unwrap();
+        crate::probes::kfunc::patch_calls(&mut patched, marker, id);
+        assert!(prog_load("lt_test", &patched, &license, BPF_TRACE_UPROBE_MULTI as u32).is_err());
+        let prog = prog_load("lt_test", &patched, &license, BPF_TRACE_UPROBE_SESSION).unwrap();
+        // A session program makes session links only.
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let elf = crate::target::elf::ElfFile::open(&exe).unwrap();
+        let a = elf.function("main").expect("a main symbol").file_offset;
+        let pid = std::process::id();
+        assert!(attach(prog.as_fd(), &exe, &[a], &[], LinkKind::Entry, pid).is_err());
+        let link = attach(prog.as_fd(), &exe, &[a], &[9], LinkKind::Session, pid).unwrap();
+        let (ty, count, flags, lpid) = link_info(link.as_fd());
+        assert_eq!(
+            (ty, count, flags, lpid),
+            (BPF_LINK_TYPE_UPROBE_MULTI as u32, 1, 0, pid)
+        );
     }
 
     /// (link type, probe count, flags, pid) of a link, from `BPF_OBJ_GET_INFO_BY_FD`.

@@ -242,6 +242,8 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             "leaktrace: attached {} {} in {} ms: {}",
             attached.len(),
             match (opts.mode, tracer.probe_path()) {
+                (Mode::Exact | Mode::Sampled, crate::probes::bpf::ProbePath::Session) =>
+                    "probes (uprobe_multi links, sessions)",
                 (Mode::Exact | Mode::Sampled, crate::probes::bpf::ProbePath::Multi) =>
                     "probes (uprobe_multi links)",
                 (Mode::Exact | Mode::Sampled, crate::probes::bpf::ProbePath::PerfEvent) =>
