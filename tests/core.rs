@@ -402,6 +402,22 @@ fn bpf_objects_of(pid: u32) -> (Vec<u64>, Vec<u64>) {
     (links, progs)
 }
 
+/// The name of the BPF program with this id (bpftool's `name` field).
+fn prog_name(id: u64) -> String {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .expect("bpftool is installed by ./dev setup");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "name" {
+            return words.next().unwrap_or_default().to_string();
+        }
+    }
+    panic!("no name in bpftool's answer for program {id}: {text}")
+}
+
 /// Whether bpftool still sees a link or program with this id.
 fn bpf_object_exists(kind: &str, id: u64) -> bool {
     Command::new("bpftool")
@@ -426,13 +442,24 @@ fn no_probe_survives_exit_even_after_sigkill() {
                 "{name}: expected a perf-event link per probe, got {links:?}"
             );
         } else {
-            // One uprobe_multi link per program in the C library: alloc_enter, alloc_return,
-            // free, mmap, munmap, mremap.
+            // One uprobe_multi link per program in the C library: alloc_session (or, without
+            // sessions, alloc_enter), alloc_return (mmap and mremap's returns; with
+            // LEAKTRACE_UPROBE_SESSION=0 the malloc family's too), free, mmap, munmap, mremap.
             assert_eq!(
                 links.len(),
                 6,
                 "{name}: expected a uprobe_multi link per program, got {links:?}"
             );
+            let names: Vec<String> = progs.iter().map(|&id| prog_name(id)).collect();
+            let sessions = !std::env::var("LEAKTRACE_UPROBE_SESSION").is_ok_and(|v| v == "0");
+            let (used, unused) = if sessions {
+                ("alloc_session", "alloc_enter")
+            } else {
+                ("alloc_enter", "alloc_session")
+            };
+            assert!(names.iter().any(|n| n == used), "{name}: {used} in {names:?}");
+            assert!(!names.iter().any(|n| n == unused), "{name}: no {unused} in {names:?}");
+            assert!(names.iter().any(|n| n == "alloc_return"), "{names:?}");
         }
         assert!(links.iter().all(|id| bpf_object_exists("link", *id)));
         tracer.signal(sig);
