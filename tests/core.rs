@@ -457,8 +457,14 @@ fn no_probe_survives_exit_even_after_sigkill() {
             } else {
                 ("alloc_enter", "alloc_session")
             };
-            assert!(names.iter().any(|n| n == used), "{name}: {used} in {names:?}");
-            assert!(!names.iter().any(|n| n == unused), "{name}: no {unused} in {names:?}");
+            assert!(
+                names.iter().any(|n| n == used),
+                "{name}: {used} in {names:?}"
+            );
+            assert!(
+                !names.iter().any(|n| n == unused),
+                "{name}: no {unused} in {names:?}"
+            );
             assert!(names.iter().any(|n| n == "alloc_return"), "{names:?}");
         }
         assert!(links.iter().all(|id| bpf_object_exists("link", *id)));

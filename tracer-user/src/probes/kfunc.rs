@@ -57,20 +57,18 @@ pub fn func_id(blob: &[u8], name: &str) -> Result<u32> {
     let hdr_len = field(4)?;
     let (type_off, type_len) = (field(8)?, field(12)?);
     let (str_off, str_len) = (field(16)?, field(20)?);
-    let types = hdr_len
-        .checked_add(type_off)
-        .context("BTF type section out of range")?;
-    let types_end = types
-        .checked_add(type_len)
-        .filter(|&e| e <= blob.len())
-        .context("BTF type section out of range")?;
-    let strs = hdr_len
-        .checked_add(str_off)
-        .context("BTF string section out of range")?;
-    let strs_end = strs
-        .checked_add(str_len)
-        .filter(|&e| e <= blob.len())
-        .context("BTF string section out of range")?;
+    // A section's [start, end) in the blob, both past the header.
+    let section = |off: usize, len: usize, what: &str| {
+        let start = hdr_len.checked_add(off);
+        let end = start
+            .and_then(|s| s.checked_add(len))
+            .filter(|&e| e <= blob.len());
+        start
+            .zip(end)
+            .with_context(|| format!("BTF {what} section out of range"))
+    };
+    let (types, types_end) = section(type_off, type_len, "type")?;
+    let (strs, strs_end) = section(str_off, str_len, "string")?;
     let strings = &blob[strs..strs_end];
     let name_is = |off: usize| {
         strings
