@@ -60,7 +60,7 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn alloc_session(ctx: ProbeContext) -> u32 {
     if session_is_return() {
-        on_return(&ctx.regs);
+        on_return(ctx.regs);
         0
     } else if on_entry(&ctx) {
         0
@@ -152,16 +152,16 @@ fn sample_decision(ctx: &ProbeContext, c: u64, size: u64, ptr: u64) -> Option<bo
 /// Attached as a uretprobe to every allocating function; the pending entry says which.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
-    on_return(&ctx.regs);
+    on_return(ctx.regs);
     0
 }
 
 /// The return half: completes this thread's pending call, if this is its return.
 #[inline(always)]
-fn on_return(regs: &*mut pt_regs) {
+fn on_return(regs: *mut pt_regs) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `regs` points at the task's saved registers for the program's lifetime.
-    let (sp, ret) = unsafe { ((**regs).rsp, (**regs).rax) };
+    let (sp, ret) = unsafe { ((*regs).rsp, (*regs).rax) };
     let Some(p) = take_pending(pid_tgid, sp) else {
         return;
     };

@@ -52,7 +52,7 @@ const NONE: u64 = cookie::ARG_NONE;
 const fn alloc(function: &'static str, kind: AllocKind, size: u64, factor: u64, ptr: u64) -> Probe {
     Probe {
         function,
-        program: "alloc_enter",
+        program: ENTRY_PROGRAM,
         cookie: cookie::new(kind, size, factor, ptr),
         needs_return: true,
     }
@@ -87,8 +87,10 @@ pub const PROBES: &[Probe] = &[
     other("munmap", "munmap_enter", false),
     other("mremap", "mremap_enter", true),
 ];
+/// The malloc family's entry program (every [`alloc`] probe).
+const ENTRY_PROGRAM: &str = "alloc_enter";
 const RETURN_PROGRAM: &str = "alloc_return";
-/// [`ProbePath::Session`]: the program that replaces `alloc_enter` and its return probe.
+/// [`ProbePath::Session`]: the program that replaces [`ENTRY_PROGRAM`] and its return probe.
 const SESSION_PROGRAM: &str = "alloc_session";
 /// Functions without which tracing makes no sense.
 const REQUIRED: &[&str] = &["malloc", "free"];
@@ -146,6 +148,16 @@ pub struct Limits {
     pub path: ProbePath,
 }
 
+/// The probes of one uprobe_multi link being gathered: its program and kind, and each
+/// probe's file offset, cookie and function (for errors).
+struct MultiLink {
+    program: &'static str,
+    kind: uprobe_multi::LinkKind,
+    offsets: Vec<u64>,
+    cookies: Vec<u64>,
+    functions: Vec<&'static str>,
+}
+
 /// One attached probe, for the progress line and the docs.
 #[derive(Clone, Debug)]
 pub struct Attached {
@@ -179,12 +191,13 @@ impl ProbePath {
             if !uprobe_multi::session_wanted() {
                 return (ProbePath::Multi, None);
             }
-            match uprobe_multi::session_supported() {
-                Ok(()) => (ProbePath::Session, None),
-                Err(_) => (
+            if uprobe_multi::session_supported() {
+                (ProbePath::Session, None)
+            } else {
+                (
                     ProbePath::Multi,
                     Some("leaktrace: note: this kernel cannot run session uprobes (6.13+): every allocator call pays a return trap, tracked or not"),
-                ),
+                )
             }
         } else {
             (
@@ -202,7 +215,7 @@ impl ProbePath {
 
 /// The entry and return programs that the uprobe_multi path loads itself.
 const MULTI_PROGRAMS: &[&str] = &[
-    "alloc_enter",
+    ENTRY_PROGRAM,
     "alloc_return",
     "free_enter",
     "pyfree_ctx_enter",
@@ -356,7 +369,7 @@ impl Tracer {
                 let plain: Vec<&'static str> = MULTI_PROGRAMS
                     .iter()
                     .copied()
-                    .filter(|&p| p != "alloc_enter")
+                    .filter(|&p| p != ENTRY_PROGRAM)
                     .collect();
                 uprobe_multi::load_programs(OBJECT, &ebpf, &plain, &[SESSION_PROGRAM])?
             }
@@ -462,27 +475,32 @@ impl Tracer {
         );
         let mut seen_offsets = Vec::new();
         let mut attached = Vec::new();
-        // uprobe_multi: (program, link kind) -> (offsets, cookies, functions), one link each.
-        let mut multi: Vec<(
-            &'static str,
-            uprobe_multi::LinkKind,
-            Vec<u64>,
-            Vec<u64>,
-            Vec<&'static str>,
-        )> = Vec::new();
+        // uprobe_multi: one link per program and link kind.
+        let mut multi: Vec<MultiLink> = Vec::new();
         let mut add = |program: &'static str,
-                       ret: uprobe_multi::LinkKind,
+                       kind: uprobe_multi::LinkKind,
                        offset: u64,
                        cookie: u64,
                        f: &'static str| {
-            match multi.iter_mut().find(|m| m.0 == program && m.1 == ret) {
-                Some(m) => {
-                    m.2.push(offset);
-                    m.3.push(cookie);
-                    m.4.push(f);
+            let i = match multi
+                .iter()
+                .position(|m| m.program == program && m.kind == kind)
+            {
+                Some(i) => i,
+                None => {
+                    multi.push(MultiLink {
+                        program,
+                        kind,
+                        offsets: Vec::new(),
+                        cookies: Vec::new(),
+                        functions: Vec::new(),
+                    });
+                    multi.len() - 1
                 }
-                None => multi.push((program, ret, vec![offset], vec![cookie], vec![f])),
-            }
+            };
+            multi[i].offsets.push(offset);
+            multi[i].cookies.push(cookie);
+            multi[i].functions.push(f);
         };
         for probe in table {
             let (function, needs_return) = (probe.function, probe.needs_return);
@@ -507,7 +525,7 @@ impl Tracer {
             } else {
                 probe_offset(&f.head)
             };
-            if self.path == ProbePath::Session && probe.program == "alloc_enter" {
+            if self.path == ProbePath::Session && probe.program == ENTRY_PROGRAM {
                 // Entry and return in one program: at the first byte, as a return probe must be.
                 add(
                     SESSION_PROGRAM,
@@ -566,7 +584,14 @@ impl Tracer {
             }
             attached.push(Attached { function, offset });
         }
-        for (program, ret, offsets, cookies, functions) in multi {
+        for MultiLink {
+            program,
+            kind: ret,
+            offsets,
+            cookies,
+            functions,
+        } in multi
+        {
             let fd = self
                 .multi_programs
                 .get(program)

@@ -26,6 +26,15 @@ const BTF_KIND_FUNC: u32 = 12;
 const CALL: u8 = 0x85;
 const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
 
+/// The BTF id of `bpf_session_is_return` in the running kernel, looked up once per process
+/// (the support probe and the program load both need it).
+pub fn session_is_return_id() -> Result<u32> {
+    static ID: std::sync::OnceLock<std::result::Result<u32, String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| vmlinux_func_id("bpf_session_is_return").map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 /// The BTF type id of the function (`BTF_KIND_FUNC`) called `name` in the running kernel.
 pub fn vmlinux_func_id(name: &str) -> Result<u32> {
     let path = Path::new(VMLINUX_BTF);
@@ -194,6 +203,7 @@ mod tests {
     fn this_kernel_has_the_session_kfunc() {
         // Kernel 6.18 on this machine kind; the id agrees with aya-obj's full parse.
         let id = vmlinux_func_id("bpf_session_is_return").unwrap();
+        assert_eq!(session_is_return_id().unwrap(), id);
         let btf = aya_obj::btf::Btf::from_sys_fs().unwrap();
         let expected = btf
             .id_by_type_name_kind("bpf_session_is_return", aya_obj::btf::BtfKind::Func)
