@@ -4,7 +4,9 @@
 # interleaved: the census's wall time and the tracer's peak RSS (GNU time), next to the time the
 # interpreter itself takes to count its objects by type from inside (gc.get_objects() and
 # sys.getsizeof, objgraph's way). Goals (issue 12): < 5 s, < 300 MB. Needs root and a release
-# build. usage: bench/heap_census.sh [ROUNDS] [N] [PYTHON]
+# build. With OTHER=<another leaktrace binary>, each round also runs that one (B) right after
+# this one (A) on the same target, for a side-by-side comparison.
+# usage: [OTHER=path] bench/heap_census.sh [ROUNDS] [N] [PYTHON]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -25,16 +27,25 @@ until grep -q ready "$work/target.out"; do
 done
 inside=$(awk '/^inside/ {print $2}' "$work/target.out")
 echo "target: $("$PY" -V) pid $pid, $(grep '^inside' "$work/target.out" | cut -d' ' -f4-)"
-printf '%-6s %10s %10s %12s %12s %10s\n' round census_s rss_MB objects inside_s ratio
-times=() rsss=()
+printf '%-6s %-5s %10s %10s %12s %10s %12s %10s\n' round build census_s rss_MB objects reads inside_s ratio
+builds=(A) bins=("$LT")
+[ -n "${OTHER:-}" ] && builds+=(B) bins+=("$OTHER")
+declare -A times rsss
 for r in $(seq 1 "$ROUNDS"); do
-    /usr/bin/time -f '%e %M' -o "$work/time" "$LT" heap "$pid" --format json -o "$work/h.json" 2>"$work/err"
-    read -r secs kb <"$work/time"
-    objects=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["objects"])' "$work/h.json")
-    rss=$((kb / 1024))
-    times+=("$secs") rsss+=("$rss")
-    printf '%-6s %10s %10s %12s %12s %10s\n' "$r" "$secs" "$rss" "$objects" "$inside" \
-        "$(python3 -c "print('%.2f' % ($secs / $inside))")"
+    for i in "${!bins[@]}"; do
+        b=${builds[$i]}
+        /usr/bin/time -f '%e %M' -o "$work/time" "${bins[$i]}" heap "$pid" --format json -o "$work/h.json" 2>"$work/err"
+        read -r secs kb <"$work/time"
+        objects=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["objects"])' "$work/h.json")
+        reads=$(sed -n 's/.*(\([0-9]*\) reads).*/\1/p' "$work/err")
+        rss=$((kb / 1024))
+        times[$b]+="$secs " rsss[$b]+="$rss "
+        printf '%-6s %-5s %10s %10s %12s %10s %12s %10s\n' "$r" "$b" "$secs" "$rss" "$objects" "${reads:--}" "$inside" \
+            "$(python3 -c "print('%.2f' % ($secs / $inside))")"
+    done
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-echo "median census $(median "${times[@]}") s (goal < 5 s), peak RSS $(median "${rsss[@]}") MB (goal < 300 MB); ratio = census time / the interpreter's own count from inside"
+for b in "${builds[@]}"; do
+    # shellcheck disable=SC2086
+    echo "$b: median census $(median ${times[$b]}) s (goal < 5 s), peak RSS $(median ${rsss[$b]}) MB (goal < 300 MB); ratio = census time / the interpreter's own count from inside"
+done

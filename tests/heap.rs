@@ -6,6 +6,12 @@
 //! with one `Item` (a class with one slot), and adds M more on SIGUSR1: the census must name
 //! `__main__:REGISTRY`, give its exact length before and after, and count exactly the `Item`s
 //! added between its two censuses.
+//!
+//! The second fixture (`heap_instances.py N M`) holds a global `HOLDER` of N `Rec`s whose
+//! attributes (a 1000-byte `bytes` each) live in their instance dicts, and leaks M `Leaky`
+//! objects with no holder on SIGUSR1 (their refcounts raised through `Py_IncRef`): the
+//! holder's retained bytes must include the instance dicts' payloads, and the leaked type
+//! must be reported unheld with exactly M more objects.
 
 use std::{process::Command, time::Duration};
 
@@ -133,6 +139,108 @@ fn one_census_as_text_and_svg() {
     assert!(svg.contains("REGISTRY"), "the SVG names no REGISTRY");
 }
 
+fn start_instances(py: &Python) -> Proc {
+    let fixture = py.fixture("heap_instances.py");
+    let p = Proc::spawn(
+        py.command()
+            .arg(&fixture)
+            .arg(N.to_string())
+            .arg(M.to_string()),
+    );
+    p.stdout.wait_for("ready", T);
+    p
+}
+
+/// Bytes of one `Rec`'s payload (`sys.getsizeof(bytes(1000))`: header and NUL, 33 bytes).
+const PAYLOAD: u64 = 1000 + 33;
+
+#[test]
+fn instance_dicts_are_retained_and_leaked_objects_are_unheld() {
+    require_root();
+    for py in every_python() {
+        let label = &py.label;
+        let target = start_instances(&py);
+        let out = out_path(&format!(
+            "heap-instances-{}.json",
+            label.replace([' ', '(', ')', ','], "_")
+        ));
+        let pid = target.pid().to_string();
+        let mut heap = leaktrace(&[
+            "heap",
+            &pid,
+            "--duration",
+            "4",
+            "--format",
+            "json",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        heap.stderr.wait_for("leaktrace: census 1 taken", T);
+        target.signal(SIGUSR1);
+        target.stdout.wait_for(&format!("leaked {M}"), T);
+        let code = heap.wait(T);
+        assert_eq!(code, 0, "{label}: {}", heap.stderr.text());
+        let r = read_json(&out);
+        assert_eq!(r["complete"], true, "{label}: {:?}", r["incomplete_reason"]);
+        let holder = by_key(&r["owners"], "path", "__main__:HOLDER")
+            .unwrap_or_else(|| panic!("{label}: no __main__:HOLDER in {:#}", r["owners"]));
+        assert_eq!(holder["type"], "list", "{label}");
+        assert_eq!(holder["len"], N, "{label}");
+        // Through each Rec's attributes: its payload, its name, its dict or values, its
+        // own bytes (a few hundred bytes at most beyond the payload).
+        let retained = holder["retained_bytes"].as_u64().unwrap();
+        assert!(
+            retained >= N * (PAYLOAD + 48) && retained <= N * (PAYLOAD + 600),
+            "{label}: HOLDER retains {retained}, not N x (payload + its parts): {holder}"
+        );
+        let rec = by_key(&r["types"], "type", "__main__.Rec").expect("Rec");
+        assert_eq!(rec["count"], N, "{label}: {rec}");
+        let bytes = by_key(&r["types"], "type", "bytes").expect("bytes");
+        assert!(bytes["count"].as_u64().unwrap() >= N, "{label}: {bytes}");
+        // The leaked objects: on the GC's lists, reached by nothing.
+        let leaky = by_key(&r["unheld"], "type", "__main__.Leaky")
+            .unwrap_or_else(|| panic!("{label}: Leaky not unheld in {:#}", r["unheld"]));
+        assert_eq!(leaky["count"], M, "{label}: {leaky}");
+        assert_eq!(leaky["count_growth"], M, "{label}: {leaky}");
+        assert_eq!(leaky["unheld"], M, "{label}: {leaky}");
+        assert_eq!(leaky["unheld_growth"], M, "{label}: {leaky}");
+        let unheld: Vec<&str> = r["unheld"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["type"].as_str().unwrap())
+            .collect();
+        assert!(
+            !unheld.contains(&"__main__.Rec") && !unheld.contains(&"bytes"),
+            "{label}: held objects reported unheld: {unheld:?}"
+        );
+    }
+}
+
+#[test]
+fn the_text_table_says_no_holder_found() {
+    require_root();
+    let py = every_python().into_iter().next().expect("an interpreter");
+    let target = start_instances(&py);
+    let pid = target.pid().to_string();
+    let mut heap = leaktrace(&["heap", &pid, "--duration", "3"]);
+    heap.stderr.wait_for("leaktrace: census 1 taken", T);
+    target.signal(SIGUSR1);
+    target.stdout.wait_for(&format!("leaked {M}"), T);
+    assert_eq!(heap.wait(T), 0, "{}", heap.stderr.text());
+    let text = heap.stdout.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("__main__.Leaky ("))
+        .unwrap_or_else(|| panic!("no Leaky row in:\n{text}"));
+    assert!(
+        line.ends_with(&format!(
+            "__main__.Leaky ({M} of {M} unheld): no holder found: a reference leaked by C code, or garbage waiting for the cyclic collector"
+        )),
+        "{line}"
+    );
+}
+
 /// One census of `pid` with `extra` options, as JSON written to the test output `file`.
 fn census_json(pid: &str, extra: &[&str], file: &str) -> Value {
     let out = out_path(file);
@@ -173,4 +281,187 @@ fn bad_input_is_one_line() {
         &["heap", &pid, "--interval", "2"],
         "--interval needs --duration",
     );
+}
+
+/// Two censuses written apart, then `leaktrace diff` of the two JSON files: the registry
+/// first among the owners with its exact length change, the `Item`s added counted exactly.
+#[test]
+fn diff_of_two_heap_reports() {
+    require_root();
+    let py = every_python().into_iter().next().expect("an interpreter");
+    let target = start_registry(&py);
+    let pid = target.pid().to_string();
+    let before = out_path("heap-before.json");
+    let after = out_path("heap-after.json");
+    let take = |p: &std::path::Path| {
+        leaktrace_ok(&["heap", &pid, "--format", "json", "-o", p.to_str().unwrap()]);
+    };
+    take(&before);
+    target.signal(SIGUSR1);
+    target.stdout.wait_for(&format!("added {}", N + M), T);
+    take(&after);
+    let d = out_path("heap-diff.json");
+    let out = leaktrace_ok(&[
+        "diff",
+        before.to_str().unwrap(),
+        after.to_str().unwrap(),
+        "-o",
+        d.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let d = read_json(&d);
+    assert_eq!(d["schema"], "leaktrace-heap-diff/v1");
+    assert_eq!(
+        d["owners"][0]["path"], "__main__:REGISTRY",
+        "{:#}",
+        d["owners"]
+    );
+    assert_eq!(d["owners"][0]["before_len"], N);
+    assert_eq!(d["owners"][0]["after_len"], N + M);
+    assert_eq!(d["owners"][0]["len_change"], M);
+    let item = by_key(&d["types"], "type", "__main__.Item").expect("Item");
+    assert_eq!(item["count_change"], M, "{item}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("__main__:REGISTRY (dict)"))
+        .unwrap_or_else(|| panic!("no REGISTRY row in:\n{text}"));
+    assert!(line.contains(&format!("+{M}")), "{line}");
+    // The default output is the differential flamegraph of owners.
+    let svg = out_path("heap-diff.svg");
+    leaktrace_ok(&[
+        "diff",
+        before.to_str().unwrap(),
+        after.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("REGISTRY"));
+    // A heap report and an allocation report are not compared.
+    let plain = root().join("tests/data/report.json");
+    fails_with(
+        &[
+            "diff",
+            before.to_str().unwrap(),
+            plain.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+        ],
+        "give two of a kind",
+    );
+}
+
+/// Interpreters whose pymalloc arena table leaktrace reads: every one but Debian's stripped
+/// static 3.11 (its `arenas` is a static variable with no symbol left).
+fn reads_arenas(py: &Python) -> bool {
+    !(py.minor == 11 && py.static_build)
+}
+
+/// pymalloc blocks that no object accounts for: `PyMem_Malloc(200)` K times between two
+/// censuses (size class 208) must show as raw small-block growth of K * 208 bytes, within 5%
+/// (the interpreter's own allocations while it handles the signal), and the objects counted
+/// must not grow by more than a few KiB.
+#[test]
+fn raw_small_blocks_that_no_object_accounts_for() {
+    require_root();
+    const K: u64 = 20_000;
+    for py in every_python() {
+        let label = &py.label;
+        let fixture = py.fixture("heap_raw_blocks.py");
+        let target = Proc::spawn(py.command().arg(&fixture).arg(K.to_string()));
+        target.stdout.wait_for("ready", T);
+        let out = out_path(&format!(
+            "heap-raw-{}.json",
+            label.replace([' ', '(', ')', ','], "_")
+        ));
+        let pid = target.pid().to_string();
+        let mut heap = leaktrace(&[
+            "heap",
+            &pid,
+            "--duration",
+            "3",
+            "--format",
+            "json",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        heap.stderr.wait_for("leaktrace: census 1 taken", T);
+        target.signal(SIGUSR1);
+        target.stdout.wait_for(&format!("leaked {K}"), T);
+        assert_eq!(heap.wait(T), 0, "{label}: {}", heap.stderr.text());
+        let r = read_json(&out);
+        if !reads_arenas(&py) {
+            assert!(r.get("small_blocks").is_none(), "{label}: {r}");
+            assert!(
+                heap.stderr
+                    .text()
+                    .contains("pymalloc's arenas are not read"),
+                "{label}: {}",
+                heap.stderr.text()
+            );
+            continue;
+        }
+        let sb = &r["small_blocks"];
+        let raw = sb["raw_growth"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{label}: {r}"));
+        let expect = (K * 208) as i64;
+        assert!(
+            (raw - expect).abs() * 20 <= expect,
+            "{label}: raw growth {raw}, expected {expect} within 5%: {sb}"
+        );
+        let objects = sb["object_growth"].as_i64().unwrap();
+        assert!(
+            objects.abs() < 16 << 10,
+            "{label}: objects grew {objects}: {sb}"
+        );
+        assert_eq!(sb["skipped"], 0, "{label}: {sb}");
+        assert!(sb["arenas"].as_u64().unwrap() >= 1, "{label}: {sb}");
+    }
+}
+
+/// The control: a leak of objects (the registry's dicts and `Item`s) grows the arenas by
+/// what the objects account for, so the raw difference stays bounded while the objects grow.
+#[test]
+fn small_objects_account_for_the_arena_growth() {
+    require_root();
+    for py in every_python().into_iter().filter(reads_arenas) {
+        let label = &py.label;
+        let target = start_registry(&py);
+        let pid = target.pid().to_string();
+        let out = out_path(&format!(
+            "heap-ctl-{}.json",
+            label.replace([' ', '(', ')', ','], "_")
+        ));
+        let mut heap = leaktrace(&[
+            "heap",
+            &pid,
+            "--duration",
+            "3",
+            "--format",
+            "json",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        heap.stderr.wait_for("leaktrace: census 1 taken", T);
+        // Eight rounds of M: enough growth to stand above freelists and noise.
+        for round in 1..=8 {
+            target.signal(SIGUSR1);
+            target
+                .stdout
+                .wait_for(&format!("added {}", N + round * M), T);
+        }
+        assert_eq!(heap.wait(T), 0, "{label}: {}", heap.stderr.text());
+        let r = read_json(&out);
+        let sb = &r["small_blocks"];
+        let (used, objects, raw) = (
+            sb["used_growth"].as_i64().unwrap(),
+            sb["object_growth"].as_i64().unwrap(),
+            sb["raw_growth"].as_i64().unwrap(),
+        );
+        assert!(objects > (8 * M * 100) as i64, "{label}: {sb}");
+        assert!(
+            raw.abs() * 10 <= objects,
+            "{label}: raw growth {raw} is more than 10% of the objects' {objects} (used {used}): {sb}"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! The heap census's readers fed hostile memory: byte 0 picks the CPython version (3.8 +
 //! `% 8`), the rest stands for the target's memory from 0x10000 on, with a GC list head at its
 //! start. Wild pointers, cycles, huge lengths and torn lists must end in a bounded, incomplete
-//! census, never a panic or a hang.
+//! census, never a panic or a hang. The input's bytes from 48 on also stand for `_PyRuntime`
+//! (its interpreters, threads and frames are roots), and instances' managed dicts, inline
+//! values and split tables are read from wherever their pointers lead.
 #![no_main]
 use leaktrace::heap::{
     census::{Bytes, Limits, Walker},
@@ -28,8 +30,14 @@ fuzz_target!(|data: &[u8]| {
         max_depth: 16,
         time_budget_s: 2.0,
     };
-    let c = Walker::new(&src, &hl, lim).census(&[base, base + 24]);
+    let c = Walker::new(&src, &hl, lim)
+        .with_threads(base + 48)
+        .census(&[base, base + 24]);
     assert!(c.objects <= 100_000);
     let total: u64 = c.types.values().map(|t| t.count).sum();
     assert_eq!(total, c.objects);
+    // Unheld objects are objects of their type.
+    for (name, &n) in &c.unheld {
+        assert!(n <= c.types[name].count, "{name}: {n} unheld");
+    }
 });

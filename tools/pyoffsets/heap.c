@@ -5,7 +5,8 @@
  * 3.14/3.15, Debian's python3.X-dev in the sid root (copy this file into it first):
  *   chroot .roots/sid gcc -w -I/usr/include/python3.X -I/usr/include/python3.X/internal \
  *       /tmp/heap.c -o /tmp/heap && chroot .roots/sid /tmp/heap
- * Not part of check.sh yet: compare its output with heap_layout() by hand. */
+ * Not part of check.sh yet: compare its output with heap_layout() by hand (ht_cached_keys,
+ * dk_usable and dictvalues_values were last compared on 2026-12-02: 3.8-3.15). */
 #define Py_BUILD_CORE 1
 #include <Python.h>
 #include <stddef.h>
@@ -63,6 +64,11 @@ int main(void) {
 #else
     P("dk_size", offsetof(PyDictKeysObject, dk_size));
 #endif
+#endif
+    P("ht_cached_keys", offsetof(PyHeapTypeObject, ht_cached_keys));
+#if PY_MINOR_VERSION >= 11
+    P("dk_usable", offsetof(PyDictKeysObject, dk_usable));
+    P("dictvalues_values", offsetof(PyDictValues, values));
 #endif
     P("float_size", sizeof(PyFloatObject));
 

@@ -44,7 +44,9 @@ pub enum Command {
     Top(AttachArgs),
     /// Re-render a saved JSON report in another format.
     Report(ReportArgs),
-    /// Compare two saved JSON reports: the stacks that grew most, and a differential flamegraph.
+    /// Compare two saved JSON reports: the stacks that grew most, and a differential flamegraph;
+    /// or two heap reports (`leaktrace heap --format json`, `attach --heap`): the types and
+    /// owners that grew most.
     Diff(DiffArgs),
     /// Count a running CPython's objects by type, and rank its module globals and class
     /// attributes by the bytes they retain, read from its memory (no probe, no pause); with
@@ -56,7 +58,8 @@ pub enum Command {
 pub struct DiffArgs {
     pub before: PathBuf,
     pub after: PathBuf,
-    /// The differential flamegraph (SVG).
+    /// The differential flamegraph (SVG); for two heap reports, a `.json` path writes the
+    /// changes as JSON (leaktrace-heap-diff/v1) instead.
     #[arg(short, long, value_name = "FILE", default_value = "diff.svg")]
     pub output: PathBuf,
     /// Stacks listed in the summary.
@@ -190,6 +193,18 @@ pub struct TraceArgs {
     /// symbolizing stacks, writing, detaching).
     #[arg(short, long)]
     pub verbose: bool,
+    /// Take a census of a Python target's objects (as `leaktrace heap`) at the start and the
+    /// end of the trace, on a thread of its own: the report gains a `heap` member (types,
+    /// owners, small blocks) and the summary the owners and types that grew most. On by
+    /// default; with --mode growth, the cheap path to leave on.
+    #[arg(long, conflicts_with = "no_heap")]
+    pub heap: bool,
+    /// No heap census.
+    #[arg(long)]
+    pub no_heap: bool,
+    /// Also take a heap census every SECS while tracing (growth is still last minus first).
+    #[arg(long, value_name = "SECS", value_parser = seconds, conflicts_with = "no_heap")]
+    pub heap_interval: Option<Duration>,
 }
 
 fn parse_seconds(s: &str, allow_zero: bool) -> Result<Duration, String> {
@@ -246,6 +261,14 @@ impl TraceArgs {
             follow_children: !self.no_children,
             per_process: self.per_process,
             verbose: self.verbose,
+            heap: crate::session::HeapOptions {
+                enabled: !self.no_heap
+                    && (self.heap
+                        || self.heap_interval.is_some()
+                        || crate::session::HEAP_BY_DEFAULT),
+                explicit: self.heap || self.heap_interval.is_some(),
+                interval: self.heap_interval,
+            },
         }
     }
 }
@@ -350,7 +373,89 @@ pub fn read_report(path: &std::path::Path) -> Result<crate::output::report::Repo
     })
 }
 
+/// The heap census in a saved report: a `leaktrace-heap/v1` report, or the `heap` member of a
+/// `leaktrace/v1` report written by `attach --heap`; `None` for a report without one.
+fn read_heap_part(path: &std::path::Path) -> Result<Option<crate::heap::report::HeapReport>> {
+    use crate::output::report::MAX_REPORT_BYTES;
+    use std::io::Read as _;
+    let cannot_read = |e: std::io::Error| user(format!("cannot read `{}`: {e}", path.display()));
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot_read)?
+        .take(MAX_REPORT_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot_read)?;
+    let not_report = |e: &dyn std::fmt::Display| {
+        user(format!(
+            "`{}` is not a leaktrace JSON report ({e}): write one with --format json",
+            path.display()
+        ))
+    };
+    if text.len() as u64 > MAX_REPORT_BYTES {
+        return Err(not_report(&format!("larger than {MAX_REPORT_BYTES} bytes")));
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| not_report(&e))?;
+    let part = match v.get("schema").and_then(|s| s.as_str()) {
+        Some(crate::heap::report::SCHEMA) => v,
+        Some(crate::output::report::SCHEMA) => match v.get("heap") {
+            Some(h) if !h.is_null() => h.clone(),
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    serde_json::from_value(part)
+        .map(Some)
+        .map_err(|e| not_report(&e))
+}
+
+/// `leaktrace diff` of two heap censuses: text on stdout, and `-o` as SVG (or JSON for a
+/// `.json` path).
+fn heap_diff(
+    args: &DiffArgs,
+    before: &crate::heap::report::HeapReport,
+    after: &crate::heap::report::HeapReport,
+) -> Result<()> {
+    let d = crate::heap::diff::diff(before, after);
+    print!("{}", d.text(args.top));
+    let file = std::fs::File::create(&args.output).map_err(|e| {
+        user(format!(
+            "cannot write `{}` ({e}): choose a writable path with --output",
+            args.output.display()
+        ))
+    })?;
+    let mut w = std::io::BufWriter::new(file);
+    if args.output.extension().is_some_and(|e| e == "json") {
+        serde_json::to_writer_pretty(&mut w, &d)?;
+        std::io::Write::write_all(&mut w, b"\n")?;
+    } else {
+        crate::heap::diff::write_svg(before, after, args.top, &mut w)?;
+    }
+    std::io::Write::flush(&mut w)?;
+    eprintln!("leaktrace: wrote `{}`", args.output.display());
+    Ok(())
+}
+
+fn is_heap_report(path: &std::path::Path) -> bool {
+    // Cheap look at the start: the schema is the first field leaktrace writes.
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    String::from_utf8_lossy(&head[..n]).contains(crate::heap::report::SCHEMA)
+}
+
 fn diff(args: DiffArgs) -> Result<i32> {
+    if is_heap_report(&args.before) || is_heap_report(&args.after) {
+        let (Some(before), Some(after)) =
+            (read_heap_part(&args.before)?, read_heap_part(&args.after)?)
+        else {
+            return Err(user(
+                "`leaktrace diff` compares two heap reports (leaktrace heap --format json, or attach --heap reports) or two allocation reports: give two of a kind",
+            ));
+        };
+        heap_diff(&args, &before, &after)?;
+        return Ok(crate::error::exit::OK);
+    }
     let before = read_report(&args.before)?;
     let after = read_report(&args.after)?;
     let file = std::fs::File::create(&args.output).map_err(|e| {
@@ -365,6 +470,13 @@ fn diff(args: DiffArgs) -> Result<i32> {
         crate::output::compare::summary(&before, &after, args.top)
     );
     eprintln!("leaktrace: wrote `{}`", args.output.display());
+    // Two `attach --heap` reports: their censuses too, as text.
+    if let (Some(b), Some(a)) = (
+        read_heap_part(&args.before).ok().flatten(),
+        read_heap_part(&args.after).ok().flatten(),
+    ) {
+        print!("\n{}", crate::heap::diff::diff(&b, &a).text(args.top));
+    }
     Ok(crate::error::exit::OK)
 }
 

@@ -1,14 +1,27 @@
-// size: one walker: the GC lists, the owner graph and the per-type readers (dict, list, set,
-// tuple, str, int) share one Source, one set of bounds and one skipped-read count.
+// size: one walker: the GC lists, the owner graph, the held-object marking and the per-type
+// readers (dict, list, set, tuple, str, int, instance attributes) share one Source, one block
+// cache, one set of bounds and one skipped-read count (its tests are in census/tests.rs).
 //! One census: every object on the GC's lists, and every object reachable from a module global
 //! or a class attribute through containers, counted by type; and each global's and attribute's
 //! retained bytes. Reads go through a [`Source`], so the same code runs on a live process and
 //! on arbitrary bytes (the fuzz target): every read is bounded, every value read is checked
 //! before it is used, and a read that fails or does not make sense is counted and skipped.
+//!
+//! Reads of 16 KiB or less go through a direct-mapped cache of 16 KiB blocks (16 MiB at
+//! most): objects that sit next to each other in a pymalloc pool, a dict and its keys, a type
+//! and its name cost one read of the target between them, not one each.
+//!
+//! Held or not: every object reached from a root (a module, a class, a module global, a class
+//! attribute) is held; from the objects reached, every word of their own memory that is the
+//! address of an object on the GC's lists makes that object held too (a conservative scan,
+//! which finds what slots, closures, bound methods, frames and C wrappers point at). GC
+//! objects of a type that no such path reaches are its "unheld" count.
 
 use std::{
-    cell::Cell,
-    collections::{HashMap, HashSet},
+    cell::{Cell, RefCell},
+    collections::{hash_map::Entry, HashMap, HashSet},
+    hash::{BuildHasherDefault, Hasher},
+    rc::Rc,
     time::Instant,
 };
 
@@ -95,11 +108,18 @@ pub struct Owner {
 #[derive(Clone, Debug, Default)]
 pub struct Census {
     pub types: HashMap<String, TypeStat>,
+    /// Per type, its objects on the GC's lists that no path from a root reaches (types with
+    /// none are left out).
+    pub unheld: HashMap<String, u64>,
     pub owners: Vec<Owner>,
     pub objects: u64,
     pub skipped_reads: u64,
+    /// Reads of the target's memory (system calls) the census made.
+    pub reads: u64,
     /// Why the census is not complete (the first limit hit), if it is not.
     pub incomplete: Option<String>,
+    /// Bytes of pymalloc blocks behind the objects counted ([`super::arenas`]).
+    pub small_object_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,12 +136,72 @@ enum Kind {
 
 #[derive(Clone, Debug)]
 struct TypeInfo {
+    /// The type object's address (the key of the per-type counts).
+    addr: u64,
     name: String,
     basicsize: u64,
     itemsize: u64,
     flags: u64,
     dict: u64,
+    /// `tp_dictoffset` (3.8-3.10 instance dicts).
+    dictoffset: i64,
+    /// `ht_cached_keys` of a class whose instances keep managed dicts (3.11+), else 0.
+    cached_keys: u64,
     kind: Kind,
+}
+
+type Ty = Rc<TypeInfo>;
+
+/// A hasher for object addresses (8-aligned, so the low bits say nothing): one multiply.
+#[derive(Default, Clone, Copy)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b) ^ self.0.rotate_left(8));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        let x = (n ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 32);
+    }
+}
+
+type AddrMap<V> = HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
+type AddrSet = HashSet<u64, BuildHasherDefault<AddrHasher>>;
+
+/// A counted object: its flags, and the last root (1, 2, ...) whose walk reached it, so that
+/// each walk visits an object once without a set of its own.
+#[derive(Clone, Copy)]
+struct Mark {
+    flags: u8,
+    root: u32,
+}
+
+/// Flags of a counted object.
+const ON_GC_LIST: u8 = 1;
+const HELD: u8 = 2;
+
+/// The block cache: blocks of [`BLOCK`] bytes, [`SLOTS`] of them, direct-mapped.
+const BLOCK: u64 = 1 << 14;
+const SLOTS: usize = 1024;
+/// A slot's tag: the block number + 1, with this bit when the block could not be read whole.
+const BAD_BLOCK: u64 = 1 << 63;
+
+struct PerType {
+    ti: Ty,
+    stat: TypeStat,
+    gc: u64,
+    held: u64,
+}
+
+struct BlockCache {
+    tags: Vec<u64>,
+    data: Vec<u8>,
 }
 
 /// Where owners are found: a module's dict, a class.
@@ -164,14 +244,33 @@ pub struct Walker<'a> {
     hl: &'a HeapLayout,
     lim: Limits,
     start: Instant,
-    types: HashMap<u64, Option<TypeInfo>>,
+    types: AddrMap<Option<Ty>>,
     skipped: Cell<u64>,
+    reads: Cell<u64>,
+    cache: RefCell<BlockCache>,
     objects: u64,
     incomplete: Option<String>,
-    /// Every object counted in the type table.
-    counted: HashSet<u64>,
-    stats: HashMap<String, TypeStat>,
+    /// Every object counted in the type table, with [`ON_GC_LIST`] and [`HELD`] flags and
+    /// the last root whose walk reached it.
+    counted: AddrMap<Mark>,
+    /// Roots walked so far (the stamp of [`Mark::root`]).
+    roots_walked: u32,
+    /// Per type object: count and bytes, its objects on GC lists and those held.
+    stats: AddrMap<PerType>,
+    /// GC objects found by the conservative scan, to be marked held.
+    frontier: Vec<u64>,
+    /// `_PyRuntime`, whose threads' frames are roots too (see [`Walker::with_threads`]).
+    runtime: Option<u64>,
+    /// See [`Census::small_object_bytes`].
+    small: u64,
 }
+
+/// Threads, interpreters and frames per thread followed at most.
+const MAX_THREADS: usize = 4096;
+const MAX_INTERPRETERS: usize = 64;
+const MAX_FRAMES: usize = 1024;
+/// Bytes of an interpreter frame scanned when the next one up does not bound it.
+const FRAME_SCAN: u64 = 1024;
 
 impl<'a> Walker<'a> {
     pub fn new(src: &'a dyn Source, hl: &'a HeapLayout, lim: Limits) -> Self {
@@ -180,13 +279,138 @@ impl<'a> Walker<'a> {
             hl,
             lim,
             start: Instant::now(),
-            types: HashMap::new(),
+            types: AddrMap::default(),
             skipped: Cell::new(0),
+            reads: Cell::new(0),
+            cache: RefCell::new(BlockCache {
+                tags: vec![0; SLOTS],
+                data: Vec::new(),
+            }),
             objects: 0,
             incomplete: None,
-            counted: HashSet::new(),
-            stats: HashMap::new(),
+            counted: AddrMap::default(),
+            roots_walked: 0,
+            stats: AddrMap::default(),
+            frontier: Vec::new(),
+            runtime: None,
+            small: 0,
         }
+    }
+
+    /// Makes every thread's frames (found from `_PyRuntime` at `runtime`) roots: what a
+    /// running function's locals and stack point at is held.
+    pub fn with_threads(mut self, runtime: u64) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Every thread state of every interpreter, bounded.
+    fn thread_states(&self, runtime: u64) -> Vec<u64> {
+        let l = &self.hl.py;
+        let mut out = Vec::new();
+        let mut interp = self
+            .words::<1>(runtime + l.runtime_interpreters_head)
+            .map_or(0, |[w]| w);
+        for _ in 0..MAX_INTERPRETERS {
+            if interp == 0 {
+                break;
+            }
+            let mut t = self
+                .words::<1>(interp + l.interp_threads_head)
+                .map_or(0, |[w]| w);
+            while t != 0 && out.len() < MAX_THREADS && !out.contains(&t) {
+                out.push(t);
+                t = self.words::<1>(t + l.tstate_next).map_or(0, |[w]| w);
+            }
+            interp = self.words::<1>(interp + l.interp_next).map_or(0, |[w]| w);
+        }
+        out
+    }
+
+    /// Queues what each thread's frames point at: 3.8-3.10 frame objects are GC objects
+    /// (their locals are scanned as any object's memory); 3.11+ interpreter frames live in
+    /// each thread's data stack, each scanned up to the frame it called (or
+    /// [`FRAME_SCAN`] bytes for the innermost one).
+    fn hold_frames(&mut self, runtime: u64) {
+        let l = self.hl.py;
+        let has = crate::python::Layout::has;
+        for t in self.thread_states(runtime) {
+            if has(l.tstate_frame) {
+                if let Some([f]) = self.words::<1>(t + l.tstate_frame) {
+                    self.frontier.push(f);
+                }
+                continue;
+            }
+            let top = if has(l.tstate_current_frame) {
+                self.words::<1>(t + l.tstate_current_frame)
+            } else if has(l.tstate_cframe) && has(l.cframe_current_frame) {
+                self.words::<1>(t + l.tstate_cframe)
+                    .and_then(|[c]| self.words::<1>(c + l.cframe_current_frame))
+            } else {
+                None
+            };
+            let (mut f, mut above) = (top.map_or(0, |[f]| f), 0u64);
+            for _ in 0..MAX_FRAMES {
+                if f == 0 || !f.is_multiple_of(8) {
+                    break;
+                }
+                let len = if above > f && above - f <= 1 << 16 {
+                    above - f
+                } else {
+                    FRAME_SCAN
+                };
+                self.scan_words(f, len.min(1 << 16));
+                above = f;
+                f = self.words::<1>(f + l.iframe_previous).map_or(0, |[w]| w);
+            }
+        }
+    }
+
+    /// One read of the target, counted.
+    fn raw(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.reads.set(self.reads.get() + 1);
+        self.src.read_into(addr, buf)
+    }
+
+    /// Fills `buf` from `addr`: small reads through the block cache, a block that cannot be
+    /// read whole (it reaches unmapped memory) read piece by piece, large reads directly.
+    fn fetch(&self, addr: u64, buf: &mut [u8]) -> bool {
+        if buf.len() as u64 > BLOCK {
+            return self.raw(addr, buf);
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let Some(a) = addr.checked_add(done as u64) else {
+                return false;
+            };
+            let (blk, off) = (a / BLOCK, (a % BLOCK) as usize);
+            let n = (buf.len() - done).min(BLOCK as usize - off);
+            let slot = ((blk ^ (blk >> 10)) as usize) % SLOTS;
+            let tag = blk + 1;
+            let mut c = self.cache.borrow_mut();
+            if c.data.is_empty() {
+                c.data = vec![0; SLOTS * BLOCK as usize];
+            }
+            if c.tags[slot] & !BAD_BLOCK != tag {
+                let at = slot * BLOCK as usize;
+                let ok = {
+                    let BlockCache { data, .. } = &mut *c;
+                    self.raw(blk * BLOCK, &mut data[at..at + BLOCK as usize])
+                };
+                c.tags[slot] = if ok { tag } else { tag | BAD_BLOCK };
+            }
+            if c.tags[slot] == tag {
+                let at = slot * BLOCK as usize + off;
+                buf[done..done + n].copy_from_slice(&c.data[at..at + n]);
+            } else {
+                drop(c);
+                if !self.raw(a, &mut buf[done..done + n]) {
+                    return false;
+                }
+            }
+            done += n;
+        }
+        true
     }
 
     fn stop(&mut self, why: impl Into<String>) {
@@ -224,7 +448,7 @@ impl<'a> Walker<'a> {
             return None;
         }
         let mut buf = vec![0; len];
-        if self.src.read_into(addr, &mut buf) {
+        if self.fetch(addr, &mut buf) {
             Some(buf)
         } else {
             self.skipped.set(self.skipped.get() + 1);
@@ -237,7 +461,15 @@ impl<'a> Walker<'a> {
     }
 
     fn words<const N: usize>(&self, addr: u64) -> Option<[u64; N]> {
-        let b = self.read(addr, N * 8)?;
+        if addr == 0 {
+            return None;
+        }
+        let mut b = [0u8; 128];
+        let b = &mut b[..N * 8];
+        if !self.fetch(addr, b) {
+            self.skip();
+            return None;
+        }
         let mut w = [0u64; N];
         for (i, c) in b.chunks_exact(8).enumerate() {
             w[i] = u64::from_le_bytes(c.try_into().expect("8 bytes"));
@@ -278,11 +510,11 @@ impl<'a> Walker<'a> {
     }
 
     /// The type at `ty`, read once.
-    fn type_info(&mut self, ty: u64) -> Option<TypeInfo> {
+    fn type_info(&mut self, ty: u64) -> Option<Ty> {
         if let Some(t) = self.types.get(&ty) {
             return t.clone();
         }
-        let t = self.read_type(ty);
+        let t = self.read_type(ty).map(Rc::new);
         if t.is_none() {
             self.skip();
         }
@@ -307,6 +539,7 @@ impl<'a> Walker<'a> {
         };
         let (basicsize, itemsize, flags, dict) =
             (w(TP_BASICSIZE), w(TP_ITEMSIZE), w(TP_FLAGS), w(TP_DICT));
+        let dictoffset = w(TP_DICTOFFSET) as i64;
         if basicsize == 0 || basicsize > 1 << 20 || itemsize > 1 << 16 {
             return None;
         }
@@ -326,17 +559,30 @@ impl<'a> Walker<'a> {
                 _ => Kind::Other,
             }
         };
+        let cached_keys = if heap && self.managed(flags) {
+            self.words::<1>(ty + self.hl.ht_cached_keys)
+                .map_or(0, |w| w[0])
+        } else {
+            0
+        };
         let mut ti = TypeInfo {
+            addr: ty,
             name: tp_name.clone(),
             basicsize,
             itemsize,
             flags,
             dict,
+            dictoffset: if dictoffset.unsigned_abs() > 1 << 20 {
+                0
+            } else {
+                dictoffset
+            },
+            cached_keys,
             kind,
         };
         if heap {
             // A class: `module.Name`, the module from its `__module__`.
-            self.types.insert(ty, Some(ti.clone()));
+            self.types.insert(ty, Some(Rc::new(ti.clone())));
             let module = self
                 .dict_get_str(dict, "__module__")
                 .and_then(|m| self.str_value(m));
@@ -347,13 +593,33 @@ impl<'a> Walker<'a> {
         Some(ti)
     }
 
-    fn type_of(&mut self, addr: u64) -> Option<TypeInfo> {
+    /// Whether instances of a type with `flags` keep a managed dict (3.11+).
+    fn managed(&self, flags: u64) -> bool {
+        self.hl.managed_dict != ManagedDict::None && flags & MANAGED_DICT != 0
+    }
+
+    /// Words kept before the GC header (3.11: the dict and values pointers; 3.12+: also the
+    /// weakref list), in bytes.
+    fn preheader(&self, ti: &TypeInfo) -> u64 {
+        let mask = match self.hl.managed_dict {
+            ManagedDict::None => 0,
+            ManagedDict::ValuesThenDict => MANAGED_DICT,
+            _ => MANAGED_DICT | MANAGED_WEAKREF,
+        };
+        if ti.flags & mask != 0 {
+            16
+        } else {
+            0
+        }
+    }
+
+    fn type_of(&mut self, addr: u64) -> Option<Ty> {
         let ty = self.words::<2>(addr)?[1];
         self.type_info(ty)
     }
 
     /// The object at `addr`: its first [`OBJ_READ`] bytes.
-    fn object(&mut self, addr: u64) -> Option<(Obj, TypeInfo)> {
+    fn object(&mut self, addr: u64) -> Option<(Obj, Ty)> {
         if addr == 0 || !addr.is_multiple_of(8) {
             self.skip();
             return None;
@@ -362,7 +628,7 @@ impl<'a> Walker<'a> {
         self.finish_object(addr, w)
     }
 
-    fn finish_object(&mut self, addr: u64, w: [u64; 6]) -> Option<(Obj, TypeInfo)> {
+    fn finish_object(&mut self, addr: u64, w: [u64; 6]) -> Option<(Obj, Ty)> {
         let ti = self.type_info(w[1])?;
         Some((
             Obj {
@@ -375,7 +641,8 @@ impl<'a> Walker<'a> {
     }
 
     /// Bytes of the object, and of the parts allocated apart from it (a list's item array, a
-    /// dict's keys, a set's table); `None` if its fields make no sense.
+    /// dict's keys, a set's table) or kept around it (the pre-header, inline values); `None`
+    /// if its fields make no sense.
     fn size_of(&mut self, o: &Obj, ti: &TypeInfo) -> Option<u64> {
         let n = o.size_field as i64;
         let size = match ti.kind {
@@ -400,16 +667,31 @@ impl<'a> Walker<'a> {
                 };
                 ti.basicsize + apart
             }
-            Kind::Dict => ti.basicsize + self.dict_keys_bytes(o.word(DICT_KEYS))?,
+            Kind::Dict => {
+                let keys = o.word(DICT_KEYS);
+                let values = o.word(DICT_VALUES);
+                ti.basicsize + self.dict_read(keys, values, o.addr, false)?.bytes
+            }
             _ if ti.itemsize > 0 => {
                 if n.unsigned_abs() > 1 << 36 {
                     return None;
                 }
-                ti.basicsize + ti.itemsize * n.unsigned_abs()
+                ti.basicsize + ti.itemsize * n.unsigned_abs() + self.preheader(ti)
             }
-            _ => ti.basicsize,
+            _ => ti.basicsize + self.preheader(ti) + self.inline_values_bytes(o, ti),
         };
         (size <= MAX_OBJECT_BYTES).then_some(size)
+    }
+
+    /// Bytes of a 3.13+ instance's inline values (from their `capacity` byte).
+    fn inline_values_bytes(&self, o: &Obj, ti: &TypeInfo) -> u64 {
+        if self.hl.managed_dict != ManagedDict::DictOrInline || ti.flags & INLINE_VALUES == 0 {
+            return 0;
+        }
+        match self.words::<1>(o.addr + ti.basicsize) {
+            Some([w]) => values_bytes(self.hl.minor, w & 0xff),
+            None => 0,
+        }
     }
 
     /// A string's bytes, from its first words (length and state are in the first 48 bytes on
@@ -434,13 +716,7 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// (entries offset, entry size, entries allocated, index bytes, used entries) of a keys
-    /// object, if it is not shared with other dicts (a split table or the static empty keys).
-    fn keys_shape(&mut self, keys: u64) -> Option<KeysShape> {
-        let w = self.words::<5>(keys)?;
-        self.shape_of(w)
-    }
-
+    /// The shape of a keys object from its first five words.
     fn shape_of(&self, w: [u64; 5]) -> Option<KeysShape> {
         let refcnt = w[0];
         let (size, index_bytes, entry, nentries, head) = if self.hl.compact_keys {
@@ -481,62 +757,106 @@ impl<'a> Walker<'a> {
         ))
     }
 
-    fn dict_keys_bytes(&mut self, keys: u64) -> Option<u64> {
-        let (entries_off, entry, usable, _, _, own) = self.keys_shape(keys)?;
-        Some(if own { entries_off + usable * entry } else { 0 })
-    }
-
-    /// The (key, value) pairs of a combined dict (a split one, whose values live apart, gives
-    /// none), at most what one bounded read holds.
-    fn dict_entries(&mut self, dict: u64) -> Option<DictRead> {
-        let d = self.words::<6>(dict)?;
-        self.dict_entries_of(d[(DICT_KEYS / 8) as usize], d[(DICT_VALUES / 8) as usize])
-    }
-
-    /// [`Self::dict_entries`] from the dict's `ma_keys` and `ma_values`.
-    fn dict_entries_of(&mut self, keys: u64, values: u64) -> Option<DictRead> {
-        // A small table: header and entries in one read (falling back to two reads if that
-        // reaches past readable memory).
-        let mut head = [0u64; 5];
-        let mut block = None;
-        if keys.is_multiple_of(8) && keys != 0 && (keys % 4096) + SMALL_KEYS <= 4096 {
-            let mut b = vec![0u8; SMALL_KEYS as usize];
-            if self.src.read_into(keys, &mut b) {
-                for (i, c) in b[..40].chunks_exact(8).enumerate() {
-                    head[i] = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-                }
-                block = Some(b);
-            }
+    /// A dict from its `ma_keys` and `ma_values` (`values` 0 for a combined table): its bytes
+    /// apart from the dict object (its own keys; a split table's values array unless it is a
+    /// 3.13+ instance's inline values) and, with `entries`, its (key, value) pairs, at most
+    /// what the bounded reads hold. The keys are read once, header and entries together when
+    /// the table is small.
+    fn dict_read(&mut self, keys: u64, values: u64, dict: u64, entries: bool) -> Option<DictRead> {
+        if keys == 0 || !keys.is_multiple_of(8) {
+            self.skip();
+            return None;
         }
-        if block.is_none() {
-            head = self.words::<5>(keys)?;
+        let mut small = (keys % BLOCK) + SMALL_KEYS <= BLOCK;
+        let mut block = [0u8; SMALL_KEYS as usize];
+        let head_len = if small { SMALL_KEYS as usize } else { 40 };
+        let mut ok = self.fetch(keys, &mut block[..head_len]);
+        if !ok && small {
+            // The table may end just before unreadable memory.
+            small = false;
+            ok = self.fetch(keys, &mut block[..40]);
+        }
+        if !ok {
+            self.skip();
+            return None;
+        }
+        let mut head = [0u64; 5];
+        for (i, c) in block[..40].chunks_exact(8).enumerate() {
+            head[i] = u64::from_le_bytes(c.try_into().expect("8 bytes"));
         }
         let (entries_off, entry, usable, _, nentries, own) = self.shape_of(head)?;
-        let bytes = if own { entries_off + usable * entry } else { 0 };
+        let mut bytes = if own && values == 0 {
+            entries_off + usable * entry
+        } else {
+            0
+        };
+        let (mut slots, mut capacity) = (0, u64::MAX);
         if values != 0 {
+            // A split table: as many value slots as the shared keys can hold (3.11+:
+            // `dk_usable` still free plus `dk_nentries` used; 3.8-3.10: the usable size).
+            slots = if self.hl.compact_keys {
+                (head[2].min(1 << 20) + nentries).min(usable)
+            } else {
+                usable
+            };
+            // 3.13+: `capacity` (byte 0) and `embedded` (byte 2) of the values' header.
+            let mut inline = false;
+            if self.hl.values_off == 8 {
+                let [h] = self.words::<1>(values)?;
+                capacity = h & 0xff;
+                inline = (h >> 16) & 0xff != 0;
+            }
+            if !inline && values != dict {
+                bytes += values_bytes(self.hl.minor, slots);
+            }
+        }
+        if !entries {
             return Some(DictRead {
                 bytes,
                 entries: Vec::new(),
             });
         }
         let end = entries_off + nentries * entry;
-        let raw = match block {
-            Some(b) if end <= SMALL_KEYS => b[entries_off as usize..end as usize].to_vec(),
-            _ => self.read_chunked(keys + entries_off, nentries, entry)?,
+        let raw = if small && end <= SMALL_KEYS {
+            block[entries_off as usize..end as usize].to_vec()
+        } else {
+            self.read_chunked(keys + entries_off, nentries, entry)?
         };
-        let entries = raw
-            .chunks_exact(entry as usize)
-            .filter_map(|e| {
-                let w = |i: usize| u64::from_le_bytes(e[i * 8..i * 8 + 8].try_into().unwrap());
-                let (k, v) = if entry == 24 {
-                    (w(1), w(2))
-                } else {
-                    (w(0), w(1))
-                };
-                (k != 0 && v != 0).then_some((k, v))
-            })
-            .collect();
+        let pair = |e: &[u8]| {
+            let w = |i: usize| u64::from_le_bytes(e[i * 8..i * 8 + 8].try_into().unwrap());
+            if entry == 24 {
+                (w(1), w(2))
+            } else {
+                (w(0), w(1))
+            }
+        };
+        let entries = if values == 0 {
+            raw.chunks_exact(entry as usize)
+                .map(pair)
+                .filter(|&(k, v)| k != 0 && v != 0)
+                .collect()
+        } else {
+            // The keys from the shared table, the values from the split array.
+            let n = nentries.min(slots).min(capacity);
+            let vals = self.read_chunked(values + self.hl.values_off, n, 8)?;
+            raw.chunks_exact(entry as usize)
+                .zip(vals.chunks_exact(8))
+                .map(|(e, v)| (pair(e).0, u64::from_le_bytes(v.try_into().unwrap())))
+                .filter(|&(k, v)| k != 0 && v != 0)
+                .collect()
+        };
         Some(DictRead { bytes, entries })
+    }
+
+    /// The (key, value) pairs of the dict at `dict`.
+    fn dict_entries(&mut self, dict: u64) -> Option<DictRead> {
+        let d = self.words::<6>(dict)?;
+        self.dict_read(
+            d[(DICT_KEYS / 8) as usize],
+            d[(DICT_VALUES / 8) as usize],
+            dict,
+            true,
+        )
     }
 
     /// The value of the `str` key `name` in the dict at `dict`.
@@ -548,13 +868,132 @@ impl<'a> Walker<'a> {
             .map(|(_, v)| v)
     }
 
-    fn count(&mut self, addr: u64, ti: &TypeInfo, bytes: u64) {
-        if self.counted.insert(addr) {
-            self.objects += 1;
-            let s = self.stats.entry(ti.name.clone()).or_default();
-            s.count += 1;
-            s.bytes += bytes;
+    /// An instance's attributes: its `__dict__` (a child to follow), or its split or inline
+    /// values keyed by its class's shared keys (keys and values, children too).
+    fn instance_attrs(&mut self, o: &Obj, ti: &TypeInfo) -> Vec<u64> {
+        if ti.flags & TYPE_SUBCLASS != 0 || ti.kind == Kind::Module {
+            // A class's attributes and a module's globals are roots of their own.
+            return Vec::new();
         }
+        let values_of = |w: &mut Self, values: u64| -> Vec<u64> {
+            if ti.cached_keys == 0 || values == 0 {
+                return Vec::new();
+            }
+            match w.dict_read(ti.cached_keys, values, 0, true) {
+                Some(d) => d.entries.iter().flat_map(|&(k, v)| [k, v]).collect(),
+                None => Vec::new(),
+            }
+        };
+        match self.hl.managed_dict {
+            _ if !self.managed(ti.flags) => {
+                if ti.dictoffset == 0 {
+                    return Vec::new();
+                }
+                let at = if ti.dictoffset > 0 {
+                    o.addr + ti.dictoffset as u64
+                } else {
+                    // From the end of a variable-size object, rounded to words.
+                    let n = (o.size_field as i64).unsigned_abs().min(1 << 36);
+                    let end = (ti.basicsize + n * ti.itemsize).div_ceil(8) * 8;
+                    (o.addr + end).wrapping_sub(ti.dictoffset.unsigned_abs())
+                };
+                self.words::<1>(at)
+                    .map(|[d]| d)
+                    .filter(|&d| d != 0)
+                    .into_iter()
+                    .collect()
+            }
+            ManagedDict::ValuesThenDict => match self.words::<2>(o.addr.wrapping_sub(32)) {
+                Some([_, dict]) if dict != 0 => vec![dict],
+                Some([values, _]) => values_of(self, values),
+                None => Vec::new(),
+            },
+            ManagedDict::Tagged => match self.words::<1>(o.addr.wrapping_sub(24)) {
+                // 3.12 stores `values - 1` (`_PyDictOrValues_SetValues`).
+                Some([v]) if v & 1 == 1 => values_of(self, v.wrapping_add(1)),
+                Some([dict]) if dict != 0 => vec![dict],
+                _ => Vec::new(),
+            },
+            _ => match self.words::<1>(o.addr.wrapping_sub(24)) {
+                Some([dict]) if dict != 0 => vec![dict],
+                _ if ti.flags & INLINE_VALUES != 0 => {
+                    let at = o.addr + ti.basicsize;
+                    // `valid` (byte 3): the values are the object's, not a dict's.
+                    match self.words::<1>(at) {
+                        Some([h]) if (h >> 24) & 0xff != 0 => values_of(self, at),
+                        _ => Vec::new(),
+                    }
+                }
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// Queues every GC object whose address is a word of the object's own memory (at most
+    /// 4 KiB of it), to be marked held.
+    fn scan(&mut self, o: &Obj, bytes: u64) {
+        self.scan_words(o.addr + 8, bytes.clamp(16, 4096) - 8);
+    }
+
+    /// Queues every GC object whose address is a word of `len` bytes from `addr`.
+    fn scan_words(&mut self, addr: u64, len: u64) {
+        let len = len as usize & !7;
+        let Some(b) = self.read(addr, len) else {
+            return;
+        };
+        for c in b.chunks_exact(8) {
+            let w = u64::from_le_bytes(c.try_into().unwrap());
+            if w.is_multiple_of(8)
+                && self
+                    .counted
+                    .get(&w)
+                    .is_some_and(|m| m.flags & (ON_GC_LIST | HELD) == ON_GC_LIST)
+            {
+                self.frontier.push(w);
+            }
+        }
+    }
+
+    fn count(&mut self, addr: u64, ti: &Ty, bytes: u64, gc: bool) {
+        let flags = if gc { ON_GC_LIST } else { HELD };
+        if let Entry::Vacant(e) = self.counted.entry(addr) {
+            e.insert(Mark {
+                flags,
+                root: self.roots_walked,
+            });
+            self.small += super::arenas::object_block_bytes(
+                bytes,
+                gc,
+                ti.basicsize,
+                ti.flags,
+                matches!(ti.kind, Kind::Dict | Kind::List | Kind::Set),
+            );
+            self.objects += 1;
+            let s = self.stats.entry(ti.addr).or_insert_with(|| PerType {
+                ti: ti.clone(),
+                stat: TypeStat::default(),
+                gc: 0,
+                held: 0,
+            });
+            s.stat.count += 1;
+            s.stat.bytes += bytes;
+            s.gc += u64::from(gc);
+        }
+    }
+
+    /// Marks a counted object held; true if it is on a GC list.
+    fn hold(&mut self, addr: u64, ti: &TypeInfo) -> bool {
+        let Some(m) = self.counted.get_mut(&addr) else {
+            return false;
+        };
+        let gc = m.flags & ON_GC_LIST != 0;
+        if gc && m.flags & HELD == 0 {
+            m.flags |= HELD;
+            if let Some(s) = self.stats.get_mut(&ti.addr) {
+                s.held += 1;
+            }
+        }
+        gc
     }
 
     /// Walks one GC list from its head, counting its objects; returns the modules (with their
@@ -587,11 +1026,13 @@ impl<'a> Walker<'a> {
             let obj = [w[2], w[3], w[4], w[5], w[6], w[7]];
             if let Some((o, ti)) = self.finish_object(addr, obj) {
                 if let Some(bytes) = self.size_of(&o, &ti) {
-                    self.count(addr, &ti, bytes + GC_HEAD);
+                    self.count(addr, &ti, bytes + GC_HEAD, true);
                     if ti.kind == Kind::Module {
                         out.push(Root::Module(o.word(MODULE_DICT)));
+                        self.frontier.push(addr);
                     } else if ti.flags & TYPE_SUBCLASS != 0 {
                         out.push(Root::Class(addr));
+                        self.frontier.push(addr);
                     }
                 } else {
                     self.skip();
@@ -607,38 +1048,66 @@ impl<'a> Walker<'a> {
         out
     }
 
-    /// Retained bytes and length of what `root` holds through containers, depth-bounded;
-    /// counts every object it reaches in the type table.
+    /// The object's bytes and the objects it holds for retained bytes (a container's items,
+    /// an instance's attributes); other objects' own memory is scanned for GC objects to
+    /// mark held.
+    fn parts(&mut self, o: &Obj, ti: &TypeInfo) -> Option<(u64, Vec<u64>)> {
+        Some(match ti.kind {
+            Kind::Dict => {
+                let d = self.dict_read(o.word(DICT_KEYS), o.word(DICT_VALUES), o.addr, true)?;
+                (
+                    ti.basicsize + d.bytes,
+                    d.entries.iter().flat_map(|&(k, v)| [k, v]).collect(),
+                )
+            }
+            Kind::List | Kind::Tuple | Kind::Set => (self.size_of(o, ti)?, self.items(o, ti)),
+            Kind::Str | Kind::Int => (self.size_of(o, ti)?, Vec::new()),
+            Kind::Module => {
+                let bytes = self.size_of(o, ti)?;
+                self.frontier.push(o.word(MODULE_DICT));
+                (bytes, Vec::new())
+            }
+            Kind::Other => {
+                let bytes = self.size_of(o, ti)?;
+                let attrs = self.instance_attrs(o, ti);
+                if ti.flags & HAVE_GC != 0 {
+                    self.scan(o, bytes);
+                }
+                (bytes, attrs)
+            }
+        })
+    }
+
+    /// Retained bytes and length of what `root` holds through containers and instance
+    /// attributes, depth-bounded; counts every object it reaches in the type table and marks
+    /// it held.
     fn retained(&mut self, root: u64) -> (u64, Option<u64>, String) {
-        let mut seen: HashSet<u64> = HashSet::new();
+        self.roots_walked += 1;
+        let id = self.roots_walked;
+        // Objects that cannot be read are not counted, so not stamped: at most once each.
+        let mut unread = AddrSet::default();
         let mut stack = vec![(root, 0u32)];
         let (mut total, mut len, mut tname) = (0u64, None, String::new());
         while let Some((addr, depth)) = stack.pop() {
-            if !seen.insert(addr) || self.over_budget() {
+            if self.over_budget() {
                 continue;
             }
+            match self.counted.get_mut(&addr) {
+                Some(m) if m.root == id => continue,
+                Some(m) => m.root = id,
+                None if unread.contains(&addr) => continue,
+                None => {}
+            }
             let Some((o, ti)) = self.object(addr) else {
+                unread.insert(addr);
                 continue;
             };
-            let gc = self.counted.contains(&addr);
-            let (bytes, children): (Option<u64>, Vec<u64>) = match ti.kind {
-                Kind::Dict => match self.dict_entries_of(o.word(DICT_KEYS), o.word(DICT_VALUES)) {
-                    Some(d) => (
-                        Some(ti.basicsize + d.bytes),
-                        d.entries.iter().flat_map(|&(k, v)| [k, v]).collect(),
-                    ),
-                    None => (None, Vec::new()),
-                },
-                Kind::List | Kind::Tuple | Kind::Set => {
-                    let bytes = self.size_of(&o, &ti);
-                    (bytes, self.items(&o, &ti))
-                }
-                _ => (self.size_of(&o, &ti), Vec::new()),
-            };
-            let Some(bytes) = bytes else {
+            let Some((bytes, children)) = self.parts(&o, &ti) else {
                 self.skip();
+                unread.insert(addr);
                 continue;
             };
+            let gc = self.hold(addr, &ti);
             let bytes = bytes + if gc { GC_HEAD } else { 0 };
             if depth == 0 {
                 tname = ti.name.clone();
@@ -650,7 +1119,7 @@ impl<'a> Walker<'a> {
                 };
             }
             if !gc {
-                self.count(addr, &ti, bytes);
+                self.count(addr, &ti, bytes, false);
             }
             total += bytes;
             if depth >= self.lim.max_depth && !children.is_empty() {
@@ -663,6 +1132,35 @@ impl<'a> Walker<'a> {
             stack.extend(children.into_iter().map(|c| (c, depth + 1)));
         }
         (total, len, tname)
+    }
+
+    /// Marks held every GC object the frontier reaches (through containers, attributes and
+    /// scanned memory), without counting bytes.
+    fn hold_frontier(&mut self) {
+        while let Some(addr) = self.frontier.pop() {
+            if self.over_budget() {
+                break;
+            }
+            if self.counted.get(&addr).is_none_or(|m| m.flags & HELD != 0) {
+                continue;
+            }
+            let Some((o, ti)) = self.object(addr) else {
+                continue;
+            };
+            self.hold(addr, &ti);
+            let Some((_, children)) = self.parts(&o, &ti) else {
+                continue;
+            };
+            for c in children {
+                if self
+                    .counted
+                    .get(&c)
+                    .is_some_and(|m| m.flags & (ON_GC_LIST | HELD) == ON_GC_LIST)
+                {
+                    self.frontier.push(c);
+                }
+            }
+        }
     }
 
     /// `n` records of `size` bytes from `addr`, read at most `--max-read-bytes` at a time; more
@@ -714,10 +1212,12 @@ impl<'a> Walker<'a> {
         for &h in heads {
             tracked.extend(self.walk_gc_list(h));
         }
+        // Room for about as many objects again reached from the roots (strings, ints).
+        self.counted.reserve(self.counted.len().min(1 << 24));
         // Roots: modules' globals and classes' attributes.
         let mut roots: Vec<(String, u64)> = Vec::new();
         for root in tracked {
-            match root {
+            let (prefix, dict) = match root {
                 Root::Module(dict) => {
                     let Some(name) = self
                         .dict_get_str(dict, "__name__")
@@ -725,15 +1225,7 @@ impl<'a> Walker<'a> {
                     else {
                         continue;
                     };
-                    for (k, v) in self
-                        .dict_entries(dict)
-                        .map(|d| d.entries)
-                        .unwrap_or_default()
-                    {
-                        if let Some(key) = self.str_value(k).filter(|k| !is_dunder(k)) {
-                            roots.push((format!("{name}:{key}"), v));
-                        }
-                    }
+                    (format!("{name}:"), dict)
                 }
                 Root::Class(addr) => {
                     // A class object: its own type record gives its dict and name.
@@ -747,15 +1239,19 @@ impl<'a> Walker<'a> {
                         Some((m, s)) => (m.to_string(), s.to_string()),
                         None => ("builtins".to_string(), cls.name.clone()),
                     };
-                    for (k, v) in self
-                        .dict_entries(cls.dict)
-                        .map(|d| d.entries)
-                        .unwrap_or_default()
-                    {
-                        if let Some(key) = self.str_value(k).filter(|k| !is_dunder(k)) {
-                            roots.push((format!("{module}:{short}.{key}"), v));
-                        }
-                    }
+                    (format!("{module}:{short}."), cls.dict)
+                }
+            };
+            self.frontier.push(dict);
+            for (k, v) in self
+                .dict_entries(dict)
+                .map(|d| d.entries)
+                .unwrap_or_default()
+            {
+                match self.str_value(k) {
+                    Some(key) if !is_dunder(&key) => roots.push((format!("{prefix}{key}"), v)),
+                    // Not an owner row, but what it points at is held.
+                    _ => self.frontier.push(v),
                 }
             }
         }
@@ -774,17 +1270,35 @@ impl<'a> Walker<'a> {
                 });
             }
         }
+        if let Some(rt) = self.runtime {
+            self.hold_frames(rt);
+        }
+        self.hold_frontier();
         owners.sort_by(|a, b| {
             b.retained_bytes
                 .cmp(&a.retained_bytes)
                 .then(a.path.cmp(&b.path))
         });
+        // Per name (two classes may share one), counts and the GC objects nothing holds.
+        let mut types: HashMap<String, TypeStat> = HashMap::new();
+        let mut unheld: HashMap<String, u64> = HashMap::new();
+        for p in self.stats.into_values() {
+            let t = types.entry(p.ti.name.clone()).or_default();
+            t.count += p.stat.count;
+            t.bytes += p.stat.bytes;
+            if p.gc > p.held {
+                *unheld.entry(p.ti.name.clone()).or_default() += p.gc - p.held;
+            }
+        }
         Census {
-            types: self.stats,
+            types,
+            unheld,
             owners,
             objects: self.objects,
             skipped_reads: self.skipped.get(),
+            reads: self.reads.get(),
             incomplete: self.incomplete,
+            small_object_bytes: self.small,
         }
     }
 }
@@ -794,63 +1308,4 @@ fn is_dunder(k: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn layout() -> HeapLayout {
-        heap_layout(12, &crate::python::layout::v3_12::LAYOUT).unwrap()
-    }
-
-    #[test]
-    fn empty_list_head_is_an_empty_census() {
-        let base = 0x1000u64;
-        let mut data = vec![0u8; 64];
-        data[0..8].copy_from_slice(&base.to_le_bytes());
-        data[8..16].copy_from_slice(&base.to_le_bytes());
-        let src = Bytes { base, data };
-        let hl = layout();
-        let c = Walker::new(&src, &hl, Limits::default()).census(&[base]);
-        assert_eq!(c.objects, 0);
-        assert!(c.incomplete.is_none());
-        assert!(c.types.is_empty());
-    }
-
-    #[test]
-    fn a_list_that_does_not_link_back_is_incomplete_and_counted() {
-        let base = 0x1000u64;
-        let mut data = vec![0u8; 256];
-        // head -> 0x1040, whose prev points elsewhere.
-        data[0..8].copy_from_slice(&0x1040u64.to_le_bytes());
-        data[0x40..0x48].copy_from_slice(&base.to_le_bytes());
-        data[0x48..0x50].copy_from_slice(&0x1080u64.to_le_bytes());
-        let src = Bytes { base, data };
-        let hl = layout();
-        let c = Walker::new(&src, &hl, Limits::default()).census(&[base]);
-        assert_eq!(c.objects, 0);
-        assert_eq!(c.skipped_reads, 1);
-        assert_eq!(
-            c.incomplete.as_deref(),
-            Some("a GC list changed during the walk")
-        );
-    }
-
-    #[test]
-    fn a_cycle_that_never_returns_stops_at_the_object_limit() {
-        // head -> A -> A -> ... (A's next is itself, prev is head then A): the prev check
-        // stops it on the second step.
-        let base = 0x1000u64;
-        let mut data = vec![0u8; 256];
-        data[0..8].copy_from_slice(&0x1040u64.to_le_bytes());
-        data[0x40..0x48].copy_from_slice(&0x1040u64.to_le_bytes());
-        data[0x48..0x50].copy_from_slice(&base.to_le_bytes());
-        let src = Bytes { base, data };
-        let hl = layout();
-        let lim = Limits {
-            max_objects: 3,
-            ..Limits::default()
-        };
-        let c = Walker::new(&src, &hl, lim).census(&[base]);
-        assert!(c.incomplete.is_some());
-        assert!(c.skipped_reads >= 1);
-    }
-}
+mod tests;

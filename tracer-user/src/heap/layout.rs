@@ -20,10 +20,23 @@ pub const TP_ITEMSIZE: u64 = 40;
 pub const TP_FLAGS: u64 = 168;
 /// `PyTypeObject.tp_dict`.
 pub const TP_DICT: u64 = 264;
-/// Bytes of a type object read at once (through `tp_dict`).
-pub const TYPE_READ: usize = 272;
+/// `PyTypeObject.tp_dictoffset` (`Py_ssize_t`): where an instance keeps its `__dict__`
+/// pointer (3.8-3.10; negative counts from the end of a variable-size object).
+pub const TP_DICTOFFSET: u64 = 288;
+/// Bytes of a type object read at once (through `tp_dictoffset`).
+pub const TYPE_READ: usize = 296;
 /// `Py_TPFLAGS_HEAPTYPE`.
 pub const HEAPTYPE: u64 = 1 << 9;
+/// `Py_TPFLAGS_INLINE_VALUES` (3.13+): instances hold their attribute values inline, at
+/// `tp_basicsize`, keyed by the class's shared keys (`ht_cached_keys`).
+pub const INLINE_VALUES: u64 = 1 << 2;
+/// `Py_TPFLAGS_MANAGED_WEAKREF` (3.12+): a weakref list word before the GC header.
+pub const MANAGED_WEAKREF: u64 = 1 << 3;
+/// `Py_TPFLAGS_MANAGED_DICT` (3.11+): the `__dict__` (3.11: and values) pointer lives before
+/// the GC header (`_PyObject_ManagedDictPointer`).
+pub const MANAGED_DICT: u64 = 1 << 4;
+/// `Py_TPFLAGS_HAVE_GC`: instances are on the GC's lists and may hold references.
+pub const HAVE_GC: u64 = 1 << 14;
 /// `Py_TPFLAGS_TYPE_SUBCLASS`: the object is a class.
 pub const TYPE_SUBCLASS: u64 = 1 << 31;
 
@@ -48,6 +61,22 @@ pub const GC_HEAD: u64 = 16;
 /// Bytes of an object's start read with its GC header (through `ma_values`/`table`).
 pub const OBJ_READ: usize = 48;
 
+/// Where an instance of a class with `Py_TPFLAGS_MANAGED_DICT` keeps its attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManagedDict {
+    /// 3.8-3.10: no managed dicts; `tp_dictoffset` locates the `__dict__` pointer.
+    None,
+    /// 3.11: `[values, dict]` two and three words before the object (`PyDictValues *`,
+    /// `PyObject *`): the dict if it exists, else split values keyed by `ht_cached_keys`.
+    ValuesThenDict,
+    /// 3.12: one `PyDictOrValues` three words before the object: a dict, or values with
+    /// bit 0 set.
+    Tagged,
+    /// 3.13+: the dict three words before (`PyManagedDictPointer`), else the inline values
+    /// at `tp_basicsize` (`Py_TPFLAGS_INLINE_VALUES`).
+    DictOrInline,
+}
+
 /// Where the GC's list heads are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeapLayout {
@@ -65,6 +94,12 @@ pub struct HeapLayout {
     pub tuple_item: u64,
     /// `int` keeps its digit count in `lv_tag >> 3` (3.12+) rather than `|ob_size|`.
     pub int_lv_tag: bool,
+    /// How instances keep a managed `__dict__`.
+    pub managed_dict: ManagedDict,
+    /// `PyHeapTypeObject.ht_cached_keys`: a class's shared keys (split dicts, inline values).
+    pub ht_cached_keys: u64,
+    /// `PyDictValues.values`: 0, or 8 on 3.13+ (after `capacity`, `size`, `embedded`, `valid`).
+    pub values_off: u64,
     /// The frame walker's layout, for the string fields (`str` objects are sized and read
     /// as the walker reads names).
     pub py: Layout,
@@ -92,6 +127,13 @@ pub fn heap_layout(minor: u32, l: &Layout) -> Option<HeapLayout> {
         _ => return None,
     };
     let gc_heads = vec![gens, gens + GEN, gens + 2 * GEN, permanent];
+    // `offsetof(PyHeapTypeObject, ht_cached_keys)` (tools/pyoffsets/heap.c).
+    let ht_cached_keys = match minor {
+        9 => 864,
+        8 | 10 | 11 => 872,
+        12..=14 => 880,
+        _ => 888,
+    };
     Some(HeapLayout {
         minor,
         gc_in_runtime,
@@ -99,6 +141,51 @@ pub fn heap_layout(minor: u32, l: &Layout) -> Option<HeapLayout> {
         compact_keys: minor >= 11,
         tuple_item: if minor >= 14 { 32 } else { 24 },
         int_lv_tag: minor >= 12,
+        managed_dict: match minor {
+            ..=10 => ManagedDict::None,
+            11 => ManagedDict::ValuesThenDict,
+            12 => ManagedDict::Tagged,
+            _ => ManagedDict::DictOrInline,
+        },
+        ht_cached_keys,
+        values_off: if minor >= 13 { 8 } else { 0 },
         py: *l,
     })
+}
+
+/// Bytes of a split dict's values array holding `n` slots (`new_values` per version): 3.8-3.10
+/// a bare array, 3.11/3.12 with a prefix of `n + 2` bytes rounded to words, 3.13+ a header
+/// word and an insertion-order prefix of `n` bytes rounded to words.
+pub fn values_bytes(minor: u32, n: u64) -> u64 {
+    match minor {
+        ..=10 => n * 8,
+        11 | 12 => (n + 2).div_ceil(8) * 8 + n * 8,
+        _ => n.div_ceil(8) * 8 + (n + 1) * 8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_arrays_per_version() {
+        // 3.10: 5 slots, 40 bytes; 3.12: prefix of 7 bytes -> 8, 48 bytes; 3.13: 30 slots,
+        // prefix 32 + header 8 + 240 (`_PyInlineValuesSize` for a class with 30 attributes).
+        assert_eq!(values_bytes(10, 5), 40);
+        assert_eq!(values_bytes(12, 5), 48);
+        assert_eq!(values_bytes(13, 30), 32 + 8 + 240);
+    }
+
+    #[test]
+    fn managed_dicts_by_version() {
+        let l = crate::python::layout::layout_for(3, 11).unwrap();
+        assert_eq!(
+            heap_layout(11, &l).unwrap().managed_dict,
+            ManagedDict::ValuesThenDict
+        );
+        assert_eq!(heap_layout(11, &l).unwrap().ht_cached_keys, 872);
+        assert_eq!(heap_layout(13, &l).unwrap().values_off, 8);
+        assert_eq!(heap_layout(9, &l).unwrap().managed_dict, ManagedDict::None);
+    }
 }

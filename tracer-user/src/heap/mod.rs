@@ -5,11 +5,15 @@
 //! * [`layout`]: where each version keeps its GC lists, and the object fields read.
 //! * [`census`]: one census over a [`census::Source`] (a process, or bytes for the fuzz target).
 //! * [`report`]: the `leaktrace-heap/v1` JSON, the text table, the SVG.
+//! * [`arenas`]: pymalloc's arenas read from outside, compared with the objects' bytes.
+//! * [`diff`]: `leaktrace diff` of two heap reports.
 //!
 //! May call: `python` (finding the interpreter), `target` (the process), `output` (the v1
 //! target record, byte formatting).
 
+pub mod arenas;
 pub mod census;
+pub mod diff;
 pub mod layout;
 pub mod report;
 
@@ -93,7 +97,7 @@ impl HeapArgs {
         Ok(())
     }
 
-    fn limits(&self) -> census::Limits {
+    pub fn limits(&self) -> census::Limits {
         census::Limits {
             max_objects: self.max_objects,
             max_read_bytes: self.max_read_bytes,
@@ -101,6 +105,135 @@ impl HeapArgs {
             time_budget_s: self.time_budget,
         }
     }
+}
+
+/// Everything one census of one process needs, found once: where its GC lists and its
+/// arena table are, and the limits. Owned and `Send`, so a census can run on a thread of its own
+/// (`attach --heap`) with a [`census::Source`] opened there.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub pid: u32,
+    /// `3.12`, as in reports.
+    pub python: String,
+    hl: layout::HeapLayout,
+    heads: Vec<u64>,
+    /// `_PyRuntime`: its threads' frames are roots of the census.
+    runtime: u64,
+    /// pymalloc's arena table, or why it cannot be read.
+    arenas: std::result::Result<arenas::Location, String>,
+    limits: census::Limits,
+}
+
+/// One census and the arenas read right after it.
+#[derive(Clone, Debug)]
+pub struct Taken {
+    pub census: census::Census,
+    pub arenas: Option<arenas::ArenaUsage>,
+    /// When it started.
+    pub at: Instant,
+    pub seconds: f64,
+}
+
+impl Plan {
+    /// The plan for `interp` (a process's interpreter), or a one-line reason it cannot be read.
+    pub fn new(interp: &Interpreter, limits: census::Limits) -> Result<Plan> {
+        let pid = interp.pid;
+        if interp.free_threaded {
+            return Err(user(format!(
+                "Python {} is a free-threaded build: `leaktrace heap` does not read its objects yet (they live in mimalloc heaps, not GC lists); use `leaktrace attach {pid} --pymalloc`",
+                interp.version()
+            )));
+        }
+        let Some(hl) = layout::heap_layout(interp.minor, &interp.layout) else {
+            return Err(user(format!(
+                "`leaktrace heap` does not read Python {} yet (it reads 3.8-3.15): use `leaktrace attach {pid}`",
+                interp.version()
+            )));
+        };
+        let main = interp.main_interpreter();
+        let base = if hl.gc_in_runtime {
+            interp.runtime
+        } else {
+            main.ok_or_else(|| {
+                user(format!(
+                    "cannot read the main interpreter of process {pid}: is it still starting up? try again"
+                ))
+            })?
+        };
+        let heads: Vec<u64> = hl.gc_heads.iter().map(|o| base + o).collect();
+        let arenas = arenas::locate(
+            interp.minor,
+            |n| interp.data_symbol(n),
+            main,
+            |a| interp.mem.u64(a),
+        )
+        .ok_or_else(|| match interp.minor {
+            8..=11 => format!(
+                "Python {} keeps them in static variables and `{}` has no symbol table",
+                interp.version(),
+                interp.module
+            ),
+            _ => format!("no arena table known for Python {}", interp.version()),
+        });
+        Ok(Plan {
+            pid,
+            python: interp.version(),
+            hl,
+            heads,
+            runtime: interp.runtime,
+            arenas,
+            limits,
+        })
+    }
+
+    /// Why pymalloc's arenas are not read, if they are not.
+    pub fn arenas_unreadable(&self) -> Option<&str> {
+        self.arenas.as_ref().err().map(String::as_str)
+    }
+
+    /// One census through `src`, then the arenas.
+    pub fn take(&self, src: &dyn census::Source) -> Taken {
+        let at = Instant::now();
+        let census = census::Walker::new(src, &self.hl, self.limits.clone())
+            .with_threads(self.runtime)
+            .census(&self.heads);
+        let arenas = self
+            .arenas
+            .as_ref()
+            .ok()
+            .and_then(|loc| arenas::usage(src, loc, self.limits.max_read_bytes));
+        Taken {
+            census,
+            arenas,
+            at,
+            seconds: at.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// One census of the live process (opens its memory).
+    pub fn take_live(&self) -> Result<Taken> {
+        let mem = crate::python::runtime::Memory::open(self.pid)?;
+        Ok(self.take(&mem))
+    }
+}
+
+/// The report of the censuses `first` and (with two or more) `last`, with the arenas compared.
+pub fn build_report(
+    target: crate::output::report::Target,
+    duration_s: f64,
+    first: &Taken,
+    last: Option<&Taken>,
+    top: usize,
+) -> report::HeapReport {
+    let mut rep = report::HeapReport::build(
+        target,
+        duration_s,
+        &first.census,
+        last.map(|l| &l.census),
+        top,
+    );
+    rep.small_blocks = arenas::SmallBlocks::between(first, last);
+    rep
 }
 
 /// Runs `leaktrace heap`.
@@ -125,51 +258,30 @@ pub fn run(args: HeapArgs) -> Result<i32> {
             return Err(user(format!("{why}: `leaktrace heap` cannot read it")))
         }
     };
-    if interp.free_threaded {
-        return Err(user(format!(
-            "Python {} is a free-threaded build: `leaktrace heap` does not read its objects yet (they live in mimalloc heaps, not GC lists); use `leaktrace attach {pid} --pymalloc`",
-            interp.version()
-        )));
+    let plan = Plan::new(&interp, args.limits())?;
+    if let Some(why) = plan.arenas_unreadable() {
+        eprintln!("leaktrace: pymalloc's arenas are not read ({why}): no small-block figures");
     }
-    let Some(hl) = layout::heap_layout(interp.minor, &interp.layout) else {
-        return Err(user(format!(
-            "`leaktrace heap` does not read Python {} yet (it reads 3.8-3.15): use `leaktrace attach {pid}`",
-            interp.version()
-        )));
-    };
-    let base = if hl.gc_in_runtime {
-        interp.runtime
-    } else {
-        interp
-            .mem
-            .u64(interp.runtime + interp.layout.runtime_interpreters_main)
-            .filter(|&a| a != 0)
-            .ok_or_else(|| {
-                user(format!(
-                    "cannot read the main interpreter of process {pid}: is it still starting up? try again"
-                ))
-            })?
-    };
-    let heads: Vec<u64> = hl.gc_heads.iter().map(|o| base + o).collect();
 
     let started = Instant::now();
     let take = |n: usize| {
-        let t = Instant::now();
-        let c = census::Walker::new(&interp.mem, &hl, args.limits()).census(&heads);
+        let t = plan.take(&interp.mem);
         eprintln!(
-            "leaktrace: census {n} taken: {} objects in {:.2} s{}",
-            c.objects,
-            t.elapsed().as_secs_f64(),
-            if c.skipped_reads > 0 {
-                format!(", {} reads skipped", c.skipped_reads)
+            "leaktrace: census {n} taken: {} objects in {:.2} s ({} reads){}",
+            t.census.objects,
+            t.seconds,
+            t.census.reads,
+            if t.census.skipped_reads > 0 {
+                format!(", {} reads skipped", t.census.skipped_reads)
             } else {
                 String::new()
             }
         );
-        c
+        t
     };
     let first = take(1);
     let mut last = None;
+    let mut taken = 1u32;
     if let Some(d) = args.duration {
         let end = started + Duration::from_secs_f64(d);
         let step = args.interval.map(Duration::from_secs_f64);
@@ -184,12 +296,13 @@ pub fn run(args: HeapArgs) -> Result<i32> {
             }
             last = Some(take(n));
             n += 1;
+            taken += 1;
             if Instant::now() >= end {
                 break;
             }
         }
     }
-    let rep = report::HeapReport::build(
+    let mut rep = build_report(
         crate::output::report::Target {
             pids: vec![pid],
             exe: target.exe.clone(),
@@ -200,6 +313,7 @@ pub fn run(args: HeapArgs) -> Result<i32> {
         last.as_ref(),
         args.top,
     );
+    rep.censuses = taken;
     let text = match args.format {
         HeapFormat::Json => serde_json::to_string_pretty(&rep)? + "\n",
         HeapFormat::Text => rep.text(args.top),

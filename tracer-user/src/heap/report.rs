@@ -31,6 +31,22 @@ pub struct OwnerRow {
     pub retained_growth: Option<i64>,
 }
 
+/// A type that grew while no path from a root reaches some of its objects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnheldRow {
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub count: u64,
+    pub count_growth: i64,
+    /// Its objects on the GC's lists that nothing reached from a root holds.
+    pub unheld: u64,
+    pub unheld_growth: i64,
+}
+
+/// What the text table says of an [`UnheldRow`].
+pub const NO_HOLDER: &str =
+    "no holder found: a reference leaked by C code, or garbage waiting for the cyclic collector";
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskRow {
     pub coroutine: String,
@@ -54,8 +70,14 @@ pub struct HeapReport {
     pub objects: u64,
     pub types: Vec<TypeRow>,
     pub owners: Vec<OwnerRow>,
+    /// With two censuses: the types whose objects that no root reaches grew, by that growth.
+    #[serde(default)]
+    pub unheld: Vec<UnheldRow>,
     /// Not read yet: always empty.
     pub tasks: Vec<TaskRow>,
+    /// pymalloc's arenas against the objects' bytes (absent where the arenas are not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub small_blocks: Option<super::arenas::SmallBlocks>,
 }
 
 fn growth(a: u64, b: u64) -> i64 {
@@ -106,10 +128,12 @@ impl HeapReport {
                 .then(b.bytes.cmp(&a.bytes))
                 .then(a.type_name.cmp(&b.type_name))
         });
-        let before: std::collections::HashMap<&str, u64> = first
+        // Keyed by path and type: one path can name two owners (a class attribute of two
+        // classes of one qualified name, as `enum` makes them).
+        let before: std::collections::HashMap<(&str, &str), u64> = first
             .owners
             .iter()
-            .map(|o| (o.path.as_str(), o.retained_bytes))
+            .map(|o| ((o.path.as_str(), o.type_name.as_str()), o.retained_bytes))
             .collect();
         let mut owners: Vec<OwnerRow> = now
             .owners
@@ -121,7 +145,10 @@ impl HeapReport {
                 retained_bytes: o.retained_bytes,
                 retained_growth: last.map(|_| {
                     growth(
-                        before.get(o.path.as_str()).copied().unwrap_or(0),
+                        before
+                            .get(&(o.path.as_str(), o.type_name.as_str()))
+                            .copied()
+                            .unwrap_or(0),
                         o.retained_bytes,
                     )
                 }),
@@ -134,6 +161,31 @@ impl HeapReport {
                 .then(a.path.cmp(&b.path))
         });
         owners.truncate(top);
+        let mut unheld: Vec<UnheldRow> = match last {
+            Some(l) => l
+                .unheld
+                .iter()
+                .filter_map(|(name, &n)| {
+                    let count = l.types.get(name).map_or(0, |t| t.count);
+                    let before = first.types.get(name).map_or(0, |t| t.count);
+                    let row = UnheldRow {
+                        type_name: name.clone(),
+                        count,
+                        count_growth: growth(before, count),
+                        unheld: n,
+                        unheld_growth: growth(first.unheld.get(name).copied().unwrap_or(0), n),
+                    };
+                    (row.count_growth > 0 && row.unheld_growth > 0).then_some(row)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        unheld.sort_by(|a, b| {
+            b.unheld_growth
+                .cmp(&a.unheld_growth)
+                .then(a.type_name.cmp(&b.type_name))
+        });
+        unheld.truncate(top);
         let incomplete = first
             .incomplete
             .clone()
@@ -149,7 +201,9 @@ impl HeapReport {
             objects: now.objects,
             types,
             owners,
+            unheld,
             tasks: Vec::new(),
+            small_blocks: None,
         }
     }
 
@@ -231,10 +285,30 @@ impl HeapReport {
                 o.type_name
             );
         }
+        if !self.unheld.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nGrowing with no holder (no path from a module, a class, a global or an attribute):"
+            );
+            for u in self.unheld.iter().take(top) {
+                let _ = writeln!(
+                    s,
+                    "{:>10} {:>9}  {} ({} of {} unheld): {NO_HOLDER}",
+                    u.unheld,
+                    format!("{:+}", u.unheld_growth),
+                    u.type_name,
+                    u.unheld,
+                    u.count
+                );
+            }
+        }
         let _ = writeln!(
             s,
             "\nTasks: not read yet (asyncio tasks are counted under their type above)."
         );
+        if let Some(b) = &self.small_blocks {
+            let _ = write!(s, "\n{}", b.text(pid));
+        }
         s
     }
 
@@ -306,6 +380,7 @@ mod tests {
             retained_bytes: reg_len * 200,
         });
         c.objects = dicts;
+        c.unheld.insert("dict".into(), dicts / 2);
         c
     }
 
@@ -330,6 +405,53 @@ mod tests {
         assert_eq!(v["types"][0]["type"], "dict");
         assert_eq!(v["owners"][0]["path"], "app:REG");
         assert_eq!(r.folded(5), "app;REG 1800\n");
+        assert_eq!(
+            r.unheld,
+            vec![UnheldRow {
+                type_name: "dict".into(),
+                count: 15,
+                count_growth: 5,
+                unheld: 7,
+                unheld_growth: 2,
+            }]
+        );
+        assert_eq!(v["unheld"][0]["unheld_growth"], 2);
+        assert!(r
+            .text(5)
+            .contains(&format!("dict (7 of 15 unheld): {NO_HOLDER}")));
+    }
+
+    #[test]
+    fn one_path_naming_two_owners_is_not_growth() {
+        // `enum` leaves two classes of one qualified name: `signal:Signals.SIGTERM` is an int
+        // in one and a member in the other. Steady memory must not show as growth.
+        let two = || {
+            let mut c = census(10, 5);
+            for (t, b) in [("int", 28), ("signal.Signals", 1689)] {
+                c.owners.push(Owner {
+                    path: "signal:Signals.SIGTERM".into(),
+                    type_name: t.into(),
+                    len: None,
+                    retained_bytes: b,
+                });
+            }
+            c
+        };
+        let r = HeapReport::build(target(), 2.0, &two(), Some(&two()), 20);
+        assert!(
+            r.owners.iter().all(|o| o.retained_growth == Some(0)),
+            "{:?}",
+            r.owners
+        );
+    }
+
+    #[test]
+    fn shrinking_or_steady_unheld_is_not_reported() {
+        let mut a = census(10, 5);
+        a.unheld.insert("dict".into(), 9);
+        let r = HeapReport::build(target(), 2.0, &a, Some(&census(15, 9)), 20);
+        assert!(r.unheld.is_empty());
+        assert!(!r.text(5).contains(NO_HOLDER));
     }
 
     #[test]
@@ -339,5 +461,6 @@ mod tests {
         assert!(v["types"][0]["count_growth"].is_null());
         assert!(v["owners"][0]["retained_growth"].is_null());
         assert!(r.text(5).contains("app:REG (dict)"));
+        assert!(r.unheld.is_empty(), "one census has no growth");
     }
 }

@@ -63,6 +63,11 @@ pub struct Report {
     /// `--mode sampled`: mean bytes between samples (absent in exact mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_bytes: Option<u64>,
+    /// `attach --heap`: the censuses of the target's objects at the start and the end, a
+    /// `leaktrace-heap/v1` report (kept as JSON here: `heap/` renders it, and comes after
+    /// `output/` in the crate's stages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap: Option<serde_json::Value>,
 }
 
 fn yes() -> bool {
@@ -304,6 +309,7 @@ pub(crate) mod tests {
             complete: true,
             counters: BTreeMap::from([("allocs_seen".into(), 3001)]),
             notes: vec![],
+            heap: None,
         }
     }
 

@@ -30,6 +30,16 @@ pub fn print_summary(report: &Report, why: &str, sort: SortBy, top: usize, outpu
             g(b).total_cmp(&g(a)).then(b.live_bytes.cmp(&a.live_bytes))
         });
     }
+    let hint = ranked
+        .first()
+        .filter(|_| sort == SortBy::Growth)
+        .and_then(|s| {
+            crate::output::view::arena_hint(
+                &short_stack(&s.frames),
+                s.growth_bytes_per_s,
+                report.target.pids.first().copied().unwrap_or(0),
+            )
+        });
     for s in ranked.into_iter().take(top) {
         println!(
             "{}",
@@ -42,6 +52,9 @@ pub fn print_summary(report: &Report, why: &str, sort: SortBy, top: usize, outpu
                 &short_stack(&s.frames)
             )
         );
+    }
+    if let Some(hint) = hint {
+        println!("{hint}");
     }
     for note in &report.notes {
         eprintln!("leaktrace: note: {note}");

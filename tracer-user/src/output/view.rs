@@ -62,6 +62,16 @@ pub fn table_line(
     )
 }
 
+/// The one line said under a growth ranking that the pymalloc arena stack leads (`label` and
+/// `growth` of the first row): what it means and which command shows more.
+pub fn arena_hint(label: &str, growth: Option<f64>, pid: u32) -> Option<String> {
+    (label.contains("[pymalloc arenas") && growth.is_some_and(|g| g > 0.0)).then(|| {
+        format!(
+            "  ^ pymalloc's arenas grow fastest: objects of 512 B or less are piling up; `leaktrace heap {pid} --duration 30` names who holds them, `leaktrace attach {pid} --pymalloc --duration 30` the code that makes them"
+        )
+    })
+}
+
 /// How stacks are ranked in tables and views (`--sort`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SortBy {
@@ -135,6 +145,8 @@ pub trait View {
 pub struct TextView {
     pub top: usize,
     pub sort: SortBy,
+    /// The target, for the commands the arena hint names.
+    pub pid: u32,
 }
 
 impl View for TextView {
@@ -164,6 +176,14 @@ impl View for TextView {
                     &r.label
                 )
             )?;
+        }
+        if let Some(hint) = s
+            .rows
+            .first()
+            .filter(|_| self.sort == SortBy::Growth)
+            .and_then(|r| arena_hint(&r.label, r.growth_bytes_per_s, self.pid))
+        {
+            writeln!(out, "{hint}")?;
         }
         out.flush()?;
         Ok(())
@@ -276,8 +296,15 @@ impl TuiView {
                 ),
                 table,
             );
+            let hint = s
+                .rows
+                .first()
+                .filter(|_| sort == SortBy::Growth)
+                .and_then(|r| arena_hint(&r.label, r.growth_bytes_per_s, pid));
             f.render_widget(
-                Line::from(" q quit   s sort by growth/live   f freeze/unfreeze"),
+                Line::from(hint.unwrap_or_else(|| {
+                    " q quit   s sort by growth/live   f freeze/unfreeze".to_string()
+                })),
                 help,
             );
         })?;
@@ -343,7 +370,7 @@ pub fn for_top(pid: u32, top: usize, sort: SortBy) -> Box<dyn View> {
     if std::io::stdout().is_terminal() {
         Box::new(TuiView::new(pid, top, sort))
     } else {
-        Box::new(TextView { top, sort })
+        Box::new(TextView { top, sort, pid })
     }
 }
 
@@ -401,6 +428,20 @@ mod tests {
             let line = table_line(524_296, 32_769, None, None, samples, "leak");
             assert!(!line.contains('~') && line.ends_with("leak"), "{line}");
         }
+    }
+
+    #[test]
+    fn arena_hint_only_when_arenas_lead_and_grow() {
+        let arenas =
+            "[pymalloc arenas: objects of 512 B or less, attributed one by one with --pymalloc]";
+        let h = arena_hint(arenas, Some(4096.0), 42).unwrap();
+        assert!(
+            h.contains("leaktrace heap 42") && h.contains("--pymalloc"),
+            "{h}"
+        );
+        assert_eq!(arena_hint(arenas, Some(0.0), 42), None);
+        assert_eq!(arena_hint(arenas, None, 42), None);
+        assert_eq!(arena_hint("leaky (app.py:3) [malloc]", Some(1e6), 42), None);
     }
 
     #[test]

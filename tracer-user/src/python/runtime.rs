@@ -356,6 +356,19 @@ impl Interpreter {
         !self.pymalloc.is_empty()
     }
 
+    /// The runtime address of the data symbol `name` of the interpreter's file (local ones
+    /// too, where the file keeps its symbol table).
+    pub fn data_symbol(&self, name: &str) -> Option<u64> {
+        self.file.elf.object(name).map(|a| self.bias + a)
+    }
+
+    /// The main `PyInterpreterState`'s address, if readable (0 while it starts up is `None`).
+    pub fn main_interpreter(&self) -> Option<u64> {
+        self.mem
+            .u64(self.runtime + self.layout.runtime_interpreters_main)
+            .filter(|&a| a != 0)
+    }
+
     /// The pymalloc function named `name`, if found in memory.
     pub fn pymalloc_function(&self, name: &str) -> Option<&allocators::KnownFunction> {
         self.pymalloc.iter().find(|f| f.name == name)

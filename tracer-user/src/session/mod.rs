@@ -8,6 +8,7 @@
 //! Owns the session's state and the order things happen in; the work itself is in the stages.
 //! May call every stage; only `cli` calls it.
 
+mod heap;
 mod report;
 
 use std::{
@@ -22,7 +23,10 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::{Counter, MapEvent, MapEventKind, StackKey};
 
-pub use self::report::snapshot_path;
+pub use self::{
+    heap::{HeapOptions, HEAP_BY_DEFAULT},
+    report::snapshot_path,
+};
 use crate::{
     analysis::{
         aggregate::{Sample, Series},
@@ -84,6 +88,8 @@ pub struct AttachOptions {
     pub per_process: bool,
     /// `-v`: say how long each phase of the report took.
     pub verbose: bool,
+    /// Heap censuses of a Python target (`--heap`, `--no-heap`, `--heap-interval`).
+    pub heap: HeapOptions,
 }
 
 /// Why tracing stopped.
@@ -121,6 +127,8 @@ struct Session {
     started: Instant,
     /// Where intervals are shown: tables, or `top`'s live view.
     view: Box<dyn View>,
+    /// The heap censuses (`attach --heap`).
+    heap: heap::HeapCensus,
 }
 
 pub fn attach(opts: AttachOptions) -> Result<i32> {
@@ -284,8 +292,10 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
                 Box::new(crate::output::view::TextView {
                     top: opts.top,
                     sort: opts.sort,
+                    pid: opts.pid,
                 })
             },
+            heap: heap::HeapCensus::new(opts.heap),
         };
         if let Some(pid) = child {
             if opts.python {
@@ -300,6 +310,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
         if opts.follow_children {
             session.follow_children();
         }
+        session.heap.poll(&session.targets);
         session.sample()?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut ticks: u64 = 0;
@@ -325,6 +336,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
                     }
                     session.forget_exited_workers();
                     session.refresh_threads()?;
+                    session.heap.poll(&session.targets);
                     if ticks % 5 == 0 {
                         session.resolve_new_python_stacks();
                     }
@@ -580,19 +592,32 @@ impl Session {
 
     fn finish(mut self, stop: Stop, out: &mut File) -> Result<i32> {
         let mut phases = report::Phases::start();
+        // The last heap census reads the target's memory on its own thread while the
+        // report is built.
+        self.heap
+            .begin_final(stop != Stop::TargetExited && self.targets.root_proc().target.is_alive());
         // The probes are detached in the background once the live heap is read; every one
         // is gone before the summary says so (and before leaktrace exits: dropping the
         // tracer waits too).
-        let report = self.build_report(Some(stop), &mut phases)?;
+        let mut report = self.build_report(Some(stop), &mut phases)?;
         let root = self.targets.root;
         let Session {
             opts,
             mut tracer,
             targets,
             mut view,
+            heap,
             ..
         } = self;
         view.close();
+        let heap = heap.finish(crate::output::report::Target {
+            pids: vec![root],
+            ..report.target.clone()
+        });
+        if let Some(h) = &heap {
+            report.heap = Some(serde_json::to_value(h)?);
+            phases.lap(format!("heap ({} censuses)", h.censuses));
+        }
 
         out.set_len(0)?;
         out.rewind()?;
@@ -625,6 +650,9 @@ impl Session {
             Stop::TargetExited => format!("process {root} exited"),
         };
         print_summary(&report, &why, opts.sort, opts.top, &opts.output);
+        if let Some(h) = &heap {
+            print!("{}", heap::summary_lines(h));
+        }
         if let Some(pid) = targets.child {
             if stop == Stop::TargetExited {
                 let status = crate::target::spawn::reap(pid);

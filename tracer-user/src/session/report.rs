@@ -269,6 +269,7 @@ impl Session {
                 .map(|(c, name)| (name.to_string(), counters.get(*c)))
                 .collect::<BTreeMap<_, _>>(),
             notes,
+            heap: None,
         }
     }
 }
