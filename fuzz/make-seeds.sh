@@ -82,5 +82,17 @@ struct.pack_into("<QQQQ", m, 0x110, 0, base + 0x300, 48, 0)
 m[0x300:0x305] = b"dict\0"
 struct.pack_into("<QBBBxIQQ", m, 0x200, 1, 3, 3, 1, 0, 4, 1)
 open(d + "/one-dict-3.12", "wb").write(bytes([4]) + bytes(m))
+# One pending asyncio task whose coroutine is named "poll_gateway" (the memory of named.rs's
+# unit test one_task): the task, coroutine and str readers run.
+m = bytearray(0xC00)
+q = lambda at, v: struct.pack_into("<Q", m, at, v)
+q(0, base + 0x40); q(8, base + 0x40); q(0x40, base); q(0x48, base)
+q(0x50, 1); q(0x58, base + 0x400); q(0x50 + 136, base + 0x200)
+q(0x200, 1); q(0x208, base + 0x800); q(0x200 + 32, base + 0x300)
+q(0x300, 1); q(0x308, base + 0xA00); q(0x310, 12); q(0x320, (1 << 5) | (1 << 6) | (1 << 2))
+m[0x328:0x334] = b"poll_gateway"
+for ty, name, at, size in ((0x400, b"_asyncio.Task", 0x600, 176), (0x800, b"coroutine", 0x700, 96), (0xA00, b"str", 0x780, 40)):
+    q(ty + 24, base + at); q(ty + 32, size); m[at:at + len(name)] = name
+open(d + "/one-task-3.12", "wb").write(bytes([4]) + bytes(m))
 PY
 du -sh "$SEEDS"/*

@@ -12,6 +12,10 @@
 //! objects with no holder on SIGUSR1 (their refcounts raised through `Py_IncRef`): the
 //! holder's retained bytes must include the instance dicts' payloads, and the leaked type
 //! must be reported unheld with exactly M more objects.
+//!
+//! The third fixture (`heap_names.py`) holds what users search for: pending and finished
+//! asyncio tasks in module-global containers, sqlite3 connections never closed, uniquely named
+//! loggers, threads, an `lru_cache` on a method; the census must name each with its exact count.
 
 use std::{process::Command, time::Duration};
 
@@ -239,6 +243,113 @@ fn the_text_table_says_no_holder_found() {
         )),
         "{line}"
     );
+}
+
+const TASKS: u64 = 37;
+const DONE: u64 = 11;
+const CONNS: u64 = 6;
+const LOGGERS: u64 = 23;
+const ENTRIES: u64 = 41;
+const THREADS: u64 = 3;
+
+#[test]
+fn tasks_connections_loggers_threads_and_caches_by_name() {
+    require_root();
+    for py in every_python() {
+        let label = &py.label;
+        let fixture = py.fixture("heap_names.py");
+        let p = Proc::spawn(
+            py.command()
+                .arg(&fixture)
+                .args([TASKS, DONE, CONNS, LOGGERS, ENTRIES, THREADS].map(|n| n.to_string())),
+        );
+        let ready = p.stdout.wait_for("ready", T);
+        let f: Vec<u64> = ready
+            .split_whitespace()
+            .skip(2)
+            .map(|w| w.parse().unwrap())
+            .collect();
+        let (before, registry, loggers, threads) = (f[0], f[1], f[2], f[3]);
+        assert_eq!(registry, before + LOGGERS, "{label}: {ready}");
+        let pid = p.pid().to_string();
+        let file = format!(
+            "heap-names-{}.json",
+            label.replace([' ', '(', ')', ','], "_")
+        );
+        let r = census_json(&pid, &[], &file);
+        assert_eq!(r["complete"], true, "{label}: {:?}", r["incomplete_reason"]);
+        let tasks = r["tasks"].as_array().unwrap();
+        let group = |coro: &str| {
+            tasks
+                .iter()
+                .find(|t| t["coroutine"] == coro)
+                .unwrap_or_else(|| panic!("{label}: no {coro} tasks in {:#}", r["tasks"]))
+        };
+        assert_eq!(
+            group("poll_gateway"),
+            &serde_json::json!({"coroutine": "poll_gateway", "state": "pending",
+                "count": TASKS, "holder": "__main__:BACKGROUND"}),
+            "{label}"
+        );
+        assert_eq!(
+            group("quick"),
+            &serde_json::json!({"coroutine": "quick", "state": "done",
+                "count": DONE, "holder": "__main__:FINISHED"}),
+            "{label}"
+        );
+        // asyncio.run's own task, held by nothing the census walks.
+        assert_eq!(
+            group("main"),
+            &serde_json::json!({"coroutine": "main", "state": "pending",
+                "count": 1, "holder": null}),
+            "{label}"
+        );
+        assert_eq!(tasks.len(), 3, "{label}: {:#}", r["tasks"]);
+        let n = &r["names"];
+        assert_eq!(
+            n["connections"],
+            serde_json::json!([{"type": "sqlite3.Connection", "count": CONNS}]),
+            "{label}"
+        );
+        assert_eq!(
+            n["loggers"],
+            serde_json::json!({"count": loggers, "registry":
+                {"path": "logging:Logger.manager.loggerDict", "len": before + LOGGERS}}),
+            "{label}"
+        );
+        let thread_count: u64 = n["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(thread_count, threads, "{label}: {:#}", n["threads"]);
+        assert_eq!(threads, THREADS + 1, "{label}: the main thread and THREADS");
+        assert_eq!(
+            by_key(&n["threads"], "type", "threading.Thread").unwrap()["count"],
+            THREADS,
+            "{label}"
+        );
+        assert_eq!(
+            n["lru_caches"],
+            serde_json::json!([{"function": "__main__.Prices.lookup", "entries": ENTRIES,
+                "wrappers": 1}]),
+            "{label}"
+        );
+        let text = leaktrace_ok(&["heap", &pid]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        for want in [
+            format!("{TASKS}  pending  poll_gateway (__main__:BACKGROUND)"),
+            format!("connections: {CONNS} sqlite3.Connection"),
+            format!("lru_cache: {ENTRIES} entries in __main__.Prices.lookup"),
+            format!(
+                "logging:Logger.manager.loggerDict ({} items)",
+                before + LOGGERS
+            ),
+        ] {
+            assert!(text.contains(&want), "{label}: no `{want}` in:\n{text}");
+        }
+    }
 }
 
 /// One census of `pid` with `extra` options, as JSON written to the test output `file`.

@@ -3,7 +3,9 @@
 //! start. Wild pointers, cycles, huge lengths and torn lists must end in a bounded, incomplete
 //! census, never a panic or a hang. The input's bytes from 48 on also stand for `_PyRuntime`
 //! (its interpreters, threads and frames are roots), and instances' managed dicts, inline
-//! values and split tables are read from wherever their pointers lead.
+//! values and split tables are read from wherever their pointers lead; the named objects
+//! read on the way (asyncio tasks, lru_cache wrappers, instance attributes) are among the
+//! objects counted.
 #![no_main]
 use leaktrace::heap::{
     census::{Bytes, Limits, Walker},
@@ -40,4 +42,12 @@ fuzz_target!(|data: &[u8]| {
     for (name, &n) in &c.unheld {
         assert!(n <= c.types[name].count, "{name}: {n} unheld");
     }
+    // Tasks and the other named objects are among the objects counted.
+    let tasks: u64 = c.names.tasks.iter().map(|t| t.count).sum();
+    assert!(tasks <= c.objects);
+    assert!(c.names.loggers <= c.objects);
+    for t in &c.names.tasks {
+        assert!(t.state == "pending" || t.state == "done");
+    }
+    assert!(c.names.lru_caches.iter().map(|l| l.wrappers).sum::<u64>() <= c.objects);
 });

@@ -43,6 +43,7 @@ int main(void) {
     P("tp_dictoffset", offsetof(PyTypeObject, tp_dictoffset));
     P("ht_qualname", offsetof(PyHeapTypeObject, ht_qualname));
     P("ht_module_attr", offsetof(PyHeapTypeObject, ht_name));
+    P("tp_base", offsetof(PyTypeObject, tp_base));
     P("dict_used", offsetof(PyDictObject, ma_used));
     P("dict_keys", offsetof(PyDictObject, ma_keys));
     P("dict_values", offsetof(PyDictObject, ma_values));

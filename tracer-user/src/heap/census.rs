@@ -27,6 +27,9 @@ use std::{
 
 use super::layout::*;
 
+mod named;
+pub use named::{LruCache, Named, Names, TaskGroup, TypeCount};
+
 /// Where bytes come from: a process's memory, or a buffer.
 pub trait Source {
     /// Fills `buf` from `addr`; false if any of it cannot be read.
@@ -116,6 +119,8 @@ pub struct Census {
     pub skipped_reads: u64,
     /// Reads of the target's memory (system calls) the census made.
     pub reads: u64,
+    /// Tasks, connections, loggers, threads, caches.
+    pub names: Names,
     /// Why the census is not complete (the first limit hit), if it is not.
     pub incomplete: Option<String>,
     /// Bytes of pymalloc blocks behind the objects counted ([`super::arenas`]).
@@ -148,6 +153,9 @@ struct TypeInfo {
     /// `ht_cached_keys` of a class whose instances keep managed dicts (3.11+), else 0.
     cached_keys: u64,
     kind: Kind,
+    /// `tp_base`, and the named class ([`named`]) the type is or derives from.
+    base: u64,
+    named: Option<Named>,
 }
 
 type Ty = Rc<TypeInfo>;
@@ -263,6 +271,8 @@ pub struct Walker<'a> {
     runtime: Option<u64>,
     /// See [`Census::small_object_bytes`].
     small: u64,
+    /// Tasks and lru_cache wrappers found as they are counted ([`named`]).
+    found: named::Found,
 }
 
 /// Threads, interpreters and frames per thread followed at most.
@@ -294,6 +304,7 @@ impl<'a> Walker<'a> {
             frontier: Vec::new(),
             runtime: None,
             small: 0,
+            found: named::Found::default(),
         }
     }
 
@@ -514,7 +525,10 @@ impl<'a> Walker<'a> {
         if let Some(t) = self.types.get(&ty) {
             return t.clone();
         }
-        let t = self.read_type(ty).map(Rc::new);
+        let t = self.read_type(ty).map(|mut t| {
+            t.named = self.named_of(&t.name, t.base);
+            Rc::new(t)
+        });
         if t.is_none() {
             self.skip();
         }
@@ -579,9 +593,12 @@ impl<'a> Walker<'a> {
             },
             cached_keys,
             kind,
+            base: w(TP_BASE),
+            named: None,
         };
-        if heap {
-            // A class: `module.Name`, the module from its `__module__`.
+        // A class: `module.Name`, the module from its `__module__`; a C type made from a spec
+        // (`PyType_FromSpec`) keeps the spec's dotted name (`_asyncio.Task`) as it is.
+        if heap && !tp_name.contains('.') {
             self.types.insert(ty, Some(Rc::new(ti.clone())));
             let module = self
                 .dict_get_str(dict, "__module__")
@@ -978,6 +995,9 @@ impl<'a> Walker<'a> {
             s.stat.count += 1;
             s.stat.bytes += bytes;
             s.gc += u64::from(gc);
+            if let Some(n) = ti.named {
+                self.found.note(n, addr);
+            }
         }
     }
 
@@ -1255,6 +1275,7 @@ impl<'a> Walker<'a> {
                 }
             }
         }
+        let names = self.read_names(&roots);
         let mut owners = Vec::new();
         for (path, v) in roots {
             if self.over_budget() {
@@ -1279,6 +1300,7 @@ impl<'a> Walker<'a> {
                 .cmp(&a.retained_bytes)
                 .then(a.path.cmp(&b.path))
         });
+        let names = self.finish_names(names);
         // Per name (two classes may share one), counts and the GC objects nothing holds.
         let mut types: HashMap<String, TypeStat> = HashMap::new();
         let mut unheld: HashMap<String, u64> = HashMap::new();
@@ -1295,6 +1317,7 @@ impl<'a> Walker<'a> {
             unheld,
             owners,
             objects: self.objects,
+            names,
             skipped_reads: self.skipped.get(),
             reads: self.reads.get(),
             incomplete: self.incomplete,

@@ -314,6 +314,7 @@ mod tests {
                 o("__main__:CONFIG", Some(4), 900),
             ],
             tasks: vec![],
+            names: Default::default(),
             small_blocks: raw.map(|r| SmallBlocks {
                 arenas: 1,
                 arena_bytes: 1 << 20,

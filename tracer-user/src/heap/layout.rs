@@ -18,6 +18,8 @@ pub const TP_BASICSIZE: u64 = 32;
 pub const TP_ITEMSIZE: u64 = 40;
 /// `PyTypeObject.tp_flags` (`unsigned long`).
 pub const TP_FLAGS: u64 = 168;
+/// `PyTypeObject.tp_base`.
+pub const TP_BASE: u64 = 256;
 /// `PyTypeObject.tp_dict`.
 pub const TP_DICT: u64 = 264;
 /// `PyTypeObject.tp_dictoffset` (`Py_ssize_t`): where an instance keeps its `__dict__`

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::census::Census;
 use crate::output::report::{human_bytes, Target};
 
+mod names;
+pub use names::{LoggersRow, LruRow, NamesReport, PathLen, TaskRow, TypeCountRow};
+
 pub const SCHEMA: &str = "leaktrace-heap/v1";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,14 +51,6 @@ pub const NO_HOLDER: &str =
     "no holder found: a reference leaked by C code, or garbage waiting for the cyclic collector";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TaskRow {
-    pub coroutine: String,
-    pub state: String,
-    pub count: u64,
-    pub holder: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeapReport {
     pub schema: String,
     pub target: Target,
@@ -73,8 +68,11 @@ pub struct HeapReport {
     /// With two censuses: the types whose objects that no root reaches grew, by that growth.
     #[serde(default)]
     pub unheld: Vec<UnheldRow>,
-    /// Not read yet: always empty.
+    /// asyncio tasks of the last census, by coroutine, state and holder.
     pub tasks: Vec<TaskRow>,
+    /// Connections, threads, loggers, lru_cache entries (added in v1).
+    #[serde(default)]
+    pub names: NamesReport,
     /// pymalloc's arenas against the objects' bytes (absent where the arenas are not read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub small_blocks: Option<super::arenas::SmallBlocks>,
@@ -202,7 +200,8 @@ impl HeapReport {
             types,
             owners,
             unheld,
-            tasks: Vec::new(),
+            tasks: TaskRow::rows(&now.names),
+            names: NamesReport::from(&now.names),
             small_blocks: None,
         }
     }
@@ -302,10 +301,7 @@ impl HeapReport {
                 );
             }
         }
-        let _ = writeln!(
-            s,
-            "\nTasks: not read yet (asyncio tasks are counted under their type above)."
-        );
+        self.names_text(&mut s, top);
         if let Some(b) = &self.small_blocks {
             let _ = write!(s, "\n{}", b.text(pid));
         }
