@@ -330,12 +330,25 @@ fn tasks_connections_loggers_threads_and_caches_by_name() {
             THREADS,
             "{label}"
         );
+        // The standard library's own caches (typing's, re's) are listed too.
         assert_eq!(
-            n["lru_caches"],
-            serde_json::json!([{"function": "__main__.Prices.lookup", "entries": ENTRIES,
-                "wrappers": 1}]),
-            "{label}"
+            by_key(&n["lru_caches"], "function", "__main__.Prices.lookup"),
+            Some(&serde_json::json!({"function": "__main__.Prices.lookup",
+                "entries": ENTRIES, "wrappers": 1})),
+            "{label}: {:#}",
+            n["lru_caches"]
         );
+        // 3.11+: each connection keeps its statement cache as an lru_cache of itself.
+        if py.minor >= 11 {
+            let stmt = by_key(
+                &n["lru_caches"],
+                "function",
+                "(a sqlite3.Connection object)",
+            )
+            .unwrap_or_else(|| panic!("{label}: no statement caches in {:#}", n["lru_caches"]));
+            assert_eq!(stmt["wrappers"], CONNS, "{label}: {stmt}");
+            assert_eq!(stmt["entries"], 0, "{label}: {stmt}");
+        }
         let text = leaktrace_ok(&["heap", &pid]);
         let text = String::from_utf8_lossy(&text.stdout);
         for want in [

@@ -273,6 +273,8 @@ pub struct Walker<'a> {
     small: u64,
     /// Tasks and lru_cache wrappers found as they are counted ([`named`]).
     found: named::Found,
+    /// Types being read while their named base is looked up (bounds that recursion).
+    base_depth: u32,
 }
 
 /// Threads, interpreters and frames per thread followed at most.
@@ -305,6 +307,7 @@ impl<'a> Walker<'a> {
             runtime: None,
             small: 0,
             found: named::Found::default(),
+            base_depth: 0,
         }
     }
 

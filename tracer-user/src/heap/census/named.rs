@@ -154,30 +154,20 @@ fn sorted(mut v: Vec<TypeCount>) -> Vec<TypeCount> {
 }
 
 impl Walker<'_> {
-    /// The named class of a type called `name` whose base is `base`: its own name, else the
-    /// nearest base's that has one.
-    pub(super) fn named_of(&mut self, name: &str, mut base: u64) -> Option<Named> {
+    /// The named class of a type called `name` whose base is `base`: its own name, else its
+    /// base's (read through the type cache, so a base is read, and named, once; at most
+    /// [`MAX_BASES`] bases deep, which also ends a cycle of bases in torn memory).
+    pub(super) fn named_of(&mut self, name: &str, base: u64) -> Option<Named> {
         if let Some(n) = by_name(name) {
             return Some(n);
         }
-        for _ in 0..MAX_BASES {
-            if base == 0 {
-                return None;
-            }
-            let (name, next) = match self.types.get(&base) {
-                Some(Some(t)) => (t.name.clone(), t.base),
-                Some(None) => return None,
-                None => {
-                    let t = self.read_type(base)?;
-                    (t.name, t.base)
-                }
-            };
-            if let Some(n) = by_name(&name) {
-                return Some(n);
-            }
-            base = next;
+        if base == 0 || self.base_depth as usize >= MAX_BASES {
+            return None;
         }
-        None
+        self.base_depth += 1;
+        let n = self.type_info(base).and_then(|t| t.named);
+        self.base_depth -= 1;
+        n
     }
 
     /// Reads the tasks, caches and `logging`'s registry found so far; `roots` are the census's
@@ -305,7 +295,8 @@ impl Walker<'_> {
     }
 
     /// A wrapper's function name (`module.qualname`, from the attributes `functools.wraps`
-    /// copied into the wrapper's own dict) and its cache's length.
+    /// copied into the wrapper's own dict, else the type of what it wraps) and its cache's
+    /// length.
     fn lru(&mut self, w: u64, off: &ObjOffsets) -> Option<(String, u64)> {
         let cache = self.words::<1>(w + off.lru_cache)?[0];
         let entries = self.dict_len(cache)?;
@@ -314,7 +305,12 @@ impl Walker<'_> {
         let name = match (q, m) {
             (Some(q), Some(m)) => format!("{m}.{q}"),
             (Some(q), None) => q,
-            _ => "?".to_string(),
+            // A cache around an object that has no `__qualname__` (3.11+: every
+            // `sqlite3.Connection` keeps its statement cache as an lru_cache of itself).
+            _ => match self.attr(w, "__wrapped__").and_then(|o| self.type_of(o)) {
+                Some(t) => format!("(a {} object)", t.name),
+                None => "?".to_string(),
+            },
         };
         Some((name, entries))
     }
