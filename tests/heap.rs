@@ -251,6 +251,7 @@ const CONNS: u64 = 6;
 const LOGGERS: u64 = 23;
 const ENTRIES: u64 = 41;
 const THREADS: u64 = 3;
+const CLOSED: u64 = 4;
 
 #[test]
 fn tasks_connections_loggers_threads_and_caches_by_name() {
@@ -258,11 +259,10 @@ fn tasks_connections_loggers_threads_and_caches_by_name() {
     for py in every_python() {
         let label = &py.label;
         let fixture = py.fixture("heap_names.py");
-        let p = Proc::spawn(
-            py.command()
-                .arg(&fixture)
-                .args([TASKS, DONE, CONNS, LOGGERS, ENTRIES, THREADS].map(|n| n.to_string())),
-        );
+        let p =
+            Proc::spawn(py.command().arg(&fixture).args(
+                [TASKS, DONE, CONNS, LOGGERS, ENTRIES, THREADS, CLOSED].map(|n| n.to_string()),
+            ));
         let ready = p.stdout.wait_for("ready", T);
         let f: Vec<u64> = ready
             .split_whitespace()
@@ -308,7 +308,8 @@ fn tasks_connections_loggers_threads_and_caches_by_name() {
         let n = &r["names"];
         assert_eq!(
             n["connections"],
-            serde_json::json!([{"type": "sqlite3.Connection", "count": CONNS}]),
+            serde_json::json!([{"type": "sqlite3.Connection", "count": CONNS + CLOSED,
+                "open": CONNS}]),
             "{label}"
         );
         assert_eq!(
@@ -353,7 +354,10 @@ fn tasks_connections_loggers_threads_and_caches_by_name() {
         let text = String::from_utf8_lossy(&text.stdout);
         for want in [
             format!("{TASKS}  pending  poll_gateway (__main__:BACKGROUND)"),
-            format!("connections: {CONNS} sqlite3.Connection"),
+            format!(
+                "connections: {} sqlite3.Connection ({CONNS} open)",
+                CONNS + CLOSED
+            ),
             format!("lru_cache: {ENTRIES} entries in __main__.Prices.lookup"),
             format!(
                 "logging:Logger.manager.loggerDict ({} items)",

@@ -20,8 +20,10 @@ pub enum Named {
     Task,
     /// `functools._lru_cache_wrapper`.
     Lru,
-    /// `sqlite3.Connection`, a psycopg/asyncpg connection, an SQLAlchemy session.
+    /// A psycopg/asyncpg connection, an SQLAlchemy session.
     Connection,
+    /// `sqlite3.Connection`, whose handle says whether it is open.
+    Sqlite,
     /// `logging.Logger` or a subclass (`RootLogger`).
     Logger,
     /// `threading.Thread` or a subclass (`_MainThread`, `Timer`).
@@ -35,7 +37,7 @@ pub fn by_name(name: &str) -> Option<Named> {
     match name {
         "_asyncio.Task" => Some(Named::Task),
         "functools._lru_cache_wrapper" => Some(Named::Lru),
-        "sqlite3.Connection" => Some(Named::Connection),
+        "sqlite3.Connection" => Some(Named::Sqlite),
         "logging.Logger" => Some(Named::Logger),
         "threading.Thread" => Some(Named::Thread),
         _ if (top.starts_with("psycopg") || top == "asyncpg")
@@ -100,6 +102,8 @@ pub struct TaskGroup {
 pub struct TypeCount {
     pub type_name: String,
     pub count: u64,
+    /// Of them, the connections still open, where the census can tell (`sqlite3`).
+    pub open: Option<u64>,
 }
 
 /// One cached function's entries.
@@ -124,13 +128,17 @@ pub struct Names {
     pub lru_caches: Vec<LruCache>,
 }
 
-/// What the census collects for [`Names`] as it counts objects: tasks and lru_cache
-/// wrappers, by address (connections, loggers and threads are counted from the per-type
-/// counts at the end).
+/// What the census collects for [`Names`] as it counts objects: tasks, lru_cache wrappers
+/// and sqlite3 connections, by address (connections, loggers and threads are counted from
+/// the per-type counts at the end).
 #[derive(Debug, Default)]
 pub struct Found {
     objects: Vec<(Named, u64)>,
 }
+
+/// `pysqlite_Connection.db` (the `sqlite3 *` handle, NULL once closed): the first field after
+/// the object's head on 3.8-3.15.
+const SQLITE_DB: u64 = 16;
 
 /// Objects of one kind remembered by address at most (the rest are counted, not read).
 const MAX_FOUND: usize = 1_000_000;
@@ -142,7 +150,11 @@ const HOLDER_DEPTH: u32 = 4;
 const HOLDER_READS: u64 = 200_000;
 impl Found {
     pub(super) fn note(&mut self, n: Named, addr: u64) {
-        if matches!(n, Named::Task | Named::Lru) && self.objects.len() < MAX_FOUND {
+        if n != Named::Connection
+            && n != Named::Logger
+            && n != Named::Thread
+            && self.objects.len() < MAX_FOUND
+        {
             self.objects.push((n, addr));
         }
     }
@@ -236,6 +248,11 @@ impl Walker<'_> {
         names
             .lru_caches
             .sort_by(|a, b| b.entries.cmp(&a.entries).then(a.function.cmp(&b.function)));
+        // Connections are read with the others at the end (3.8-3.10's are not on the GC's
+        // lists: the owners' walks find them).
+        self.found
+            .objects
+            .extend(found.iter().filter(|(n, _)| *n == Named::Sqlite));
         const REGISTRY: &str = "logging:Logger.manager";
         if let Some(&(_, manager)) = roots.iter().find(|(p, _)| p == REGISTRY) {
             match self
@@ -251,6 +268,16 @@ impl Walker<'_> {
 
     /// Connections, loggers and threads, from the per-type counts of the whole census.
     pub(super) fn finish_names(&mut self, mut names: Names) -> Names {
+        let mut sqlite_open: HashMap<String, u64> = HashMap::new();
+        let found = std::mem::take(&mut self.found.objects);
+        for &(_, c) in found.iter().filter(|(n, _)| *n == Named::Sqlite) {
+            match (self.type_of(c), self.words::<1>(c + SQLITE_DB)) {
+                (Some(t), Some([db])) => {
+                    *sqlite_open.entry(t.name.clone()).or_default() += u64::from(db != 0)
+                }
+                _ => self.skip(),
+            }
+        }
         let mut counts: HashMap<(Named, String), u64> = HashMap::new();
         for p in self.stats.values() {
             if let Some(n) = p.ti.named {
@@ -260,9 +287,15 @@ impl Walker<'_> {
         let mut conns = Vec::new();
         let mut threads = Vec::new();
         for ((n, type_name), count) in counts {
-            let row = TypeCount { type_name, count };
+            let open =
+                (n == Named::Sqlite).then(|| sqlite_open.get(&type_name).copied().unwrap_or(0));
+            let row = TypeCount {
+                type_name,
+                count,
+                open,
+            };
             match n {
-                Named::Connection => conns.push(row),
+                Named::Connection | Named::Sqlite => conns.push(row),
                 Named::Thread => threads.push(row),
                 Named::Logger => names.loggers += count,
                 Named::Task | Named::Lru => {}
@@ -381,7 +414,7 @@ mod tests {
     use super::*;
     use crate::heap::{
         census::{Bytes, Limits},
-        layout::heap_layout,
+        layout::{heap_layout, TP_BASE},
     };
 
     const BASE: u64 = 0x10000;
@@ -467,11 +500,24 @@ mod tests {
     }
 
     #[test]
+    fn a_cycle_of_bases_ends() {
+        // The coroutine's type and str's name each other as `tp_base`: looking for a named
+        // base stops after MAX_BASES, and the task is still read.
+        let mut src = one_task(0, "coroutine");
+        put(&mut src.data, 0x800 + TP_BASE, BASE + 0xa00);
+        put(&mut src.data, 0xa00 + TP_BASE, BASE + 0x800);
+        let c = census_of(&src);
+        assert_eq!(c.objects, 1);
+        assert_eq!(c.names.tasks.len(), 1, "{:?}", c.names.tasks);
+        assert_eq!(c.names.tasks[0].coroutine, "poll_gateway");
+    }
+
+    #[test]
     fn named_classes_by_type_name() {
         assert_eq!(by_name("_asyncio.Task"), Some(Named::Task));
         assert_eq!(by_name("asyncio.tasks.Task"), None);
         assert_eq!(by_name("functools._lru_cache_wrapper"), Some(Named::Lru));
-        assert_eq!(by_name("sqlite3.Connection"), Some(Named::Connection));
+        assert_eq!(by_name("sqlite3.Connection"), Some(Named::Sqlite));
         assert_eq!(by_name("sqlite3.Cursor"), None);
         assert_eq!(by_name("psycopg.Connection"), Some(Named::Connection));
         assert_eq!(

@@ -40,6 +40,9 @@ pub struct TypeCountRow {
     #[serde(rename = "type")]
     pub type_name: String,
     pub count: u64,
+    /// Connections still open, where that can be told (`sqlite3.Connection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<u64>,
 }
 
 /// A container and its length (`names.loggers.registry`).
@@ -81,6 +84,7 @@ impl NamesReport {
                 .map(|t| TypeCountRow {
                     type_name: t.type_name.clone(),
                     count: t.count,
+                    open: t.open,
                 })
                 .collect()
         };
@@ -133,7 +137,10 @@ impl HeapReport {
                 "none".to_string()
             } else {
                 v.iter()
-                    .map(|t| format!("{} {}", t.count, t.type_name))
+                    .map(|t| match t.open {
+                        Some(o) => format!("{} {} ({o} open)", t.count, t.type_name),
+                        None => format!("{} {}", t.count, t.type_name),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             }
