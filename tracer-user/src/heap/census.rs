@@ -323,20 +323,24 @@ impl<'a> Walker<'a> {
         let l = &self.hl.py;
         let mut out = Vec::new();
         let mut interp = self
-            .words::<1>(runtime + l.runtime_interpreters_head)
+            .words::<1>(runtime.wrapping_add(l.runtime_interpreters_head))
             .map_or(0, |[w]| w);
         for _ in 0..MAX_INTERPRETERS {
             if interp == 0 {
                 break;
             }
             let mut t = self
-                .words::<1>(interp + l.interp_threads_head)
+                .words::<1>(interp.wrapping_add(l.interp_threads_head))
                 .map_or(0, |[w]| w);
             while t != 0 && out.len() < MAX_THREADS && !out.contains(&t) {
                 out.push(t);
-                t = self.words::<1>(t + l.tstate_next).map_or(0, |[w]| w);
+                t = self
+                    .words::<1>(t.wrapping_add(l.tstate_next))
+                    .map_or(0, |[w]| w);
             }
-            interp = self.words::<1>(interp + l.interp_next).map_or(0, |[w]| w);
+            interp = self
+                .words::<1>(interp.wrapping_add(l.interp_next))
+                .map_or(0, |[w]| w);
         }
         out
     }
@@ -350,16 +354,16 @@ impl<'a> Walker<'a> {
         let has = crate::python::Layout::has;
         for t in self.thread_states(runtime) {
             if has(l.tstate_frame) {
-                if let Some([f]) = self.words::<1>(t + l.tstate_frame) {
+                if let Some([f]) = self.words::<1>(t.wrapping_add(l.tstate_frame)) {
                     self.frontier.push(f);
                 }
                 continue;
             }
             let top = if has(l.tstate_current_frame) {
-                self.words::<1>(t + l.tstate_current_frame)
+                self.words::<1>(t.wrapping_add(l.tstate_current_frame))
             } else if has(l.tstate_cframe) && has(l.cframe_current_frame) {
-                self.words::<1>(t + l.tstate_cframe)
-                    .and_then(|[c]| self.words::<1>(c + l.cframe_current_frame))
+                self.words::<1>(t.wrapping_add(l.tstate_cframe))
+                    .and_then(|[c]| self.words::<1>(c.wrapping_add(l.cframe_current_frame)))
             } else {
                 None
             };
@@ -375,7 +379,9 @@ impl<'a> Walker<'a> {
                 };
                 self.scan_words(f, len.min(1 << 16));
                 above = f;
-                f = self.words::<1>(f + l.iframe_previous).map_or(0, |[w]| w);
+                f = self
+                    .words::<1>(f.wrapping_add(l.iframe_previous))
+                    .map_or(0, |[w]| w);
             }
         }
     }
