@@ -228,10 +228,7 @@ fn a_missed_return_has_its_own_note_and_is_not_a_drop() {
     // Deeper in the stack than the abandoned realloc, 300 ms after it: the thread's own calls,
     // not calls made inside the abandoned one (which would be dropped as nested).
     let deep = stacks_from(&report, "deep_malloc", &["malloc"]);
-    let bytes: u64 = deep
-        .iter()
-        .map(|s| s["live_bytes"].as_u64().unwrap())
-        .sum();
+    let bytes: u64 = deep.iter().map(|s| s["live_bytes"].as_u64().unwrap()).sum();
     assert_eq!(bytes, 2048 * calls, "{deep:#?}");
 }
 
