@@ -1017,7 +1017,10 @@ fn jit_compiled_code_keeps_its_frames_callers_and_lines() {
             assert!(
                 exact >= made,
                 "{label}: {function}: {exact} of {made} objects at {want:?}: {:#?}",
-                from(function).iter().map(|(s, f)| (allocs(s), f)).collect::<Vec<_>>()
+                from(function)
+                    .iter()
+                    .map(|(s, f)| (allocs(s), f))
+                    .collect::<Vec<_>>()
             );
         }
         // A micro-op that does not escape: function, file and caller exact; the line one of
@@ -1028,7 +1031,11 @@ fn jit_compiled_code_keeps_its_frames_callers_and_lines() {
             "{label}: leaky_concat: only {jitted} of {made} objects made in JIT code"
         );
         let def = line("def leaky_concat");
-        let caller = ("main".to_string(), src.to_string(), line("SITE:main_calls_concat"));
+        let caller = (
+            "main".to_string(),
+            src.to_string(),
+            line("SITE:main_calls_concat"),
+        );
         let concat = from("leaky_concat");
         let mut total = 0;
         let mut at_site = 0;

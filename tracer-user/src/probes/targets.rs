@@ -227,13 +227,8 @@ impl Targets {
         let data = crate::target::elf::read_file(&host)?;
         let mut elf = crate::target::elf::ElfFile::parse(&data)
             .with_context(|| format!("`{}` is not a usable ELF file", host.display()))?;
-        let (probes, exported_only) = tracer.attach_pymalloc(
-            pid,
-            &host,
-            &mut elf,
-            interp.free_threaded,
-            &interp.pymalloc,
-        )?;
+        let (probes, exported_only) =
+            tracer.attach_pymalloc(pid, &host, &mut elf, interp.free_threaded, &interp.pymalloc)?;
         if pid != self.root {
             return Ok(());
         }

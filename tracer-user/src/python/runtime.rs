@@ -349,8 +349,8 @@ impl Interpreter {
         if !self.pymalloc.is_empty() {
             return PymallocLookup::Found;
         }
-        let off = allocators::offsets_for(self.minor)
-            .filter(|_| !self.free_threaded && self.major == 3);
+        let off =
+            allocators::offsets_for(self.minor).filter(|_| !self.free_threaded && self.major == 3);
         let Some(off) = off else {
             self.pymalloc_search.finish();
             return PymallocLookup::Stopped;
