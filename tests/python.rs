@@ -928,8 +928,9 @@ fn jitted_counts(line: &str) -> (u64, u64) {
     (w[1].parse().unwrap(), w[3].parse().unwrap())
 }
 
-/// The JIT (CPython 3.14+; compiled into Debian's builds, off unless `PYTHON_JIT=1`), on
-/// Debian's 3.14 and 3.15, static and shared, with `fixtures/py_jit_leak.py`: loops hot enough
+/// The JIT (CPython 3.14+; compiled into Debian's builds, `--enable-experimental-jit=yes-off`
+/// in their `CONFIG_ARGS`: off unless `PYTHON_JIT=1`), on Debian's 3.14 and 3.15, static and
+/// shared, with `fixtures/py_jit_leak.py`: loops hot enough
 /// for tier 2 (a trace at a loop's ~4096th backward jump), compiled to machine code. The
 /// fixture says the JIT is on (`sys._jit.is_enabled()`) and how many of each site's objects
 /// were made while its frame ran JIT code (`sys._jit.is_active()`); the test fails if either
@@ -941,7 +942,12 @@ fn jitted_counts(line: &str) -> (u64, u64) {
 /// an escaping call (the bytes `*` of `leaky_loop` and `Registry.add`) is at its exact line,
 /// while one made inside a micro-op that does not escape (`_BINARY_OP_ADD_UNICODE`'s
 /// `PyUnicode_Concat` in `leaky_concat`) is at the line of the last `_SET_IP` before it: one
-/// of its own function's lines, not necessarily the allocating one.
+/// of its own function's lines, not necessarily the allocating one (seen: the loop's `for`
+/// line, for exactly the objects made in JIT code).
+///
+/// Not covered: the tail-call interpreter (`--with-tail-call-interp`). Debian's 3.14 and 3.15
+/// are GCC builds without it (`sysconfig`'s `Py_TAIL_CALL_INTERP` is 0), and no interpreter on
+/// this machine has it.
 #[test]
 fn jit_compiled_code_keeps_its_frames_callers_and_lines() {
     require_root();
@@ -953,8 +959,13 @@ fn jit_compiled_code_keeps_its_frames_callers_and_lines() {
         cmd.env("PYTHON_JIT", "1");
         let target = Proc::spawn(cmd.arg(py.fixture(src)));
         let ready = target.stdout.wait_for("ready", T);
+        // `jit AVAILABLE ENABLED`: a build without the JIT fails here, never passes unseen.
         assert!(
-            ready.trim_end().ends_with(" jit True"),
+            !ready.contains(" jit False "),
+            "{label}: this interpreter has no JIT compiled in (sys._jit.is_available() is False: built without --enable-experimental-jit): {ready}"
+        );
+        assert!(
+            ready.trim_end().ends_with(" jit True True"),
             "{label}: PYTHON_JIT=1 did not turn the JIT on: {ready}"
         );
         let out = out_path(&format!("py-jit-{}.json", file_label(label)));
