@@ -593,3 +593,43 @@ fn small_objects_account_for_the_arena_growth() {
         );
     }
 }
+
+/// A process whose children run the same interpreter (a pre-fork server's workers): the
+/// census of the parent says, in one line, that each child has a heap of its own and names
+/// the command for one.
+#[test]
+fn children_running_the_same_interpreter_are_named() {
+    require_root();
+    let py = every_python().into_iter().next().expect("an interpreter");
+    let script = "import os, sys, time\n\
+        kids = []\n\
+        for _ in range(2):\n\
+        \x20   pid = os.fork()\n\
+        \x20   if pid == 0:\n\
+        \x20       time.sleep(60)\n\
+        \x20       os._exit(0)\n\
+        \x20   kids.append(pid)\n\
+        print('ready', *kids, flush=True)\n\
+        time.sleep(60)\n";
+    let target = Proc::spawn(py.command().arg("-c").arg(script));
+    let line = target.stdout.wait_for("ready", T);
+    let kids: Vec<&str> = line.split_whitespace().skip(1).collect();
+    assert_eq!(kids.len(), 2, "{line}");
+    let mut heap = leaktrace(&["heap", &target.pid().to_string()]);
+    assert_eq!(heap.wait(T), 0, "{}: {}", py.label, heap.stderr.text());
+    let err = heap.stderr.text();
+    assert!(
+        err.contains(&format!(
+            "has 2 child processes running the same interpreter ({}, {})",
+            kids[0], kids[1]
+        )) && err.contains(&format!(
+            "`leaktrace heap {}` takes a census of one",
+            kids[0]
+        )),
+        "{}: {err}",
+        py.label
+    );
+    for k in kids {
+        let _ = std::process::Command::new("kill").arg(k).status();
+    }
+}

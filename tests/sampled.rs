@@ -180,7 +180,8 @@ fn notes(r: &Value) -> Vec<String> {
 
 /// The only loss is a missed return (realloc aborts on a bad pointer, the SIGABRT handler
 /// siglongjmps out: the call never returns): its own note, which says nothing is missing;
-/// not a drop, no "raise --max-allocs", the report complete.
+/// not a drop, no "raise --max-allocs", the report complete. A call made after it from deeper
+/// in the stack is the thread's own, not nested in the abandoned one.
 #[test]
 fn a_missed_return_has_its_own_note_and_is_not_a_drop() {
     let (report, done) = trace("missed_return", &[], "missed-return.json");
@@ -224,6 +225,11 @@ fn a_missed_return_has_its_own_note_and_is_not_a_drop() {
         .map(|s| s["live_bytes"].as_u64().unwrap())
         .sum();
     assert_eq!(bytes, 4096 * calls, "{after:#?}");
+    // Deeper in the stack than the abandoned realloc, 300 ms after it: the thread's own calls,
+    // not calls made inside the abandoned one (which would be dropped as nested).
+    let deep = stacks_from(&report, "deep_malloc", &["malloc"]);
+    let bytes: u64 = deep.iter().map(|s| s["live_bytes"].as_u64().unwrap()).sum();
+    assert_eq!(bytes, 2048 * calls, "{deep:#?}");
 }
 
 /// 1024 distinct native stacks: with --max-native-stacks 64 most find the map full (its own

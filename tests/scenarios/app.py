@@ -13,6 +13,7 @@ import ctypes
 import functools
 import os
 import sqlite3
+import time
 
 import psycopg
 from fastapi import Depends, FastAPI, Request, Response
@@ -173,3 +174,17 @@ def export_report():
     rows = [f"{i},customer-{i % 977},{i * 7 % 10007}.{i % 100:02d}\n" for i in range(30000)]
     body = "".join(rows).encode()
     return Response(content=body, media_type="text/csv")
+
+
+# 8. Small objects only: per-request session state (a dict of two short strings, an int and a
+#    float: each object well under pymalloc's 512-byte threshold) kept in a module-level dict
+#    keyed by the request id, which is unique per request. Allocation stacks see only pymalloc
+#    arenas grow; the heap census names the holder.
+SESSION_STATE = {}
+
+
+@app.get("/session")
+def touch_session(request: Request):
+    key = request.headers["x-request-id"]
+    SESSION_STATE[key] = {"user": request.headers.get("x-user", "anonymous"), "hits": 1, "seen": time.time()}
+    return {"sessions": len(SESSION_STATE)}

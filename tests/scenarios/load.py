@@ -51,6 +51,11 @@ ENDPOINTS = {
     "c-leak": (10, 2000, lambda n: ("GET", f"/thumbnail/{n}", {}, b"")),
     "lru": (40, 4000, lambda n: ("GET", f"/products/{random.randrange(96)}", {}, b"")),
     "export": (2, 400, lambda n: ("GET", "/export", {}, b"")),
+    "sessions": (
+        10,
+        2000,
+        lambda n: ("GET", "/session", {"x-request-id": uuid.uuid4().hex, "x-user": f"user-{n % 50}"}, b""),
+    ),
 }
 
 

@@ -242,6 +242,12 @@ pub fn enter_unrecorded(ctx: &ProbeContext) -> bool {
     true
 }
 
+/// A tracked call pending for longer than this is taken as abandoned (its return missed) by
+/// the thread's next tracked call, even a deeper one. Allocator calls made inside another
+/// (glibc's malloc calling mmap, realloc calling mremap) come within microseconds of it; the
+/// margin covers a thread descheduled in between on a loaded machine.
+const STALE_PENDING_NS: u64 = 250_000_000;
+
 /// Starts tracking an allocator call on this thread, unless it is made from inside another
 /// tracked allocator call (glibc's malloc calls mmap, reallocarray tail-calls realloc, ...).
 #[inline(always)]
@@ -251,8 +257,14 @@ pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) -> b
     // SAFETY: the value is copied out before the map can change under it.
     if let Some(outer) = unsafe { PENDING.get(&pid_tgid) } {
         // A deeper stack pointer (or the same one, for a tail call) means we are inside the
-        // outer call, which accounts for this memory itself.
-        if sp <= outer.sp {
+        // outer call, which accounts for this memory itself; unless the outer call is older
+        // than any allocator call lasts: its return was missed (a longjmp out of it) and this
+        // call, deeper than the abandoned one, is the thread's next own call.
+        // SAFETY: plain helper call, made only on this rare path.
+        if sp <= outer.sp
+            && (outer.ts_ns == 0
+                || unsafe { bpf_ktime_get_ns() }.wrapping_sub(outer.ts_ns) < STALE_PENDING_NS)
+        {
             count(Counter::Nested);
             return false;
         }

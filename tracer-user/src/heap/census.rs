@@ -258,6 +258,9 @@ pub struct Walker<'a> {
     cache: RefCell<BlockCache>,
     objects: u64,
     incomplete: Option<String>,
+    /// A hard limit was hit (objects, time): nothing more is read. A soft one (a torn GC
+    /// list, `--max-depth` on one path) makes the census incomplete but lets it go on.
+    halted: bool,
     /// Every object counted in the type table, with [`ON_GC_LIST`] and [`HELD`] flags and
     /// the last root whose walk reached it.
     counted: AddrMap<Mark>,
@@ -276,6 +279,9 @@ pub struct Walker<'a> {
     /// Types being read while their named base is looked up (bounds that recursion).
     base_depth: u32,
 }
+
+/// Walks of one GC list, the first included, before a list torn under the walk is left.
+const GC_LIST_ATTEMPTS: u32 = 4;
 
 /// Threads, interpreters and frames per thread followed at most.
 const MAX_THREADS: usize = 4096;
@@ -300,6 +306,7 @@ impl<'a> Walker<'a> {
             }),
             objects: 0,
             incomplete: None,
+            halted: false,
             counted: AddrMap::default(),
             roots_walked: 0,
             stats: AddrMap::default(),
@@ -433,19 +440,31 @@ impl<'a> Walker<'a> {
         true
     }
 
+    /// Notes why the census is incomplete (the first reason is kept); the census goes on.
     fn stop(&mut self, why: impl Into<String>) {
         if self.incomplete.is_none() {
             self.incomplete = Some(why.into());
         }
     }
 
+    /// A hard limit: notes why, and nothing more is read.
+    fn halt(&mut self, why: impl Into<String>) {
+        self.halted = true;
+        if self.incomplete.is_none() {
+            self.incomplete = Some(why.into());
+        } else if let Some(first) = &self.incomplete {
+            // The hard limit is what the user can act on: it comes first.
+            self.incomplete = Some(format!("{}; {first}", why.into()));
+        }
+    }
+
     /// Whether a limit was hit (and says which, once).
     fn over_budget(&mut self) -> bool {
-        if self.incomplete.is_some() {
+        if self.halted {
             return true;
         }
         if self.objects >= self.lim.max_objects {
-            self.stop(format!(
+            self.halt(format!(
                 "--max-objects {} reached: counts are lower bounds",
                 self.lim.max_objects
             ));
@@ -454,7 +473,7 @@ impl<'a> Walker<'a> {
         if self.objects.is_multiple_of(4096)
             && self.start.elapsed().as_secs_f64() > self.lim.time_budget_s
         {
-            self.stop(format!(
+            self.halt(format!(
                 "--time-budget {} s reached: counts are lower bounds",
                 self.lim.time_budget_s
             ));
@@ -980,9 +999,13 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn count(&mut self, addr: u64, ti: &Ty, bytes: u64, gc: bool) {
+    /// Counts an object in the type table, once; true if it was not counted before.
+    fn count(&mut self, addr: u64, ti: &Ty, bytes: u64, gc: bool) -> bool {
         let flags = if gc { ON_GC_LIST } else { HELD };
-        if let Entry::Vacant(e) = self.counted.entry(addr) {
+        let Entry::Vacant(e) = self.counted.entry(addr) else {
+            return false;
+        };
+        {
             e.insert(Mark {
                 flags,
                 root: self.roots_walked,
@@ -1008,6 +1031,7 @@ impl<'a> Walker<'a> {
                 self.found.note(n, addr);
             }
         }
+        true
     }
 
     /// Marks a counted object held; true if it is on a GC list.
@@ -1029,9 +1053,26 @@ impl<'a> Walker<'a> {
     /// dict) and the classes on it.
     pub fn walk_gc_list(&mut self, head: u64) -> Vec<Root> {
         let mut out = Vec::new();
+        // A running program moves objects between lists as the walk reads them: a list torn
+        // under the walk is walked again from its head (what was counted stays counted, once),
+        // with fresh reads, a few times, before the census says it is incomplete and goes on
+        // with the next list.
+        for attempt in 1..=GC_LIST_ATTEMPTS {
+            match self.walk_gc_list_once(head, &mut out) {
+                Ok(()) => break,
+                Err(why) if attempt == GC_LIST_ATTEMPTS || self.halted => {
+                    self.stop(why);
+                    break;
+                }
+                Err(_) => self.cache.borrow_mut().tags.fill(0),
+            }
+        }
+        out
+    }
+
+    fn walk_gc_list_once(&mut self, head: u64, out: &mut Vec<Root>) -> Result<(), &'static str> {
         let Some([first, _]) = self.words::<2>(head) else {
-            self.stop("a GC list head cannot be read");
-            return out;
+            return Err("a GC list head cannot be read");
         };
         let (mut prev, mut cur) = (head, first & !7);
         while cur != head {
@@ -1040,28 +1081,28 @@ impl<'a> Walker<'a> {
             }
             // The GC header, then the object's first bytes.
             let Some(w) = self.words::<8>(cur) else {
-                self.stop(
+                return Err(
                     "a GC list ended in unreadable memory (the list changed during the walk)",
                 );
-                break;
             };
             // `_gc_prev` keeps 2 flag bits; it must point back where we came from.
             if w[1] & !3 != prev {
                 self.skip();
-                self.stop("a GC list changed during the walk");
-                break;
+                return Err("a GC list changed during the walk");
             }
             let addr = cur + GC_HEAD;
             let obj = [w[2], w[3], w[4], w[5], w[6], w[7]];
             if let Some((o, ti)) = self.finish_object(addr, obj) {
                 if let Some(bytes) = self.size_of(&o, &ti) {
-                    self.count(addr, &ti, bytes + GC_HEAD, true);
-                    if ti.kind == Kind::Module {
-                        out.push(Root::Module(o.word(MODULE_DICT)));
-                        self.frontier.push(addr);
-                    } else if ti.flags & TYPE_SUBCLASS != 0 {
-                        out.push(Root::Class(addr));
-                        self.frontier.push(addr);
+                    // Roots once each, however often the list is walked again.
+                    if self.count(addr, &ti, bytes + GC_HEAD, true) {
+                        if ti.kind == Kind::Module {
+                            out.push(Root::Module(o.word(MODULE_DICT)));
+                            self.frontier.push(addr);
+                        } else if ti.flags & TYPE_SUBCLASS != 0 {
+                            out.push(Root::Class(addr));
+                            self.frontier.push(addr);
+                        }
                     }
                 } else {
                     self.skip();
@@ -1070,11 +1111,10 @@ impl<'a> Walker<'a> {
             prev = cur;
             cur = w[0] & !7;
             if cur == 0 {
-                self.stop("a GC list ended in a NULL pointer (the list changed during the walk)");
-                break;
+                return Err("a GC list ended in a NULL pointer (the list changed during the walk)");
             }
         }
-        out
+        Ok(())
     }
 
     /// The object's bytes and the objects it holds for retained bytes (a container's items,

@@ -236,6 +236,40 @@ pub fn build_report(
     rep
 }
 
+/// Child processes running the same executable (uvicorn's and gunicorn's workers, a
+/// multiprocessing pool) have heaps of their own, which a census of `pid` does not see: one
+/// line naming them, or None.
+fn worker_hint(pid: u32) -> Option<String> {
+    let exe = |p: u32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    let own = exe(pid)?;
+    let me = std::process::id();
+    let workers: Vec<u32> = crate::target::process::descendants(pid, me, 256)
+        .into_iter()
+        .filter(|&c| exe(c).as_ref() == Some(&own))
+        .filter(|&c| {
+            // multiprocessing's helpers hold no application objects.
+            let cmd = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            !["resource_tracker", "semaphore_tracker", "forkserver"]
+                .iter()
+                .any(|h| cmd.contains(h))
+        })
+        .collect();
+    worker_line(pid, &workers)
+}
+
+fn worker_line(pid: u32, workers: &[u32]) -> Option<String> {
+    let first = *workers.first()?;
+    let shown: Vec<String> = workers.iter().take(8).map(u32::to_string).collect();
+    let more = if workers.len() > 8 { ", ..." } else { "" };
+    Some(format!(
+        "leaktrace: heap: process {pid} has {} child process{} running the same interpreter ({}{more}), each with a heap of its own that this census does not read: `leaktrace heap {first}` takes a census of one",
+        workers.len(),
+        if workers.len() == 1 { "" } else { "es" },
+        shown.join(", ")
+    ))
+}
+
 /// Runs `leaktrace heap`.
 pub fn run(args: HeapArgs) -> Result<i32> {
     args.validate()?;
@@ -261,6 +295,9 @@ pub fn run(args: HeapArgs) -> Result<i32> {
     let plan = Plan::new(&interp, args.limits())?;
     if let Some(why) = plan.arenas_unreadable() {
         eprintln!("leaktrace: pymalloc's arenas are not read ({why}): no small-block figures");
+    }
+    if let Some(line) = worker_hint(pid) {
+        eprintln!("{line}");
     }
 
     let started = Instant::now();
@@ -326,4 +363,20 @@ pub fn run(args: HeapArgs) -> Result<i32> {
         None => print!("{text}"),
     }
     Ok(crate::error::exit::OK)
+}
+
+#[cfg(test)]
+mod worker_tests {
+    #[test]
+    fn the_worker_line_names_them_and_the_next_command() {
+        assert_eq!(super::worker_line(10, &[]), None);
+        let one = super::worker_line(10, &[11]).unwrap();
+        assert!(one.contains("1 child process running") && one.contains("`leaktrace heap 11`"));
+        let many: Vec<u32> = (11..21).collect();
+        let line = super::worker_line(10, &many).unwrap();
+        assert!(
+            line.contains("10 child processes")
+                && line.contains("(11, 12, 13, 14, 15, 16, 17, 18, ...)")
+        );
+    }
 }

@@ -416,16 +416,16 @@ impl Tracer {
     }
 
     /// `--pymalloc`: probes CPython's object allocator in `module` (libpython or the
-    /// interpreter executable). Returns the probes and whether only the exported entry points
-    /// could be used.
+    /// interpreter executable), parsed as `elf`. Returns the probes and whether only the
+    /// exported entry points could be used.
     pub fn attach_pymalloc(
         &mut self,
         pid: u32,
         module: &Path,
+        elf: &mut ElfFile,
         free_threaded: bool,
         known: &[crate::python::allocators::KnownFunction],
     ) -> Result<(Vec<Attached>, bool)> {
-        let mut elf = ElfFile::open(module)?;
         // A stripped interpreter: pymalloc's functions as its allocator table points at them.
         for f in known {
             if elf.function(f.name).is_none() {
@@ -436,7 +436,7 @@ impl Tracer {
             let probes = self.attach_table(
                 pid,
                 module,
-                &elf,
+                elf,
                 MIMALLOC_PROBES,
                 &["_PyObject_MiMalloc", "_PyObject_MiFree"],
             )?;
@@ -446,7 +446,7 @@ impl Tracer {
             let probes = self.attach_table(
                 pid,
                 module,
-                &elf,
+                elf,
                 PYMALLOC_PROBES,
                 &["_PyObject_Malloc", "_PyObject_Free"],
             )?;
@@ -455,7 +455,7 @@ impl Tracer {
         let probes = self.attach_table(
             pid,
             module,
-            &elf,
+            elf,
             PYMALLOC_EXPORTED_PROBES,
             &["PyObject_Malloc", "PyObject_Free"],
         )?;

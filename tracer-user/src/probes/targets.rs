@@ -8,7 +8,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{
     probes::{bpf::Tracer, growth, mode::Mode},
@@ -223,8 +223,12 @@ impl Targets {
                     .join("root")
                     .join(interp.module.trim_start_matches('/'))
             });
+        // Read and parsed once: for the probes, then for the inlining check below.
+        let data = crate::target::elf::read_file(&host)?;
+        let mut elf = crate::target::elf::ElfFile::parse(&data)
+            .with_context(|| format!("`{}` is not a usable ELF file", host.display()))?;
         let (probes, exported_only) =
-            tracer.attach_pymalloc(pid, &host, interp.free_threaded, &interp.pymalloc)?;
+            tracer.attach_pymalloc(pid, &host, &mut elf, interp.free_threaded, &interp.pymalloc)?;
         if pid != self.root {
             return Ok(());
         }
@@ -237,13 +241,7 @@ impl Targets {
         // Debian's static 3.14/3.15 (PGO + LTO): the object allocator's body is inlined into
         // its callers behind a comparison with its address, so its probe sees few calls.
         if let Some(f) = interp.pymalloc_function("_PyObject_Malloc") {
-            let inlined = crate::target::elf::read_file(&host)
-                .ok()
-                .and_then(|data| {
-                    let elf = crate::target::elf::ElfFile::parse(&data).ok()?;
-                    Some(elf.address_uses(&data, f.vaddr))
-                })
-                .unwrap_or(0);
+            let inlined = elf.address_uses(&data, f.vaddr);
             if inlined >= Self::PYMALLOC_INLINED_MIN {
                 eprintln!(
                     "leaktrace: warning: `{}` has pymalloc's _PyObject_Malloc inlined into {inlined} call sites (a PGO/LTO build): --pymalloc sees only the calls that reach the function; to see every object, start the target with PYTHONMALLOC=malloc (its objects then come from malloc, traced without --pymalloc)",

@@ -20,8 +20,73 @@
 //! `.eh_frame_hdr`. A table that is not pymalloc's is not named: `PYTHONMALLOC=malloc` (the
 //! object allocator is then the raw one), `PYTHONMALLOC=debug` or tracemalloc (hooks in front of
 //! it): then `standard.obj` is not taken, and only the arena functions are.
+//!
+//! A process `leaktrace run` just started may not have had its pointers relocated yet, so a
+//! table that does not validate is read again (at every thread refresh, about every 100 ms),
+//! but only for [`SEARCH_FOR`] after the first look ([`Search`]): a table that never validates
+//! (an allocator installed in front of both with `PyMem_SetAllocator` and
+//! `PyObject_SetArenaAllocator`) is not read for the rest of the session.
+
+use std::time::{Duration, Instant};
 
 use crate::target::{elf::ElfFile, procmaps::ProcMaps};
+
+/// How long a table that does not validate is read again, from the first look.
+pub const SEARCH_FOR: Duration = Duration::from_secs(5);
+
+/// The search for one process's pymalloc functions, over time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Search {
+    /// Never looked.
+    #[default]
+    NotStarted,
+    /// Looked first at this instant, found nothing yet.
+    Since(Instant),
+    /// Found, not applicable, or given up: never looked again.
+    Over,
+}
+
+/// What [`Search::attempt`] says to do now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// Read the table (again).
+    Look,
+    /// [`SEARCH_FOR`] has passed since the first look: give up, and say so (once).
+    GiveUp,
+    /// The search is over: do nothing.
+    Stop,
+}
+
+impl Search {
+    /// Whether to read the table at `now`. [`Attempt::GiveUp`] comes once; every call after it,
+    /// or after [`Search::finish`], is [`Attempt::Stop`].
+    pub fn attempt(&mut self, now: Instant) -> Attempt {
+        match *self {
+            Search::NotStarted => {
+                *self = Search::Since(now);
+                Attempt::Look
+            }
+            Search::Since(first) if now.saturating_duration_since(first) < SEARCH_FOR => {
+                Attempt::Look
+            }
+            Search::Since(_) => {
+                *self = Search::Over;
+                Attempt::GiveUp
+            }
+            Search::Over => Attempt::Stop,
+        }
+    }
+
+    /// Ends the search (found, or nothing to look for).
+    pub fn finish(&mut self) {
+        *self = Search::Over;
+    }
+
+    /// Whether another [`Search::attempt`] may look.
+    pub fn is_over(&self) -> bool {
+        *self == Search::Over
+    }
+}
 
 /// Where `allocators` sits in `_PyRuntimeState`, for one minor version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +250,42 @@ mod tests {
             b[at..at + 8].copy_from_slice(&v.to_le_bytes());
         }
         b
+    }
+
+    #[test]
+    fn a_search_looks_for_a_few_seconds_then_gives_up_once() {
+        let t0 = Instant::now();
+        let mut s = Search::default();
+        assert!(!s.is_over());
+        assert_eq!(s.attempt(t0), Attempt::Look);
+        assert_eq!(s, Search::Since(t0));
+        // Every refresh (100 ms) until SEARCH_FOR has passed since the first look.
+        let mut t = t0;
+        while t + Duration::from_millis(100) < t0 + SEARCH_FOR {
+            t += Duration::from_millis(100);
+            assert_eq!(s.attempt(t), Attempt::Look, "{:?}", t - t0);
+        }
+        assert_eq!(s.attempt(t0 + SEARCH_FOR), Attempt::GiveUp);
+        assert!(s.is_over());
+        for later in [SEARCH_FOR, SEARCH_FOR * 2, Duration::from_secs(3600)] {
+            assert_eq!(s.attempt(t0 + later), Attempt::Stop);
+        }
+        // A clock that goes back (another thread's earlier Instant) does not end it early.
+        let mut s = Search::Since(t0 + Duration::from_secs(1));
+        assert_eq!(s.attempt(t0), Attempt::Look);
+    }
+
+    #[test]
+    fn a_finished_search_never_looks_again() {
+        let t0 = Instant::now();
+        let mut s = Search::default();
+        s.finish();
+        assert_eq!(s.attempt(t0), Attempt::Stop);
+        let mut s = Search::default();
+        assert_eq!(s.attempt(t0), Attempt::Look);
+        s.finish();
+        assert_eq!(s.attempt(t0 + Duration::from_millis(100)), Attempt::Stop);
+        assert_eq!(s.attempt(t0 + SEARCH_FOR * 2), Attempt::Stop);
     }
 
     #[test]

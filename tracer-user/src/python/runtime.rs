@@ -88,6 +88,7 @@ pub struct Interpreter {
     /// pymalloc's functions found through `_PyRuntime.allocators` (3.12+), see
     /// [`crate::python::allocators`]; empty until found.
     pub pymalloc: Vec<allocators::KnownFunction>,
+    pymalloc_search: allocators::Search,
     /// The file the interpreter is in, and its load bias, for [`Interpreter::find_pymalloc`].
     file: std::sync::Arc<InterpFile>,
     bias: u64,
@@ -233,6 +234,18 @@ fn loader_libraries(exe: &Path) -> Vec<String> {
         .collect()
 }
 
+/// What [`Interpreter::find_pymalloc`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PymallocLookup {
+    Found,
+    /// Not yet: looked for again at the next call.
+    NotYet,
+    /// Not looked for: no table on this version or build, or the search is over.
+    Stopped,
+    /// The search just ended without finding them: the line to print (once).
+    GaveUp(String),
+}
+
 /// Why a process gets native stacks only.
 #[derive(Debug)]
 pub enum NotPython {
@@ -295,6 +308,7 @@ impl Interpreter {
                 mem,
                 pthread_tid_offset: None,
                 pymalloc: Vec::new(),
+                pymalloc_search: allocators::Search::default(),
                 file: file.clone(),
                 bias,
             };
@@ -320,40 +334,67 @@ impl Interpreter {
                 )));
             }
             let mut interp = interp;
-            interp.find_pymalloc(maps);
+            // The first look: it never gives up yet.
+            let _ = interp.find_pymalloc(maps);
             return Ok(interp);
         }
         Err(NotPython::Absent)
     }
 
     /// Looks for pymalloc's functions in `_PyRuntime.allocators` (3.12+ default builds) if
-    /// they are not found yet; true once they are. A process `run` just started has not had
-    /// its pointers relocated yet (they fail validation): called again later.
-    pub fn find_pymalloc(&mut self, maps: &ProcMaps) -> bool {
+    /// they are not found yet. A process `run` just started has not had its pointers relocated
+    /// yet (they fail validation): looked for again at each call, for
+    /// [`allocators::SEARCH_FOR`] after the first.
+    pub fn find_pymalloc(&mut self, maps: &ProcMaps) -> PymallocLookup {
         if !self.pymalloc.is_empty() {
-            return true;
+            return PymallocLookup::Found;
         }
-        if self.free_threaded || self.major != 3 {
-            return false;
-        }
-        let Some(off) = allocators::offsets_for(self.minor) else {
-            return false;
+        let off =
+            allocators::offsets_for(self.minor).filter(|_| !self.free_threaded && self.major == 3);
+        let Some(off) = off else {
+            self.pymalloc_search.finish();
+            return PymallocLookup::Stopped;
         };
-        let Some(bytes) = self
+        match self.pymalloc_search.attempt(std::time::Instant::now()) {
+            allocators::Attempt::Look => {}
+            allocators::Attempt::Stop => return PymallocLookup::Stopped,
+            allocators::Attempt::GiveUp => {
+                let without = if self.file.elf.function("_PyObject_ArenaMmap").is_some() {
+                    "its symbol table names them instead"
+                } else {
+                    "pymalloc arenas keep the Python stack that mapped them, and --pymalloc probes only the exported PyObject_* functions"
+                };
+                return PymallocLookup::GaveUp(format!(
+                    "pid {}: stopped looking for pymalloc's functions: after {} s `_PyRuntime.allocators` in `{}` still points at none of them (an allocator installed with PyMem_SetAllocator and PyObject_SetArenaAllocator?): {without}",
+                    self.pid,
+                    allocators::SEARCH_FOR.as_secs(),
+                    self.module
+                ));
+            }
+        }
+        if let Some(bytes) = self
             .mem
             .read(self.runtime + off.raw, allocators::READ_BYTES)
-        else {
-            return false;
-        };
-        self.pymalloc = allocators::known_functions(
-            &bytes,
-            &off,
-            &self.file.elf,
-            self.bias,
-            maps,
-            &self.module,
-        );
-        !self.pymalloc.is_empty()
+        {
+            self.pymalloc = allocators::known_functions(
+                &bytes,
+                &off,
+                &self.file.elf,
+                self.bias,
+                maps,
+                &self.module,
+            );
+        }
+        if self.pymalloc.is_empty() {
+            return PymallocLookup::NotYet;
+        }
+        self.pymalloc_search.finish();
+        PymallocLookup::Found
+    }
+
+    /// Whether [`Interpreter::find_pymalloc`] may still look (not found, not given up).
+    pub fn looking_for_pymalloc(&self) -> bool {
+        self.pymalloc.is_empty() && !self.pymalloc_search.is_over()
     }
 
     /// The runtime address of the data symbol `name` of the interpreter's file (local ones

@@ -45,6 +45,7 @@ use crate::{
         mode::Mode,
         targets::{PythonOptions, Targets},
     },
+    python::runtime::PymallocLookup,
     resolve::{stacks::Stacks, symbolize::Resolver},
     target::{preflight, process::TargetProcess},
 };
@@ -400,8 +401,13 @@ impl Session {
             let Some(maps) = self.stacks.resolver.maps(pid) else {
                 return;
             };
-            if !interp.find_pymalloc(maps) {
-                return;
+            match interp.find_pymalloc(maps) {
+                PymallocLookup::Found => {}
+                PymallocLookup::GaveUp(why) => {
+                    eprintln!("leaktrace: {why}");
+                    return;
+                }
+                PymallocLookup::NotYet | PymallocLookup::Stopped => return,
             }
         }
         for f in &interp.pymalloc {
@@ -446,7 +452,7 @@ impl Session {
             .targets
             .procs
             .iter()
-            .filter(|(_, p)| p.python.as_ref().is_some_and(|i| i.pymalloc.is_empty()))
+            .filter(|(_, p)| p.python.as_ref().is_some_and(|i| i.looking_for_pymalloc()))
             .map(|(pid, _)| *pid)
             .collect();
         for pid in unnamed {
