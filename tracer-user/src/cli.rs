@@ -347,9 +347,10 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Reads a saved report, refusing anything that is not leaktrace/v1 JSON.
-pub fn read_report(path: &std::path::Path) -> Result<crate::output::report::Report> {
-    use crate::output::report::{ReadError, Report, MAX_REPORT_BYTES};
+/// A saved report's text, at most one byte more than `MAX_REPORT_BYTES` (the callers refuse
+/// a longer one, each in its own words).
+fn read_bounded(path: &std::path::Path) -> Result<String> {
+    use crate::output::report::MAX_REPORT_BYTES;
     use std::io::Read as _;
     let cannot_read = |e: std::io::Error| user(format!("cannot read `{}`: {e}", path.display()));
     let mut text = String::new();
@@ -358,6 +359,13 @@ pub fn read_report(path: &std::path::Path) -> Result<crate::output::report::Repo
         .take(MAX_REPORT_BYTES + 1)
         .read_to_string(&mut text)
         .map_err(cannot_read)?;
+    Ok(text)
+}
+
+/// Reads a saved report, refusing anything that is not leaktrace/v1 JSON.
+pub fn read_report(path: &std::path::Path) -> Result<crate::output::report::Report> {
+    use crate::output::report::{ReadError, Report, MAX_REPORT_BYTES};
+    let text = read_bounded(path)?;
     if text.len() as u64 > MAX_REPORT_BYTES {
         return Err(user(format!(
             "`{}` is larger than {MAX_REPORT_BYTES} bytes: not a leaktrace JSON report",
@@ -377,14 +385,7 @@ pub fn read_report(path: &std::path::Path) -> Result<crate::output::report::Repo
 /// `leaktrace/v1` report written by `attach --heap`; `None` for a report without one.
 fn read_heap_part(path: &std::path::Path) -> Result<Option<crate::heap::report::HeapReport>> {
     use crate::output::report::MAX_REPORT_BYTES;
-    use std::io::Read as _;
-    let cannot_read = |e: std::io::Error| user(format!("cannot read `{}`: {e}", path.display()));
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(cannot_read)?
-        .take(MAX_REPORT_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(cannot_read)?;
+    let text = read_bounded(path)?;
     let not_report = |e: &dyn std::fmt::Display| {
         user(format!(
             "`{}` is not a leaktrace JSON report ({e}): write one with --format json",

@@ -450,12 +450,12 @@ impl<'a> Walker<'a> {
     /// A hard limit: notes why, and nothing more is read.
     fn halt(&mut self, why: impl Into<String>) {
         self.halted = true;
-        if self.incomplete.is_none() {
-            self.incomplete = Some(why.into());
-        } else if let Some(first) = &self.incomplete {
-            // The hard limit is what the user can act on: it comes first.
-            self.incomplete = Some(format!("{}; {first}", why.into()));
-        }
+        let why = why.into();
+        // The hard limit is what the user can act on: it comes first.
+        self.incomplete = Some(match self.incomplete.take() {
+            None => why,
+            Some(first) => format!("{why}; {first}"),
+        });
     }
 
     /// Whether a limit was hit (and says which, once).
