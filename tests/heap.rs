@@ -288,20 +288,20 @@ fn tasks_connections_loggers_threads_and_caches_by_name() {
         assert_eq!(
             group("poll_gateway"),
             &serde_json::json!({"coroutine": "poll_gateway", "state": "pending",
-                "count": TASKS, "holder": "__main__:BACKGROUND"}),
+                "count": TASKS, "holder": "__main__:BACKGROUND", "count_growth": null}),
             "{label}"
         );
         assert_eq!(
             group("quick"),
             &serde_json::json!({"coroutine": "quick", "state": "done",
-                "count": DONE, "holder": "__main__:FINISHED"}),
+                "count": DONE, "holder": "__main__:FINISHED", "count_growth": null}),
             "{label}"
         );
         // asyncio.run's own task, held by nothing the census walks.
         assert_eq!(
             group("main"),
             &serde_json::json!({"coroutine": "main", "state": "pending",
-                "count": 1, "holder": null}),
+                "count": 1, "holder": null, "count_growth": null}),
             "{label}"
         );
         assert_eq!(tasks.len(), 3, "{label}: {:#}", r["tasks"]);
