@@ -16,6 +16,8 @@
 //! The third fixture (`heap_names.py`) holds what users search for: pending and finished
 //! asyncio tasks in module-global containers, sqlite3 connections never closed, uniquely named
 //! loggers, threads, an `lru_cache` on a method; the census must name each with its exact count.
+//! The fourth (`heap_sqlalchemy.py`) keeps SQLAlchemy ORM sessions open in a global list, some of
+//! them holding a DBAPI connection: the census counts both exactly.
 
 use std::{process::Command, time::Duration};
 
@@ -631,5 +633,58 @@ fn children_running_the_same_interpreter_are_named() {
     );
     for k in kids {
         let _ = std::process::Command::new("kill").arg(k).status();
+    }
+}
+
+const SESSIONS: u64 = 23;
+const QUERIED: u64 = 9;
+
+#[test]
+fn sqlalchemy_sessions_and_their_connections_are_counted() {
+    require_root();
+    for py in every_python() {
+        let label = &py.label;
+        let fixture = py.fixture("heap_sqlalchemy.py");
+        let p = Proc::spawn(
+            py.packages_command()
+                .arg(&fixture)
+                .args([SESSIONS, QUERIED].map(|n| n.to_string())),
+        );
+        let ready = p.stdout.wait_for("ready", T);
+        let pid = p.pid().to_string();
+        let file = format!(
+            "heap-sqlalchemy-{}.json",
+            label.replace([' ', '(', ')', ','], "_")
+        );
+        let r = census_json(&pid, &[], &file);
+        assert_eq!(r["complete"], true, "{label}: {:?}", r["incomplete_reason"]);
+        let conns = &r["names"]["connections"];
+        assert_eq!(
+            by_key(conns, "type", "sqlalchemy.orm.session.Session"),
+            Some(
+                &serde_json::json!({"type": "sqlalchemy.orm.session.Session",
+                "count": SESSIONS})
+            ),
+            "{label} ({ready}): {conns:#}"
+        );
+        // NullPool: one sqlite3 connection per querying session, open. On 3.8 and 3.9 a
+        // sqlite3.Connection is not on the GC's lists, and SQLAlchemy's `_ConnectionFairy`
+        // holds it in a `__slots__` slot, which owners' walks do not follow: not counted there.
+        let sqlite = by_key(conns, "type", "sqlite3.Connection");
+        if py.minor <= 9 {
+            assert_eq!(sqlite, None, "{label}: {conns:#}");
+        } else {
+            assert_eq!(
+                sqlite,
+                Some(
+                    &serde_json::json!({"type": "sqlite3.Connection", "count": QUERIED,
+                    "open": QUERIED})
+                ),
+                "{label} ({ready}): {conns:#}"
+            );
+        }
+        let owner = by_key(&r["owners"], "path", "__main__:SESSIONS")
+            .unwrap_or_else(|| panic!("{label}: no __main__:SESSIONS in {:#}", r["owners"]));
+        assert_eq!(owner["len"], SESSIONS, "{label}");
     }
 }

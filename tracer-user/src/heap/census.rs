@@ -84,7 +84,7 @@ impl Default for Limits {
         Limits {
             max_objects: 10_000_000,
             max_read_bytes: 1 << 20,
-            max_depth: 16,
+            max_depth: 64,
             time_budget_s: 60.0,
         }
     }
