@@ -10,7 +10,8 @@
 //! The second fixture (`heap_instances.py N M`) holds a global `HOLDER` of N `Rec`s whose
 //! attributes (a 1000-byte `bytes` each) live in their instance dicts, and leaks M `Leaky`
 //! objects with no holder on SIGUSR1 (their refcounts raised through `Py_IncRef`): the
-//! holder's retained bytes must include the instance dicts' payloads, and the leaked type
+//! holder's retained bytes must include the instance dicts' payloads (and, for objects with
+//! `__slots__`, their slots' payloads), and the leaked type
 //! must be reported unheld with exactly M more objects.
 //!
 //! The third fixture (`heap_names.py`) holds what users search for: pending and finished
@@ -198,6 +199,14 @@ fn instance_dicts_are_retained_and_leaked_objects_are_unheld() {
         assert!(
             retained >= N * (PAYLOAD + 48) && retained <= N * (PAYLOAD + 600),
             "{label}: HOLDER retains {retained}, not N x (payload + its parts): {holder}"
+        );
+        // Through each Tagged's slots (its own and its base's; one left unset): two payloads.
+        let slotted = by_key(&r["owners"], "path", "__main__:SLOTTED")
+            .unwrap_or_else(|| panic!("{label}: no __main__:SLOTTED in {:#}", r["owners"]));
+        let retained = slotted["retained_bytes"].as_u64().unwrap();
+        assert!(
+            retained >= N * 2 * PAYLOAD && retained <= N * (2 * PAYLOAD + 200),
+            "{label}: SLOTTED retains {retained}, not N x (2 payloads + the object): {slotted}"
         );
         let rec = by_key(&r["types"], "type", "__main__.Rec").expect("Rec");
         assert_eq!(rec["count"], N, "{label}: {rec}");
@@ -667,22 +676,18 @@ fn sqlalchemy_sessions_and_their_connections_are_counted() {
             ),
             "{label} ({ready}): {conns:#}"
         );
-        // NullPool: one sqlite3 connection per querying session, open. On 3.8 and 3.9 a
-        // sqlite3.Connection is not on the GC's lists, and SQLAlchemy's `_ConnectionFairy`
-        // holds it in a `__slots__` slot, which owners' walks do not follow: not counted there.
-        let sqlite = by_key(conns, "type", "sqlite3.Connection");
-        if py.minor <= 9 {
-            assert_eq!(sqlite, None, "{label}: {conns:#}");
-        } else {
-            assert_eq!(
-                sqlite,
-                Some(
-                    &serde_json::json!({"type": "sqlite3.Connection", "count": QUERIED,
-                    "open": QUERIED})
-                ),
-                "{label} ({ready}): {conns:#}"
-            );
-        }
+        // NullPool: one sqlite3 connection per querying session, open. SQLAlchemy's
+        // `_ConnectionFairy` holds it in a `__slots__` slot, which the owners' walks follow: on
+        // 3.8 and 3.9, where a sqlite3.Connection is not on the GC's lists, that walk is the
+        // only way to it.
+        assert_eq!(
+            by_key(conns, "type", "sqlite3.Connection"),
+            Some(
+                &serde_json::json!({"type": "sqlite3.Connection", "count": QUERIED,
+                "open": QUERIED})
+            ),
+            "{label} ({ready}): {conns:#}"
+        );
         let owner = by_key(&r["owners"], "path", "__main__:SESSIONS")
             .unwrap_or_else(|| panic!("{label}: no __main__:SESSIONS in {:#}", r["owners"]));
         assert_eq!(owner["len"], SESSIONS, "{label}");

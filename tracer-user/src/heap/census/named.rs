@@ -147,7 +147,7 @@ const SQLITE_DB: u64 = 16;
 /// Objects of one kind remembered by address at most (the rest are counted, not read).
 const MAX_FOUND: usize = 1_000_000;
 /// Bases followed from a type to find a named class.
-const MAX_BASES: usize = 32;
+pub(super) const MAX_BASES: usize = 32;
 /// Containers (and instances' attributes) followed from a global to find who holds a task.
 const HOLDER_DEPTH: u32 = 4;
 /// Objects read while looking for the holders of tasks.
