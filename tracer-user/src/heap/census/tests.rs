@@ -223,3 +223,62 @@ fn a_cycle_that_never_returns_stops_at_the_object_limit() {
     assert!(c.incomplete.is_some());
     assert!(c.skipped_reads >= 1);
 }
+
+/// Module `m` with global `s` = an instance S of class `m.S` (`__slots__`: one object field
+/// at 16, then `bad`), whose base is `m.S` itself when `cyclic` (torn memory) and which keeps
+/// a str in its slot.
+fn module_with_slots(bad: (i32, i64), cyclic: bool) -> Census {
+    const CLASS_S: u64 = 0x11000;
+    const S: u64 = 0x14120;
+    const MEMBERS: u64 = 0x14600;
+    let mut m = Mem::new();
+    m.ty(STR_T, 0x10f00, "str", 40, 0, 0);
+    m.ty(DICT_T, 0x10f10, "dict", 48, 0, 0);
+    m.ty(MODULE_T, 0x10f20, "module", 40, 0, 0);
+    m.ty(CLASS_S, 0x10f30, "S", 32, HEAPTYPE | HAVE_GC, 0x13400);
+    m.put(CLASS_S + TP_MEMBERS, &[MEMBERS]);
+    if cyclic {
+        m.put(CLASS_S + TP_BASE, &[CLASS_S]);
+    }
+    m.str(0x12000, "__name__");
+    m.str(0x12100, "m");
+    m.str(0x12200, "s");
+    m.str(0x12300, "__module__");
+    m.str(0x12500, "payload of twenty-six bytes");
+    m.dict(0x13000, &[(0x12000, 0x12100), (0x12200, S)]);
+    m.dict(0x13400, &[(0x12300, 0x12100)]);
+    m.put(MODULE, &[1, MODULE_T, 0x13000]);
+    // Members: `payload` (T_OBJECT_EX at 16), `bad`; names point at any non-NULL byte.
+    m.put(MEMBERS, &[0x10f30, 16, 16, 0, 0]);
+    m.put(MEMBERS + 40, &[0x10f30, bad.0 as u64, bad.1 as u64, 0, 0]);
+    m.put(S, &[1, CLASS_S, 0x12500, 0x12000]);
+    m.gc_list(&[MODULE, S]);
+    let src = Bytes {
+        base: BASE,
+        data: m.data,
+    };
+    Walker::new(&src, &layout(), Limits::default()).census(&[BASE])
+}
+
+#[test]
+fn slots_are_followed_and_senseless_members_are_not() {
+    let str_bytes = |c: &Census| c.types["str"].bytes / c.types["str"].count;
+    // The second member is an int field (T_INT, 1): not an object, not followed.
+    let c = module_with_slots((1, 24), false);
+    let s = c.owners.iter().find(|o| o.path == "m:s").expect("m:s");
+    let one = str_bytes(&c);
+    assert_eq!(s.retained_bytes, 32 + GC_HEAD + one, "{s:?}");
+    // An object field at 24 (`__name__`, a str): followed too.
+    let c = module_with_slots((16, 24), false);
+    let s = c.owners.iter().find(|o| o.path == "m:s").expect("m:s");
+    assert!(s.retained_bytes > 32 + GC_HEAD + one, "{s:?}");
+    // Outside the object (basicsize 32), or misaligned: the member array ends there.
+    for bad in [(16, 32), (16, 4096), (16, 20), (16, -8)] {
+        let c = module_with_slots(bad, false);
+        let s = c.owners.iter().find(|o| o.path == "m:s").expect("m:s");
+        assert_eq!(s.retained_bytes, 32 + GC_HEAD + one, "{bad:?}: {s:?}");
+    }
+    // A class that is its own base (torn memory): the walk of bases ends.
+    let c = module_with_slots((1, 0), true);
+    assert!(c.owners.iter().any(|o| o.path == "m:s"));
+}
