@@ -324,7 +324,7 @@ fn open(pid: u32, files: &mut InterpFiles, limits: census::Limits) -> Result<Cen
     let plan = Plan::new(&interp, limits)?;
     if let Some(why) = plan.arenas_unreadable() {
         eprintln!(
-            "leaktrace: pymalloc's arenas of process {pid} are not read ({why}): no small-block figures"
+            "leaktrace: process {pid}: pymalloc's arenas are not read ({why}): no small-block figures"
         );
     }
     Ok(Censused {

@@ -106,7 +106,7 @@ impl HeapCensus {
                 Ok(p) => {
                     if let Some(why) = p.arenas_unreadable() {
                         eprintln!(
-                            "leaktrace: heap: pymalloc's arenas of process {pid} are not read ({why}): no small-block figures"
+                            "leaktrace: heap: process {pid}: pymalloc's arenas are not read ({why}): no small-block figures"
                         );
                     }
                     self.why_not.remove(&pid);
