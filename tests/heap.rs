@@ -721,6 +721,25 @@ fn per_process_censuses_each_worker() {
     }
     let item = by_key(&r["types"], "type", "__main__.Item").expect("Item");
     assert_eq!(item["count"], WORKER_DICTS.iter().sum::<u64>());
+    // The SVG: a root frame per process.
+    let svg = out_path("heap-per-process.svg");
+    leaktrace_ok(&[
+        "heap",
+        &parent,
+        "--per-process",
+        "--format",
+        "svg",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    for p in &pids[1..] {
+        assert!(
+            svg.contains(&format!("<title>pid {p} (")),
+            "no root frame pid {p}"
+        );
+    }
+    assert!(svg.contains("<title>REG ("), "the SVG names no REG");
 
     // Growth over --duration: each worker's own.
     let out = out_path("heap-per-process-2.json");
