@@ -25,6 +25,7 @@ use std::{process::Command, time::Duration};
 use leaktrace_tests::*;
 
 const SIGUSR1: i32 = 10;
+const SIGKILL: i32 = 9;
 const T: Duration = Duration::from_secs(60);
 const N: u64 = 2000;
 const M: u64 = 500;
@@ -607,7 +608,7 @@ fn small_objects_account_for_the_arena_growth() {
 
 /// A process whose children run the same interpreter (a pre-fork server's workers): the
 /// census of the parent says, in one line, that each child has a heap of its own and names
-/// the command for one.
+/// the commands for all (`--per-process`) and for one.
 #[test]
 fn children_running_the_same_interpreter_are_named() {
     require_root();
@@ -634,7 +635,8 @@ fn children_running_the_same_interpreter_are_named() {
             "has 2 child processes running the same interpreter ({}, {})",
             kids[0], kids[1]
         )) && err.contains(&format!(
-            "`leaktrace heap {}` takes a census of one",
+            "`leaktrace heap {} --per-process` takes a census of each, `leaktrace heap {}` of one",
+            target.pid(),
             kids[0]
         )),
         "{}: {err}",
@@ -692,4 +694,194 @@ fn sqlalchemy_sessions_and_their_connections_are_counted() {
             .unwrap_or_else(|| panic!("{label}: no __main__:SESSIONS in {:#}", r["owners"]));
         assert_eq!(owner["len"], SESSIONS, "{label}");
     }
+}
+
+/// Dicts each worker of `heap_workers.py` builds, and adds on SIGUSR1.
+const WORKER_DICTS: [u64; 2] = [300, 700];
+const WORKER_ADDS: [u64; 2] = [50, 120];
+
+/// `heap_workers.py`: a parent and its two forked workers (pids, parent first).
+fn start_workers(py: &Python) -> (Proc, Vec<u32>) {
+    let join = |v: [u64; 2]| format!("{},{}", v[0], v[1]);
+    let p = Proc::spawn(
+        py.command()
+            .arg(py.fixture("heap_workers.py"))
+            .arg(join(WORKER_DICTS))
+            .arg(join(WORKER_ADDS)),
+    );
+    let line = p.stdout.wait_for("parent ", T);
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{line}");
+    for (k, n) in WORKER_DICTS.iter().enumerate() {
+        p.stdout
+            .wait_for(&format!("worker {k} {} ready {n}", pids[k + 1]), T);
+    }
+    (p, pids)
+}
+
+fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a worker of a fixture this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill {pid}");
+}
+
+/// The report of `pid` in `r["processes"]`.
+fn process(r: &Value, pid: u32) -> &Value {
+    r["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["target"]["pids"][0] == pid)
+        .unwrap_or_else(|| panic!("no process {pid} in {:#}", r["processes"]))
+}
+
+/// Issue 12, `heap --per-process` on a pre-fork parent: one report per process, each with its
+/// own exact length of the global and, over --duration, exactly what each worker added; the
+/// top level sums them with owners kept apart (`pid N `); the text has a section per process.
+#[test]
+fn per_process_censuses_each_worker() {
+    require_root();
+    let py = every_python().into_iter().next().expect("an interpreter");
+    let (target, pids) = start_workers(&py);
+    let parent = pids[0].to_string();
+    // One census of each.
+    let r = census_json(&parent, &["--per-process"], "heap-per-process-1.json");
+    assert_eq!(r["schema"], "leaktrace-heap/v1");
+    assert_eq!(r["target"]["pids"], serde_json::json!(pids));
+    assert_eq!(r["processes"].as_array().unwrap().len(), 3, "{r:#}");
+    assert_eq!(r["complete"], true, "{:?}", r["incomplete_reason"]);
+    let parent_reg = by_key(&process(&r, pids[0])["owners"], "path", "__main__:REG");
+    assert!(
+        parent_reg.is_none_or(|o| o["len"] == 0),
+        "the parent's REG is empty: {parent_reg:?}"
+    );
+    for (k, n) in WORKER_DICTS.iter().enumerate() {
+        let w = process(&r, pids[k + 1]);
+        assert_eq!(w["censuses"], 1);
+        assert!(
+            w["cmdline"].as_str().unwrap().contains("heap_workers.py"),
+            "{}",
+            w["cmdline"]
+        );
+        let reg = by_key(&w["owners"], "path", "__main__:REG").expect("REG");
+        assert_eq!(reg["len"], *n, "worker {k}");
+        let item = by_key(&w["types"], "type", "__main__.Item").expect("Item");
+        assert_eq!(item["count"], *n, "worker {k}");
+        // The top level keeps the owners apart.
+        let top = by_key(
+            &r["owners"],
+            "path",
+            &format!("pid {} __main__:REG", pids[k + 1]),
+        )
+        .unwrap_or_else(|| panic!("no pid-prefixed REG in {:#}", r["owners"]));
+        assert_eq!(top["len"], *n);
+    }
+    let item = by_key(&r["types"], "type", "__main__.Item").expect("Item");
+    assert_eq!(item["count"], WORKER_DICTS.iter().sum::<u64>());
+    // The SVG: a root frame per process.
+    let svg = out_path("heap-per-process.svg");
+    leaktrace_ok(&[
+        "heap",
+        &parent,
+        "--per-process",
+        "--format",
+        "svg",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    for p in &pids[1..] {
+        assert!(
+            svg.contains(&format!("<title>pid {p} (")),
+            "no root frame pid {p}"
+        );
+    }
+    assert!(svg.contains("<title>REG ("), "the SVG names no REG");
+
+    // Growth over --duration: each worker's own.
+    let out = out_path("heap-per-process-2.json");
+    let mut heap = leaktrace(&[
+        "heap",
+        &parent,
+        "--per-process",
+        "--duration",
+        "4",
+        "--format",
+        "json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    for p in &pids {
+        heap.stderr
+            .wait_for(&format!("leaktrace: census 1 taken (pid {p})"), T);
+    }
+    for (k, n) in WORKER_DICTS.iter().enumerate() {
+        kill(pids[k + 1], SIGUSR1);
+        target
+            .stdout
+            .wait_for(&format!("worker {k} added {}", n + WORKER_ADDS[k]), T);
+    }
+    assert_eq!(heap.wait(T), 0, "{}", heap.stderr.text());
+    let r = read_json(&out);
+    assert_eq!(r["censuses"], 2);
+    for (k, n) in WORKER_DICTS.iter().enumerate() {
+        let w = process(&r, pids[k + 1]);
+        assert_eq!(w["censuses"], 2);
+        let reg = by_key(&w["owners"], "path", "__main__:REG").expect("REG");
+        assert_eq!(reg["len"], n + WORKER_ADDS[k], "worker {k}");
+        assert!(reg["retained_growth"].as_i64().unwrap() > 0, "{reg}");
+        let item = by_key(&w["types"], "type", "__main__.Item").expect("Item");
+        assert_eq!(item["count_growth"], WORKER_ADDS[k], "worker {k}: {item}");
+    }
+    let item = by_key(&r["types"], "type", "__main__.Item").expect("Item");
+    assert_eq!(item["count_growth"], WORKER_ADDS.iter().sum::<u64>());
+
+    // Text, with a worker killed between censuses: what was taken of it is kept, a line says so.
+    let mut heap = leaktrace(&[
+        "heap",
+        &parent,
+        "--per-process",
+        "--duration",
+        "3",
+        "--interval",
+        "1",
+        "--top",
+        "5",
+    ]);
+    heap.stderr
+        .wait_for(&format!("leaktrace: census 1 taken (pid {})", pids[2]), T);
+    kill(pids[2], SIGKILL);
+    assert_eq!(heap.wait(T), 0, "{}", heap.stderr.text());
+    let err = heap.stderr.text();
+    assert!(
+        err.contains(&format!(
+            "leaktrace: heap: process {} exited after 1 census: what was taken before is kept",
+            pids[2]
+        )),
+        "{err}"
+    );
+    let text = heap.stdout.text();
+    let sections: Vec<usize> = pids
+        .iter()
+        .map(|p| {
+            text.find(&format!("=== pid {p}: "))
+                .unwrap_or_else(|| panic!("no section for {p}:\n{text}"))
+        })
+        .collect();
+    assert!(sections.windows(2).all(|w| w[0] < w[1]), "{text}");
+    let w1 = &text[sections[1]..sections[2]];
+    let w2 = &text[sections[2]..];
+    let n1 = (WORKER_DICTS[0] + WORKER_ADDS[0]).to_string();
+    let n2 = (WORKER_DICTS[1] + WORKER_ADDS[1]).to_string();
+    for (section, n) in [(w1, &n1), (w2, &n2)] {
+        let row = section
+            .lines()
+            .find(|l| l.contains("__main__:REG (dict)"))
+            .unwrap_or_else(|| panic!("no REG row in:\n{section}"));
+        assert!(row.split_whitespace().any(|w| w == n), "{row}");
+    }
+    assert!(text.contains(&format!("note: process {} exited after 1 census", pids[2])));
 }

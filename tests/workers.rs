@@ -470,3 +470,105 @@ fn no_children_traces_the_given_process_only() {
     assert_eq!(report["target"]["pids"], serde_json::json!([server.pid()]));
     assert!(!tracer.stderr.text().contains("following worker"));
 }
+
+/// Issue 12, `attach --heap` on uvicorn `--workers 2`: a census of the supervisor and of each
+/// worker (at the start and the end), each worker's `fastapi_leak:REQUEST_LOG` with exactly the
+/// payloads that worker kept; the top level sums them, with `--per-process` keeping the owners
+/// apart (`pid N fastapi_leak:REQUEST_LOG`); the summary names the pids censused.
+#[test]
+fn heap_censuses_each_uvicorn_worker() {
+    require_root();
+    let _serial = one_at_a_time();
+    let server = Server::uvicorn_with_two_workers();
+    let workers: Vec<u32> = descendants(server.pid())
+        .into_iter()
+        .filter(|&p| {
+            let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            !cmd.contains("resource_tracker")
+        })
+        .collect();
+    assert_eq!(workers.len(), 2, "uvicorn has two workers: {workers:?}");
+    let children = descendants(server.pid()).len();
+    // Payloads kept by each worker, as it says (the lists outlive the runs).
+    let mut kept: std::collections::BTreeMap<u32, u64> = workers.iter().map(|&w| (w, 0)).collect();
+    for (run, (name, extra)) in [("per-process", &["--per-process"][..]), ("summed", &[][..])]
+        .into_iter()
+        .enumerate()
+    {
+        let sent = 40 * (run as u64 + 1);
+        let out = out_path(&format!("uvicorn-heap-{name}.json"));
+        let mut args = vec!["--heap", "-o", out.to_str().unwrap(), "--min-age", "0.5"];
+        args.extend_from_slice(extra);
+        let mut tracer = attach(server.pid(), &args);
+        wait_lines(&tracer, "recording Python frames", 1 + children);
+        // The first census of each worker.
+        for w in &workers {
+            wait_lines(&tracer, &format!("s (pid {w})"), 1);
+        }
+        for _ in 0..40 {
+            let (pid, n) = leak_once(server.port);
+            kept.insert(pid, n);
+        }
+        thread::sleep(Duration::from_millis(300));
+        tracer.signal(SIGINT);
+        assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
+        let report = read_json(&out);
+        let h = &report["heap"];
+        assert_eq!(h["schema"], "leaktrace-heap/v1", "{name}");
+        let procs = h["processes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {h:#}"));
+        let mut censused: Vec<u32> = procs
+            .iter()
+            .map(|p| p["target"]["pids"][0].as_u64().unwrap() as u32)
+            .collect();
+        censused.sort_unstable();
+        let mut want = vec![server.pid()];
+        want.extend(&workers);
+        want.sort_unstable();
+        assert_eq!(censused, want, "{name}: the supervisor and each worker");
+        let mut total = 0;
+        for &w in &workers {
+            let p = procs.iter().find(|p| p["target"]["pids"][0] == w).unwrap();
+            assert!(
+                p["censuses"].as_u64().unwrap() >= 2,
+                "{name}: {w}: {}",
+                p["censuses"]
+            );
+            let log = p["owners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["path"] == "fastapi_leak:REQUEST_LOG")
+                .unwrap_or_else(|| panic!("{name}: no REQUEST_LOG in {w}: {:#}", p["owners"]));
+            assert_eq!(log["len"], kept[&w], "{name}: worker {w}");
+            total += kept[&w];
+            if !extra.is_empty() {
+                let top = h["owners"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|o| o["path"] == format!("pid {w} fastapi_leak:REQUEST_LOG"))
+                    .unwrap_or_else(|| panic!("{name}: {:#}", h["owners"]));
+                assert_eq!(top["len"], kept[&w], "{name}: worker {w}");
+            }
+        }
+        assert_eq!(total, sent, "{name}: {kept:?}");
+        if extra.is_empty() {
+            let top = h["owners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["path"] == "fastapi_leak:REQUEST_LOG")
+                .unwrap_or_else(|| panic!("{name}: {:#}", h["owners"]));
+            // The workers' lists, summed (the supervisor keeps no payload).
+            assert_eq!(top["len"], sent, "{name}");
+        }
+        let summary = tracer.stdout.text();
+        let pids: Vec<String> = want.iter().map(u32::to_string).collect();
+        assert!(
+            summary.contains(&format!("of 3 processes (pids {})", pids.join(", "))),
+            "{name}: {summary}"
+        );
+    }
+}

@@ -50,7 +50,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Count a running CPython's objects by type, and rank its module globals and class
     /// attributes by the bytes they retain, read from its memory (no probe, no pause); with
-    /// --duration, what grew between two censuses.
+    /// --duration, what grew between two censuses; with --per-process, of a pre-fork parent and
+    /// each of its workers.
     Heap(crate::heap::HeapArgs),
 }
 
@@ -186,16 +187,17 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_children: bool,
     /// Keep each process's stacks apart, under a root frame `pid N` (default: stacks are summed
-    /// across the target and its workers).
+    /// across the target and its workers), and the heap census's owners (`pid N module:name`).
     #[arg(long)]
     pub per_process: bool,
     /// Say more: how long each phase of the report took (reading the live heap, the maps,
     /// symbolizing stacks, writing, detaching).
     #[arg(short, long)]
     pub verbose: bool,
-    /// Take a census of a Python target's objects (as `leaktrace heap`) at the start and the
-    /// end of the trace, on a thread of its own: the report gains a `heap` member (types,
-    /// owners, small blocks) and the summary the owners and types that grew most. On by
+    /// Take a census of a Python target's objects (as `leaktrace heap`), and of each Python
+    /// worker traced, at the start and the end of the trace, each on a thread of its own: the
+    /// report gains a `heap` member (types, owners, small blocks; with workers, their sum and
+    /// one report per process) and the summary the owners and types that grew most. On by
     /// default; with --mode growth, the cheap path to leave on.
     #[arg(long, conflicts_with = "no_heap")]
     pub heap: bool,

@@ -426,6 +426,9 @@ mod tests {
                 raw_growth_bytes_per_s: None,
                 skipped: 0,
             }),
+            cmdline: None,
+            notes: Vec::new(),
+            processes: Vec::new(),
         }
     }
 

@@ -68,6 +68,12 @@ pub struct HeapArgs {
     /// Seconds one census may take at most.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub time_budget: f64,
+    /// Also take a census of each child process running the same interpreter (uvicorn's and
+    /// gunicorn's workers, a multiprocessing pool; its helpers left out), kept apart: one
+    /// section per process in the text, a `processes` array in the JSON (the top-level rows
+    /// summed, owners prefixed `pid N `), a root frame `pid N` in the SVG.
+    #[arg(long)]
+    pub per_process: bool,
 }
 
 impl HeapArgs {
@@ -236,26 +242,38 @@ pub fn build_report(
     rep
 }
 
+/// Whether `pid` is one of multiprocessing's helpers (they hold no application objects).
+pub fn is_multiprocessing_helper(pid: u32) -> bool {
+    let cmd = cmdline(pid);
+    ["resource_tracker", "semaphore_tracker", "forkserver"]
+        .iter()
+        .any(|h| cmd.contains(h))
+}
+
+/// `/proc/PID/cmdline`, its arguments joined by spaces (empty if it cannot be read).
+pub fn cmdline(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw)
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Child processes running the same executable (uvicorn's and gunicorn's workers, a
-/// multiprocessing pool) have heaps of their own, which a census of `pid` does not see: one
-/// line naming them, or None.
-fn worker_hint(pid: u32) -> Option<String> {
+/// multiprocessing pool), multiprocessing's helpers left out: each has a heap of its own,
+/// which a census of `pid` does not see.
+pub fn workers(pid: u32) -> Vec<u32> {
     let exe = |p: u32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
-    let own = exe(pid)?;
+    let Some(own) = exe(pid) else {
+        return Vec::new();
+    };
     let me = std::process::id();
-    let workers: Vec<u32> = crate::target::process::descendants(pid, me, 256)
+    crate::target::process::descendants(pid, me, 256)
         .into_iter()
         .filter(|&c| exe(c).as_ref() == Some(&own))
-        .filter(|&c| {
-            // multiprocessing's helpers hold no application objects.
-            let cmd = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            !["resource_tracker", "semaphore_tracker", "forkserver"]
-                .iter()
-                .any(|h| cmd.contains(h))
-        })
-        .collect();
-    worker_line(pid, &workers)
+        .filter(|&c| !is_multiprocessing_helper(c))
+        .collect()
 }
 
 fn worker_line(pid: u32, workers: &[u32]) -> Option<String> {
@@ -263,24 +281,35 @@ fn worker_line(pid: u32, workers: &[u32]) -> Option<String> {
     let shown: Vec<String> = workers.iter().take(8).map(u32::to_string).collect();
     let more = if workers.len() > 8 { ", ..." } else { "" };
     Some(format!(
-        "leaktrace: heap: process {pid} has {} child process{} running the same interpreter ({}{more}), each with a heap of its own that this census does not read: `leaktrace heap {first}` takes a census of one",
+        "leaktrace: heap: process {pid} has {} child process{} running the same interpreter ({}{more}), each with a heap of its own that this census does not read: `leaktrace heap {pid} --per-process` takes a census of each, `leaktrace heap {first}` of one",
         workers.len(),
         if workers.len() == 1 { "" } else { "es" },
         shown.join(", ")
     ))
 }
 
-/// Runs `leaktrace heap`.
-pub fn run(args: HeapArgs) -> Result<i32> {
-    args.validate()?;
-    let target = TargetProcess::for_reading(args.pid)?;
-    let pid = args.pid;
+/// One process of `leaktrace heap` and its censuses.
+struct Censused {
+    target: TargetProcess,
+    interp: Interpreter,
+    plan: Plan,
+    cmdline: String,
+    first: Option<Taken>,
+    last: Option<Taken>,
+    taken: u32,
+    /// Set once it exited: no more censuses.
+    exited: bool,
+}
+
+/// The interpreter and plan of process `pid`, or a one-line reason it cannot be read.
+fn open(pid: u32, files: &mut InterpFiles, limits: census::Limits) -> Result<Censused> {
+    let target = TargetProcess::for_reading(pid)?;
     let maps = ProcMaps::read(pid).map_err(|e| {
         user(format!(
             "cannot read /proc/{pid}/maps ({e}): run leaktrace as root"
         ))
     })?;
-    let interp = match Interpreter::discover(pid, &maps, &mut InterpFiles::default()) {
+    let interp = match Interpreter::discover(pid, &maps, files) {
         Ok(i) => i,
         Err(NotPython::Absent) => {
             return Err(user(format!(
@@ -292,19 +321,58 @@ pub fn run(args: HeapArgs) -> Result<i32> {
             return Err(user(format!("{why}: `leaktrace heap` cannot read it")))
         }
     };
-    let plan = Plan::new(&interp, args.limits())?;
+    let plan = Plan::new(&interp, limits)?;
     if let Some(why) = plan.arenas_unreadable() {
-        eprintln!("leaktrace: pymalloc's arenas are not read ({why}): no small-block figures");
+        eprintln!(
+            "leaktrace: process {pid}: pymalloc's arenas are not read ({why}): no small-block figures"
+        );
     }
-    if let Some(line) = worker_hint(pid) {
-        eprintln!("{line}");
+    Ok(Censused {
+        target,
+        interp,
+        plan,
+        cmdline: cmdline(pid),
+        first: None,
+        last: None,
+        taken: 0,
+        exited: false,
+    })
+}
+
+impl Censused {
+    fn pid(&self) -> u32 {
+        self.plan.pid
     }
 
-    let started = Instant::now();
-    let take = |n: usize| {
-        let t = plan.take(&interp.mem);
+    /// Takes census `n`; false (and a note in `notes`) if the process is gone.
+    fn take(&mut self, n: u32, per_process: bool, notes: &mut Vec<String>) -> bool {
+        let gone = |p: &mut Censused, notes: &mut Vec<String>| {
+            p.exited = true;
+            let note = format!(
+                "process {} exited after {} census{}: what was taken before is kept",
+                p.pid(),
+                p.taken,
+                if p.taken == 1 { "" } else { "es" }
+            );
+            eprintln!("leaktrace: heap: {note}");
+            notes.push(note);
+            false
+        };
+        if !self.target.is_alive() {
+            return gone(self, notes);
+        }
+        let t = self.plan.take(&self.interp.mem);
+        if per_process && !self.target.is_alive() {
+            // Read while it went away: not a census of a live heap.
+            return gone(self, notes);
+        }
         eprintln!(
-            "leaktrace: census {n} taken: {} objects in {:.2} s ({} reads){}",
+            "leaktrace: census {n} taken{}: {} objects in {:.2} s ({} reads){}",
+            if per_process {
+                format!(" (pid {})", self.pid())
+            } else {
+                String::new()
+            },
             t.census.objects,
             t.seconds,
             t.census.reads,
@@ -314,11 +382,48 @@ pub fn run(args: HeapArgs) -> Result<i32> {
                 String::new()
             }
         );
-        t
+        self.taken += 1;
+        if self.first.is_none() {
+            self.first = Some(t);
+        } else {
+            self.last = Some(t);
+        }
+        true
+    }
+}
+
+/// Runs `leaktrace heap`.
+pub fn run(args: HeapArgs) -> Result<i32> {
+    args.validate()?;
+    let pid = args.pid;
+    let mut files = InterpFiles::default();
+    let root = open(pid, &mut files, args.limits())?;
+    let exe = root.target.exe.clone();
+    let python = root.interp.version();
+    let mut notes = Vec::new();
+    let mut procs = vec![root];
+    if args.per_process {
+        for w in workers(pid) {
+            match open(w, &mut files, args.limits()) {
+                Ok(p) => procs.push(p),
+                Err(e) => {
+                    let note = format!("process {w} skipped: {e:#}");
+                    eprintln!("leaktrace: heap: {note}");
+                    notes.push(note);
+                }
+            }
+        }
+    } else if let Some(line) = worker_line(pid, &workers(pid)) {
+        eprintln!("{line}");
+    }
+
+    let started = Instant::now();
+    let round = |n: u32, procs: &mut Vec<Censused>, notes: &mut Vec<String>| {
+        for p in procs.iter_mut().filter(|p| !p.exited) {
+            p.take(n, args.per_process, notes);
+        }
     };
-    let first = take(1);
-    let mut last = None;
-    let mut taken = 1u32;
+    round(1, &mut procs, &mut notes);
     if let Some(d) = args.duration {
         let end = started + Duration::from_secs_f64(d);
         let step = args.interval.map(Duration::from_secs_f64);
@@ -326,31 +431,71 @@ pub fn run(args: HeapArgs) -> Result<i32> {
         loop {
             let next = step.map_or(end, |s| (Instant::now() + s).min(end));
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            if !target.is_alive() {
+            if !args.per_process && !procs[0].target.is_alive() {
                 return Err(user(format!(
                     "process {pid} exited before the last census: nothing to compare"
                 )));
             }
-            last = Some(take(n));
+            round(n, &mut procs, &mut notes);
             n += 1;
-            taken += 1;
-            if Instant::now() >= end {
+            if Instant::now() >= end || procs.iter().all(|p| p.exited) {
                 break;
             }
         }
     }
-    let mut rep = build_report(
-        crate::output::report::Target {
-            pids: vec![pid],
-            exe: target.exe.clone(),
-            python: Some(interp.version()),
-        },
-        started.elapsed().as_secs_f64(),
-        &first,
-        last.as_ref(),
-        args.top,
-    );
-    rep.censuses = taken;
+    let report_of = |p: &Censused, duration_s: f64| {
+        let first = p.first.as_ref()?;
+        let mut rep = build_report(
+            crate::output::report::Target {
+                pids: vec![p.pid()],
+                exe: p.target.exe.clone(),
+                python: Some(p.interp.version()),
+            },
+            duration_s,
+            first,
+            p.last.as_ref(),
+            args.top,
+        );
+        rep.censuses = p.taken;
+        Some(rep)
+    };
+    let rep = if args.per_process {
+        let reports: Vec<report::HeapReport> = procs
+            .iter()
+            .filter_map(|p| {
+                let span = match (&p.first, &p.last) {
+                    (Some(f), Some(l)) => l.at.duration_since(f.at).as_secs_f64(),
+                    _ => 0.0,
+                };
+                let mut rep = report_of(p, span)?;
+                rep.cmdline = Some(p.cmdline.clone());
+                rep.notes = notes
+                    .iter()
+                    .filter(|n| n.starts_with(&format!("process {} ", p.pid())))
+                    .cloned()
+                    .collect();
+                Some(rep)
+            })
+            .collect();
+        if reports.is_empty() {
+            return Err(user(format!(
+                "no census taken: process {pid} and its workers exited"
+            )));
+        }
+        report::HeapReport::merge(
+            crate::output::report::Target {
+                pids: reports.iter().flat_map(|r| r.target.pids.clone()).collect(),
+                exe,
+                python: Some(python),
+            },
+            reports,
+            true,
+            args.top,
+            notes,
+        )
+    } else {
+        report_of(&procs[0], started.elapsed().as_secs_f64()).expect("the first census")
+    };
     let text = match args.format {
         HeapFormat::Json => serde_json::to_string_pretty(&rep)? + "\n",
         HeapFormat::Text => rep.text(args.top),
@@ -372,6 +517,7 @@ mod worker_tests {
         assert_eq!(super::worker_line(10, &[]), None);
         let one = super::worker_line(10, &[11]).unwrap();
         assert!(one.contains("1 child process running") && one.contains("`leaktrace heap 11`"));
+        assert!(one.contains("`leaktrace heap 10 --per-process` takes a census of each"));
         let many: Vec<u32> = (11..21).collect();
         let line = super::worker_line(10, &many).unwrap();
         assert!(

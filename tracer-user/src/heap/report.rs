@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::census::Census;
 use crate::output::report::{human_bytes, Target};
 
+mod merge;
 mod names;
 pub use names::{LoggersRow, LruRow, NamesReport, PathLen, TaskRow, TypeCountRow};
 
@@ -76,6 +77,44 @@ pub struct HeapReport {
     /// pymalloc's arenas against the objects' bytes (absent where the arenas are not read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub small_blocks: Option<super::arenas::SmallBlocks>,
+    /// The process's command line (added in v1; set in the reports of `processes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// One line each: a process that exited, one that could not be read (added in v1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// `--per-process` and worker trees: one full report per process censused, the
+    /// top-level rows being their sum (added in v1; absent for one process).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<HeapReport>,
+}
+
+/// Types by bytes growth, then bytes, then name.
+fn order_types(types: &mut [TypeRow]) {
+    types.sort_by(|a, b| {
+        b.bytes_growth
+            .cmp(&a.bytes_growth)
+            .then(b.bytes.cmp(&a.bytes))
+            .then(a.type_name.cmp(&b.type_name))
+    });
+}
+
+/// Owners by retained growth, then retained bytes, then path.
+fn order_owners(owners: &mut [OwnerRow]) {
+    owners.sort_by(|a, b| {
+        b.retained_growth
+            .cmp(&a.retained_growth)
+            .then(b.retained_bytes.cmp(&a.retained_bytes))
+            .then(a.path.cmp(&b.path))
+    });
+}
+
+fn order_unheld(unheld: &mut [UnheldRow]) {
+    unheld.sort_by(|a, b| {
+        b.unheld_growth
+            .cmp(&a.unheld_growth)
+            .then(a.type_name.cmp(&b.type_name))
+    });
 }
 
 fn growth(a: u64, b: u64) -> i64 {
@@ -120,12 +159,7 @@ impl HeapReport {
                 }
             }
         }
-        types.sort_by(|a, b| {
-            b.bytes_growth
-                .cmp(&a.bytes_growth)
-                .then(b.bytes.cmp(&a.bytes))
-                .then(a.type_name.cmp(&b.type_name))
-        });
+        order_types(&mut types);
         // Keyed by path and type: one path can name two owners (a class attribute of two
         // classes of one qualified name, as `enum` makes them).
         let before: std::collections::HashMap<(&str, &str), u64> = first
@@ -152,12 +186,7 @@ impl HeapReport {
                 }),
             })
             .collect();
-        owners.sort_by(|a, b| {
-            b.retained_growth
-                .cmp(&a.retained_growth)
-                .then(b.retained_bytes.cmp(&a.retained_bytes))
-                .then(a.path.cmp(&b.path))
-        });
+        order_owners(&mut owners);
         owners.truncate(top);
         let mut unheld: Vec<UnheldRow> = match last {
             Some(l) => l
@@ -178,11 +207,7 @@ impl HeapReport {
                 .collect(),
             None => Vec::new(),
         };
-        unheld.sort_by(|a, b| {
-            b.unheld_growth
-                .cmp(&a.unheld_growth)
-                .then(a.type_name.cmp(&b.type_name))
-        });
+        order_unheld(&mut unheld);
         unheld.truncate(top);
         let incomplete = first
             .incomplete
@@ -203,11 +228,17 @@ impl HeapReport {
             tasks: TaskRow::rows(&now.names, last.map(|_| &first.names)),
             names: NamesReport::from(&now.names, last.map(|_| &first.names)),
             small_blocks: None,
+            cmdline: None,
+            notes: Vec::new(),
+            processes: Vec::new(),
         }
     }
 
-    /// The terminal table.
+    /// The terminal table (one section per process for a report with `processes`).
     pub fn text(&self, top: usize) -> String {
+        if !self.processes.is_empty() {
+            return self.processes_text(top);
+        }
         let mut s = String::new();
         let pid = self.target.pids.first().copied().unwrap_or(0);
         let _ = writeln!(
@@ -308,8 +339,12 @@ impl HeapReport {
         s
     }
 
-    /// Folded lines of retained bytes by owner path: module, then global (then attribute).
+    /// Folded lines of retained bytes by owner path: module, then global (then attribute);
+    /// for a report with `processes`, each process's under a root frame `pid N`.
     pub fn folded(&self, top: usize) -> String {
+        if !self.processes.is_empty() {
+            return self.processes_folded(top);
+        }
         let mut s = String::new();
         for o in self
             .owners
@@ -329,8 +364,16 @@ impl HeapReport {
 
     pub fn svg(&self, top: usize) -> Result<String> {
         let folded = self.folded(top);
-        let pid = self.target.pids.first().copied().unwrap_or(0);
-        let title = format!("Retained bytes by owner, process {pid}");
+        let title = match self.target.pids.as_slice() {
+            [pid] => format!("Retained bytes by owner, process {pid}"),
+            pids => format!(
+                "Retained bytes by owner, processes {}",
+                pids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         if folded.is_empty() {
             return Ok(format!(
                 r#"<?xml version="1.0" standalone="no"?>

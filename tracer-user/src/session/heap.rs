@@ -5,6 +5,7 @@
 //! few lines: the owners and types that grew most, and the small blocks no object accounts for.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -15,6 +16,7 @@ use crate::{
     heap::{census::Limits, report::HeapReport, Plan, Taken},
     output::report::{human_bytes, Target},
     probes::targets::Targets,
+    target::process::TargetProcess,
 };
 
 /// `--heap`, `--no-heap`, `--heap-interval` as the session sees them.
@@ -36,86 +38,235 @@ const TOP: usize = 20;
 /// Lines of each kind in the summary.
 const SUMMARY_ROWS: usize = 3;
 
-pub(super) struct HeapCensus {
-    opts: HeapOptions,
-    plan: Option<Plan>,
-    /// Why no plan could be made yet (the last reason).
-    why_not: Option<String>,
+/// Censuses running at once at most (one thread each; more workers wait their turn).
+const MAX_RUNNING: usize = 8;
+
+/// The censuses of one traced Python process.
+struct One {
+    plan: Plan,
+    target: TargetProcess,
+    cmdline: String,
     first: Option<Taken>,
     last: Option<Taken>,
     running: Option<JoinHandle<Result<Taken>>>,
     next_at: Option<Instant>,
     taken: u32,
-    /// Censuses finished (the report's `censuses`).
+    /// Censuses finished (its report's `censuses`).
     collected: u32,
+    /// It left the trace (exited): no more censuses.
+    gone: bool,
+}
+
+/// Censuses of every traced Python process: the root, and the workers `attach` follows
+/// (multiprocessing's helpers left out); a worker that appears later gets its first census
+/// when its interpreter is found.
+pub(super) struct HeapCensus {
+    opts: HeapOptions,
+    /// `--per-process`: the summed owners of several processes keep a `pid N ` prefix.
+    per_process: bool,
+    procs: BTreeMap<u32, One>,
+    /// Processes left out for good (multiprocessing's helpers).
+    helpers: BTreeSet<u32>,
+    /// Why no plan could be made yet, by process (the last reason; tried again each poll).
+    why_not: BTreeMap<u32, String>,
+    /// Processes that exited, one line each.
+    notes: Vec<String>,
 }
 
 impl HeapCensus {
-    pub(super) fn new(opts: HeapOptions) -> Self {
+    pub(super) fn new(opts: HeapOptions, per_process: bool) -> Self {
         Self {
             opts,
-            plan: None,
-            why_not: None,
-            first: None,
-            last: None,
-            running: None,
-            next_at: None,
-            taken: 0,
-            collected: 0,
+            per_process,
+            procs: BTreeMap::new(),
+            helpers: BTreeSet::new(),
+            why_not: BTreeMap::new(),
+            notes: Vec::new(),
         }
     }
 
-    /// Called from the loop: makes the plan once the root's interpreter is known, collects a
-    /// finished census, starts the next one when it is due. Never blocks.
+    /// Called from the loop: makes a plan for each traced process whose interpreter is known,
+    /// collects finished censuses, starts those that are due. Never blocks.
     pub(super) fn poll(&mut self, targets: &Targets) {
         if !self.opts.enabled {
             return;
         }
-        if self.plan.is_none() {
-            let Some(interp) = targets.root_proc().python.as_ref() else {
-                return;
+        for (&pid, proc) in &targets.procs {
+            if self.procs.contains_key(&pid) || self.helpers.contains(&pid) {
+                continue;
+            }
+            let Some(interp) = proc.python.as_ref() else {
+                continue;
             };
+            if pid != targets.root && crate::heap::is_multiprocessing_helper(pid) {
+                self.helpers.insert(pid);
+                continue;
+            }
             match Plan::new(interp, Limits::default()) {
                 Ok(p) => {
                     if let Some(why) = p.arenas_unreadable() {
                         eprintln!(
-                            "leaktrace: heap: pymalloc's arenas are not read ({why}): no small-block figures"
+                            "leaktrace: heap: process {pid}: pymalloc's arenas are not read ({why}): no small-block figures"
                         );
                     }
-                    self.plan = Some(p);
+                    self.why_not.remove(&pid);
+                    self.procs.insert(
+                        pid,
+                        One {
+                            plan: p,
+                            target: proc.target.clone(),
+                            cmdline: crate::heap::cmdline(pid),
+                            first: None,
+                            last: None,
+                            running: None,
+                            next_at: None,
+                            taken: 0,
+                            collected: 0,
+                            gone: false,
+                        },
+                    );
                 }
                 Err(e) => {
-                    self.why_not = Some(format!("{e:#}"));
-                    return;
+                    self.why_not.insert(pid, format!("{e:#}"));
                 }
             }
         }
-        if self.running.as_ref().is_some_and(|h| h.is_finished()) {
-            let done = self.running.take().expect("checked");
-            self.collect(done);
-        }
-        let due = self.first.is_none() && self.taken == 0
-            || self.next_at.is_some_and(|t| Instant::now() >= t);
-        if due && self.running.is_none() {
-            self.start();
+        let mut running = self.procs.values().filter(|o| o.running.is_some()).count();
+        for (&pid, one) in &mut self.procs {
+            if one.running.as_ref().is_some_and(|h| h.is_finished()) {
+                let done = one.running.take().expect("checked");
+                one.collect(done);
+                running -= 1;
+            }
+            if !one.gone && !targets.procs.contains_key(&pid) {
+                one.gone = true;
+                let note = format!(
+                    "process {pid} exited during the trace after {} heap census{}: what was taken before is kept",
+                    one.collected,
+                    if one.collected == 1 { "" } else { "es" }
+                );
+                eprintln!("leaktrace: heap: {note}");
+                self.notes.push(note);
+            }
+            let due = one.taken == 0 || one.next_at.is_some_and(|t| Instant::now() >= t);
+            if !one.gone && due && one.running.is_none() && running < MAX_RUNNING {
+                one.start(self.opts.interval);
+                running += 1;
+            }
         }
     }
 
-    fn start(&mut self) {
-        let Some(plan) = self.plan.clone() else {
+    /// At the end of the trace, before the report is built: starts the last census of each
+    /// process still there (`root_alive` says whether the root is), after one under way.
+    pub(super) fn begin_final(&mut self, targets: &Targets, root_alive: bool) {
+        if !self.opts.enabled {
             return;
-        };
+        }
+        for (&pid, one) in &mut self.procs {
+            if let Some(h) = one.running.take() {
+                one.collect(h);
+            }
+            let alive = if pid == targets.root {
+                root_alive
+            } else {
+                !one.gone && one.target.is_alive()
+            };
+            if alive {
+                one.start(None);
+            }
+        }
+    }
+
+    /// Waits for the last censuses and builds the `heap` member (growth from each process's
+    /// first census to its last; one census gives a report without growth). One process
+    /// censused: its report, as `target` says. Several: their sum, each in `processes`.
+    pub(super) fn finish(mut self, target: Target) -> Option<HeapReport> {
+        if !self.opts.enabled {
+            return None;
+        }
+        let mut reports = Vec::new();
+        for (&pid, one) in &mut self.procs {
+            if let Some(h) = one.running.take() {
+                one.collect(h);
+            }
+            let Some(first) = one.first.as_ref() else {
+                continue;
+            };
+            let last = one.last.as_ref();
+            let duration = last.map_or(0.0, |l| l.at.duration_since(first.at).as_secs_f64());
+            let own = Target {
+                pids: vec![pid],
+                exe: one.target.exe.clone(),
+                python: Some(one.plan.python.clone()),
+            };
+            let mut rep = crate::heap::build_report(own, duration, first, last, TOP);
+            rep.censuses = one.collected;
+            rep.cmdline = Some(one.cmdline.clone());
+            rep.notes = self
+                .notes
+                .iter()
+                .filter(|n| n.starts_with(&format!("process {pid} ")))
+                .cloned()
+                .collect();
+            reports.push(rep);
+        }
+        match reports.len() {
+            0 => {
+                if self.opts.explicit {
+                    eprintln!(
+                        "leaktrace: heap: no census taken: {}",
+                        self.why_not
+                            .get(&target.pids.first().copied().unwrap_or(0))
+                            .or(self.why_not.values().next())
+                            .map_or(
+                                "the process runs no CPython interpreter leaktrace reads",
+                                String::as_str
+                            )
+                    );
+                }
+                None
+            }
+            1 => {
+                let mut rep = reports.pop().expect("one");
+                if rep.target.pids == target.pids {
+                    rep.target = target;
+                }
+                Some(rep)
+            }
+            _ => {
+                let target = Target {
+                    pids: reports.iter().flat_map(|r| r.target.pids.clone()).collect(),
+                    ..target
+                };
+                Some(HeapReport::merge(
+                    target,
+                    reports,
+                    self.per_process,
+                    TOP,
+                    self.notes,
+                ))
+            }
+        }
+    }
+}
+
+impl One {
+    fn start(&mut self, interval: Option<Duration>) {
+        let plan = self.plan.clone();
         self.taken += 1;
-        self.next_at = self.opts.interval.map(|i| Instant::now() + i);
+        self.next_at = interval.map(|i| Instant::now() + i);
         self.running = Some(std::thread::spawn(move || plan.take_live()));
     }
 
     fn collect(&mut self, done: JoinHandle<Result<Taken>>) {
+        let pid = self.plan.pid;
         match done.join() {
+            // Read while it went away: not a census of a live heap.
+            Ok(Ok(_)) if !self.target.is_alive() => {}
             Ok(Ok(t)) => {
                 self.collected += 1;
                 eprintln!(
-                    "leaktrace: heap census {}: {} objects in {:.2} s{}",
+                    "leaktrace: heap census {}: {} objects in {:.2} s (pid {pid}){}",
                     self.taken,
                     t.census.objects,
                     t.seconds,
@@ -130,54 +281,22 @@ impl HeapCensus {
                     self.last = Some(t);
                 }
             }
-            Ok(Err(e)) => self.why_not = Some(format!("{e:#}")),
-            Err(_) => self.why_not = Some("the census thread panicked".to_string()),
+            Ok(Err(e)) => eprintln!("leaktrace: heap: census of process {pid}: {e:#}"),
+            Err(_) => eprintln!("leaktrace: heap: the census thread of process {pid} panicked"),
         }
-    }
-
-    /// At the end of the trace, before the report is built: starts the last census (when the
-    /// target is still there), after one under way.
-    pub(super) fn begin_final(&mut self, target_alive: bool) {
-        if !self.opts.enabled {
-            return;
-        }
-        if let Some(h) = self.running.take() {
-            self.collect(h);
-        }
-        if target_alive {
-            self.start();
-        }
-    }
-
-    /// Waits for the last census and builds the `heap` member (growth from the first census to
-    /// the last; one census gives a report without growth).
-    pub(super) fn finish(mut self, target: Target) -> Option<HeapReport> {
-        if !self.opts.enabled {
-            return None;
-        }
-        if let Some(h) = self.running.take() {
-            self.collect(h);
-        }
-        let Some(first) = self.first.as_ref() else {
-            if self.opts.explicit {
-                eprintln!(
-                    "leaktrace: heap: no census taken: {}",
-                    self.why_not
-                        .as_deref()
-                        .unwrap_or("the process runs no CPython interpreter leaktrace reads")
-                );
-            }
-            return None;
-        };
-        let last = self.last.as_ref();
-        let duration = last.map_or(0.0, |l| l.at.duration_since(first.at).as_secs_f64());
-        let mut rep = crate::heap::build_report(target, duration, first, last, TOP);
-        rep.censuses = self.collected;
-        Some(rep)
     }
 }
 
-/// The summary's heap lines: when the censuses were, the owners and types that grew most
+/// `text`, cut to `max` characters (with `...`).
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max.saturating_sub(3)).collect();
+    format!("{cut}...")
+}
+
+/// The summary's heap lines: which processes were censused, when, the owners and types that grew most
 /// (or, with one census, the largest), and the small blocks.
 pub(super) fn summary_lines(rep: &HeapReport) -> String {
     let pid = rep.target.pids.first().copied().unwrap_or(0);
@@ -188,8 +307,9 @@ pub(super) fn summary_lines(rep: &HeapReport) -> String {
             human_bytes(v.unsigned_abs())
         )
     };
+    let pids: Vec<String> = rep.target.pids.iter().map(u32::to_string).collect();
     let mut s = format!(
-        "leaktrace: heap: {} census{}{}, {} objects{}\n",
+        "leaktrace: heap: {} census{}{}, {} objects{}{}\n",
         rep.censuses,
         if rep.censuses == 1 { "" } else { "es" },
         if rep.censuses > 1 {
@@ -198,11 +318,35 @@ pub(super) fn summary_lines(rep: &HeapReport) -> String {
             String::new()
         },
         rep.objects,
+        if rep.processes.is_empty() {
+            format!(" (pid {pid})")
+        } else {
+            format!(
+                " in all, of {} processes (pids {})",
+                rep.processes.len(),
+                pids.join(", ")
+            )
+        },
         match &rep.incomplete_reason {
             Some(why) => format!(" (incomplete: {why})"),
             None => String::new(),
         }
     );
+    for p in &rep.processes {
+        s.push_str(&format!(
+            "  pid {}: {} census{}, {} objects{}\n",
+            p.target.pids.first().copied().unwrap_or(0),
+            p.censuses,
+            if p.censuses == 1 { "" } else { "es" },
+            p.objects,
+            p.cmdline
+                .as_deref()
+                .map_or(String::new(), |c| format!(" ({})", shorten(c, 80)))
+        ));
+    }
+    for n in &rep.notes {
+        s.push_str(&format!("  note: {n}\n"));
+    }
     let grown = rep.censuses > 1;
     let owners: Vec<String> = rep
         .owners
@@ -247,4 +391,83 @@ pub(super) fn summary_lines(rep: &HeapReport) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::census::{Census, Owner, TypeStat};
+
+    fn report(pid: u32, reg_len: u64) -> HeapReport {
+        let mut c = Census::default();
+        c.types.insert(
+            "dict".into(),
+            TypeStat {
+                count: reg_len,
+                bytes: reg_len * 100,
+            },
+        );
+        c.owners.push(Owner {
+            path: "app:REG".into(),
+            type_name: "dict".into(),
+            len: Some(reg_len),
+            retained_bytes: reg_len * 200,
+        });
+        c.objects = reg_len;
+        let mut r = HeapReport::build(
+            Target {
+                pids: vec![pid],
+                exe: "/usr/bin/python3".into(),
+                python: Some("3.12".into()),
+            },
+            0.0,
+            &c,
+            None,
+            TOP,
+        );
+        r.cmdline = Some(format!("python3 -m uvicorn app:app --workers 2 # {pid}"));
+        r
+    }
+
+    #[test]
+    fn the_summary_names_the_processes_censused() {
+        let one = summary_lines(&report(10, 3));
+        assert!(
+            one.starts_with("leaktrace: heap: 1 census, 3 objects (pid 10)\n"),
+            "{one}"
+        );
+        let m = HeapReport::merge(
+            Target {
+                pids: vec![10, 11, 12],
+                exe: "/usr/bin/python3".into(),
+                python: Some("3.12".into()),
+            },
+            vec![report(10, 0), report(11, 300), report(12, 700)],
+            true,
+            TOP,
+            vec!["process 13 exited during the trace after 1 heap census: what was taken before is kept".into()],
+        );
+        let s = summary_lines(&m);
+        assert!(
+            s.starts_with(
+                "leaktrace: heap: 1 census, 1000 objects in all, of 3 processes (pids 10, 11, 12)\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "  pid 11: 1 census, 300 objects (python3 -m uvicorn app:app --workers 2 # 11)\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("  note: process 13 exited during the trace"),
+            "{s}"
+        );
+        // The owners kept apart (`--per-process`), the largest first.
+        assert!(
+            s.contains("owners that largest: pid 12 app:REG (dict, len 700"),
+            "{s}"
+        );
+    }
 }

@@ -296,7 +296,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
                     pid: opts.pid,
                 })
             },
-            heap: heap::HeapCensus::new(opts.heap),
+            heap: heap::HeapCensus::new(opts.heap, opts.per_process),
         };
         if let Some(pid) = child {
             if opts.python {
@@ -600,8 +600,8 @@ impl Session {
         let mut phases = report::Phases::start();
         // The last heap census reads the target's memory on its own thread while the
         // report is built.
-        self.heap
-            .begin_final(stop != Stop::TargetExited && self.targets.root_proc().target.is_alive());
+        let root_alive = stop != Stop::TargetExited && self.targets.root_proc().target.is_alive();
+        self.heap.begin_final(&self.targets, root_alive);
         // The probes are detached in the background once the live heap is read; every one
         // is gone before the summary says so (and before leaktrace exits: dropping the
         // tracer waits too).
