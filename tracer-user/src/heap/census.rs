@@ -28,7 +28,9 @@ use std::{
 use super::layout::*;
 
 mod named;
+pub mod statics;
 pub use named::{LruCache, Named, Names, TaskGroup, TypeCount};
+pub use statics::{Segment, StaticSymbol};
 
 /// Where bytes come from: a process's memory, or a buffer.
 pub trait Source {
@@ -156,6 +158,8 @@ struct TypeInfo {
     /// `tp_base`, and the named class ([`named`]) the type is or derives from.
     base: u64,
     named: Option<Named>,
+    /// A C type whose own memory is read for the objects it holds ([`fields_hold`]).
+    fields_hold: bool,
 }
 
 type Ty = Rc<TypeInfo>;
@@ -278,6 +282,11 @@ pub struct Walker<'a> {
     found: named::Found,
     /// Types being read while their named base is looked up (bounds that recursion).
     base_depth: u32,
+    /// Modules, their dicts, classes and their dicts: roots of their own, never children of a
+    /// C object's fields (a function's `__globals__` is its module's dict).
+    no_follow: AddrSet,
+    /// Writable segments of the interpreter and its extension modules ([`statics`]).
+    statics: Vec<Segment>,
 }
 
 /// Walks of one GC list, the first included, before a list torn under the walk is left.
@@ -315,7 +324,16 @@ impl<'a> Walker<'a> {
             small: 0,
             found: named::Found::default(),
             base_depth: 0,
+            no_follow: AddrSet::default(),
+            statics: Vec::new(),
         }
+    }
+
+    /// Makes the words of `segments` (the static variables of the interpreter and its
+    /// extension modules) holders: see [`statics`].
+    pub fn with_statics(mut self, segments: Vec<Segment>) -> Self {
+        self.statics = segments;
+        self
     }
 
     /// Makes every thread's frames (found from `_PyRuntime` at `runtime`) roots: what a
@@ -623,6 +641,7 @@ impl<'a> Walker<'a> {
             kind,
             base: w(TP_BASE),
             named: None,
+            fields_hold: fields_hold(&tp_name, kind, flags, basicsize, itemsize),
         };
         // A class: `module.Name`, the module from its `__module__`; a C type made from a spec
         // (`PyType_FromSpec`) keeps the spec's dotted name (`_asyncio.Task`) as it is.
@@ -980,6 +999,53 @@ impl<'a> Walker<'a> {
         self.scan_words(o.addr + 8, bytes.clamp(16, 4096) - 8);
     }
 
+    /// The objects on the GC's lists whose addresses are words of a C object's own memory
+    /// (after its refcount and type, at most `bytes` and 4 KiB of it), with their offsets;
+    /// modules, classes and their dicts left out (they are roots of their own).
+    fn c_fields(&mut self, addr: u64, bytes: u64) -> Vec<(u64, u64)> {
+        let len = (bytes.clamp(16, 4096) - 16) as usize & !7;
+        if len == 0 {
+            return Vec::new();
+        }
+        let Some(b) = self.read(addr + 16, len) else {
+            return Vec::new();
+        };
+        b.chunks_exact(8)
+            .enumerate()
+            .map(|(i, c)| (16 + 8 * i as u64, u64::from_le_bytes(c.try_into().unwrap())))
+            .filter(|&(_, w)| w != addr && !self.no_follow.contains(&w) && self.is_held_kind(w))
+            .collect()
+    }
+
+    /// Whether `w` is the address of an object on the GC's lists, or of a container the
+    /// collector does not track (a dict of strings, a tuple of ints: CPython untracks those),
+    /// told by its type being a container type the census has already read (no new type is
+    /// read for a word that may be anything, and a word that is not an object costs one
+    /// cached read and no skipped-read count).
+    fn is_held_kind(&self, w: u64) -> bool {
+        if !w.is_multiple_of(8) || w < 4096 {
+            return false;
+        }
+        if let Some(m) = self.counted.get(&w) {
+            return m.flags & ON_GC_LIST != 0 || self.untracked_container(w).is_some();
+        }
+        self.untracked_container(w).is_some()
+    }
+
+    /// The kind of the dict, list, set or tuple at `w`, read quietly (see
+    /// [`Walker::is_held_kind`]).
+    fn untracked_container(&self, w: u64) -> Option<Kind> {
+        let mut b = [0u8; 16];
+        if !self.fetch(w, &mut b) {
+            return None;
+        }
+        let refcnt = u64::from_le_bytes(b[..8].try_into().unwrap());
+        let ty = u64::from_le_bytes(b[8..].try_into().unwrap());
+        let kind = self.types.get(&ty)?.as_ref()?.kind;
+        (refcnt != 0 && matches!(kind, Kind::Dict | Kind::List | Kind::Set | Kind::Tuple))
+            .then_some(kind)
+    }
+
     /// Queues every GC object whose address is a word of `len` bytes from `addr`.
     fn scan_words(&mut self, addr: u64, len: u64) {
         let len = len as usize & !7;
@@ -1098,9 +1164,11 @@ impl<'a> Walker<'a> {
                     if self.count(addr, &ti, bytes + GC_HEAD, true) {
                         if ti.kind == Kind::Module {
                             out.push(Root::Module(o.word(MODULE_DICT)));
+                            self.no_follow.extend([addr, o.word(MODULE_DICT)]);
                             self.frontier.push(addr);
                         } else if ti.flags & TYPE_SUBCLASS != 0 {
                             out.push(Root::Class(addr));
+                            self.no_follow.insert(addr);
                             self.frontier.push(addr);
                         }
                     }
@@ -1138,8 +1206,10 @@ impl<'a> Walker<'a> {
             }
             Kind::Other => {
                 let bytes = self.size_of(o, ti)?;
-                let attrs = self.instance_attrs(o, ti);
-                if ti.flags & HAVE_GC != 0 {
+                let mut attrs = self.instance_attrs(o, ti);
+                if ti.fields_hold {
+                    attrs.extend(self.c_fields(o.addr, bytes).into_iter().map(|(_, w)| w));
+                } else if ti.flags & HAVE_GC != 0 {
                     self.scan(o, bytes);
                 }
                 (bytes, attrs)
@@ -1151,11 +1221,17 @@ impl<'a> Walker<'a> {
     /// attributes, depth-bounded; counts every object it reaches in the type table and marks
     /// it held.
     fn retained(&mut self, root: u64) -> (u64, Option<u64>, String) {
+        self.retained_all(&[root])
+    }
+
+    /// [`Walker::retained`] of what `roots` hold together (each object once); the length and
+    /// type are the first root's.
+    fn retained_all(&mut self, roots: &[u64]) -> (u64, Option<u64>, String) {
         self.roots_walked += 1;
         let id = self.roots_walked;
         // Objects that cannot be read are not counted, so not stamped: at most once each.
         let mut unread = AddrSet::default();
-        let mut stack = vec![(root, 0u32)];
+        let mut stack: Vec<(u64, u32)> = roots.iter().rev().map(|&r| (r, 0u32)).collect();
         let (mut total, mut len, mut tname) = (0u64, None, String::new());
         while let Some((addr, depth)) = stack.pop() {
             if self.over_budget() {
@@ -1178,7 +1254,7 @@ impl<'a> Walker<'a> {
             };
             let gc = self.hold(addr, &ti);
             let bytes = bytes + if gc { GC_HEAD } else { 0 };
-            if depth == 0 {
+            if depth == 0 && tname.is_empty() {
                 tname = ti.name.clone();
                 len = match ti.kind {
                     Kind::Dict => Some(o.word(DICT_USED)),
@@ -1308,6 +1384,7 @@ impl<'a> Walker<'a> {
                         Some((m, s)) => (m.to_string(), s.to_string()),
                         None => ("builtins".to_string(), cls.name.clone()),
                     };
+                    self.no_follow.insert(cls.dict);
                     (format!("{module}:{short}."), cls.dict)
                 }
             };
@@ -1340,6 +1417,8 @@ impl<'a> Walker<'a> {
                 });
             }
         }
+        // Containers that no global reaches, held by the static variables of C code.
+        owners.extend(self.static_owners());
         if let Some(rt) = self.runtime {
             self.hold_frames(rt);
         }
@@ -1373,6 +1452,45 @@ impl<'a> Walker<'a> {
             small_object_bytes: self.small,
         }
     }
+}
+
+/// Whether the objects a C object's own memory points at are its children for retained bytes
+/// (its fields: an `lru_cache` wrapper's cache, a `functools.partial`'s arguments, a cell's
+/// value, a function's defaults and closure, a bound method's `__self__`, a deque's blocks'
+/// owner, an extension type's `PyObject *` members), rather than only marked held.
+///
+/// A C type is a static type or one made from a spec (`PyType_FromSpec` keeps the dotted name:
+/// `functools._lru_cache_wrapper` on 3.10+); Python classes are not (their instances'
+/// attributes are read as attributes). What a field may point at that must not be counted as
+/// the object's is kept out where the fields are read ([`Walker::c_fields`]): modules, module
+/// dicts (a function's `__globals__`, a frame's `f_globals`), classes and class dicts, which
+/// are roots of their own. Left out here:
+/// - weak references (`weakref.ref`, proxies): they do not keep their referent alive;
+/// - classes themselves (`TYPE_SUBCLASS`): a class's attributes are owners of their own;
+/// - leaves with nothing to point at: objects with items (`bytes`) and two-word objects
+///   (`float`).
+///
+/// Functions, frames, generators and cells are followed on purpose: a global function
+/// retains its closure's cache, a saved traceback the frames' locals; the depth limit and
+/// each walk's visit-once stamp bound them, and what two owners reach counts for both, as for
+/// any container.
+fn fields_hold(name: &str, kind: Kind, flags: u64, basicsize: u64, itemsize: u64) -> bool {
+    let c_type = flags & HEAPTYPE == 0 || name.contains('.');
+    let weak = matches!(
+        name,
+        "weakref"
+            | "weakproxy"
+            | "weakcallableproxy"
+            | "weakref.ReferenceType"
+            | "weakref.ProxyType"
+            | "weakref.CallableProxyType"
+            | "weakmethod"
+    );
+    c_type
+        && kind == Kind::Other
+        && flags & TYPE_SUBCLASS == 0
+        && !weak
+        && (flags & HAVE_GC != 0 || (itemsize == 0 && basicsize > 24))
 }
 
 fn is_dunder(k: &str) -> bool {

@@ -122,6 +122,9 @@ pub struct Plan {
     /// pymalloc's arena table, or why it cannot be read.
     arenas: std::result::Result<arenas::Location, String>,
     limits: census::Limits,
+    /// The writable segments of the interpreter and its extension modules, whose static
+    /// variables hold objects too ([`census::statics`]).
+    statics: Vec<census::Segment>,
 }
 
 /// One census and the arenas read right after it.
@@ -175,7 +178,11 @@ impl Plan {
             ),
             _ => format!("no arena table known for Python {}", interp.version()),
         });
+        let statics = ProcMaps::read(pid)
+            .map(|maps| census::statics::find(pid, &maps, &interp.module))
+            .unwrap_or_default();
         Ok(Plan {
+            statics,
             pid,
             python: interp.version(),
             hl,
@@ -196,6 +203,7 @@ impl Plan {
         let at = Instant::now();
         let census = census::Walker::new(src, &self.hl, self.limits.clone())
             .with_threads(self.runtime)
+            .with_statics(self.statics.clone())
             .census(&self.heads);
         let arenas = self
             .arenas
