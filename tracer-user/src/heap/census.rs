@@ -1001,8 +1001,16 @@ impl<'a> Walker<'a> {
 
     /// The objects on the GC's lists whose addresses are words of a C object's own memory
     /// (after its refcount and type, at most `bytes` and 4 KiB of it), with their offsets;
-    /// modules, classes and their dicts left out (they are roots of their own).
-    fn c_fields(&mut self, addr: u64, bytes: u64) -> Vec<(u64, u64)> {
+    /// modules, classes and their dicts left out (they are roots of their own), and a
+    /// function's `__globals__` and `__builtins__` (the namespace it was defined in, a dict
+    /// of its own when it was made by `exec`, is not the function's: offsets 16 and 24 on
+    /// 3.10+, 24 on 3.8 and 3.9, where 16 is its code, which is no container).
+    fn c_fields(&mut self, addr: u64, ti: &TypeInfo, bytes: u64) -> Vec<(u64, u64)> {
+        let namespace: &[u64] = if ti.name == "function" {
+            &[16, 24]
+        } else {
+            &[]
+        };
         let len = (bytes.clamp(16, 4096) - 16) as usize & !7;
         if len == 0 {
             return Vec::new();
@@ -1013,7 +1021,12 @@ impl<'a> Walker<'a> {
         b.chunks_exact(8)
             .enumerate()
             .map(|(i, c)| (16 + 8 * i as u64, u64::from_le_bytes(c.try_into().unwrap())))
-            .filter(|&(_, w)| w != addr && !self.no_follow.contains(&w) && self.is_held_kind(w))
+            .filter(|&(off, w)| {
+                w != addr
+                    && !namespace.contains(&off)
+                    && !self.no_follow.contains(&w)
+                    && self.is_held_kind(w)
+            })
             .collect()
     }
 
@@ -1208,7 +1221,8 @@ impl<'a> Walker<'a> {
                 let bytes = self.size_of(o, ti)?;
                 let mut attrs = self.instance_attrs(o, ti);
                 if ti.fields_hold {
-                    attrs.extend(self.c_fields(o.addr, bytes).into_iter().map(|(_, w)| w));
+                    let fields = self.c_fields(o.addr, ti, bytes);
+                    attrs.extend(fields.into_iter().map(|(_, w)| w));
                 } else if ti.flags & HAVE_GC != 0 {
                     self.scan(o, bytes);
                 }

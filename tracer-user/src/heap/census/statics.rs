@@ -328,7 +328,7 @@ impl Walker<'_> {
         let mut out = Vec::new();
         if ti.fields_hold {
             let bytes = ti.basicsize;
-            for (off, c) in self.c_fields(addr, bytes) {
+            for (off, c) in self.c_fields(addr, &ti, bytes) {
                 if self.counted.get(&c).is_some_and(|m| m.root != 0) {
                     continue;
                 }
