@@ -16,6 +16,11 @@
 //! address of an object on the GC's lists makes that object held too (a conservative scan,
 //! which finds what slots, closures, bound methods, frames and C wrappers point at). GC
 //! objects of a type that no such path reaches are its "unheld" count.
+//!
+//! C objects' own memory is read for retained bytes too ([`fields_hold`]): the containers
+//! their fields point at are their children. The static variables of the interpreter and
+//! its extension modules hold objects as well: what they hold that no global reached is an
+//! owner of its own, named by file and symbol ([`statics`]).
 
 use std::{
     cell::{Cell, RefCell},

@@ -1,6 +1,6 @@
 //! `leaktrace heap PID`: a census of a running CPython's objects, read out of its memory (no
-//! probe, no pause, no write): objects by type, and module globals and class attributes by
-//! the bytes they retain, with growth between censuses.
+//! probe, no pause, no write): objects by type, and module globals, class attributes and the
+//! containers C static variables hold by the bytes they retain, with growth between censuses.
 //!
 //! * [`layout`]: where each version keeps its GC lists, and the object fields read.
 //! * [`census`]: one census over a [`census::Source`] (a process, or bytes for the fuzz target).

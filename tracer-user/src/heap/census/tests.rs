@@ -223,3 +223,61 @@ fn a_cycle_that_never_returns_stops_at_the_object_limit() {
     assert!(c.incomplete.is_some());
     assert!(c.skipped_reads >= 1);
 }
+
+/// A list and a C object holding a dict in its field at 0x18, each named only by a static
+/// variable (`registry`, `holder`) of a segment: both are owner rows, by symbol and by holder,
+/// and nothing is unheld.
+#[test]
+fn containers_held_by_static_variables_are_owners() {
+    const LIST_T: u64 = 0x10700;
+    const HOLDER_T: u64 = 0x10900;
+    const L: u64 = 0x15010;
+    const H: u64 = 0x15110;
+    const D: u64 = 0x15210;
+    const S: u64 = 0x16000;
+    let mut m = Mem::new();
+    m.ty(STR_T, 0x10f00, "str", 40, 0, 0);
+    m.ty(DICT_T, 0x10f10, "dict", 48, HAVE_GC, 0);
+    m.ty(LIST_T, 0x10f20, "list", 40, HAVE_GC, 0);
+    m.ty(HOLDER_T, 0x10f30, "ext.Holder", 32, HAVE_GC, 0);
+    m.str(0x12000, "k");
+    m.str(0x12100, "v");
+    m.put(L, &[1, LIST_T, 0, 0, 0]);
+    m.put(H, &[1, HOLDER_T, 7, D]);
+    m.dict(D, &[(0x12000, 0x12100)]);
+    m.put(S, &[L, H]);
+    m.gc_list(&[L, H, D]);
+    let src = Bytes {
+        base: BASE,
+        data: m.data,
+    };
+    let sym = |start: u64, name: &str| StaticSymbol {
+        start,
+        end: start + 8,
+        name: name.into(),
+    };
+    let seg = Segment {
+        start: S,
+        end: S + 0x20,
+        file: "t.so".into(),
+        bias: S - 0x1000,
+        symbols: vec![sym(S, "registry"), sym(S + 8, "holder")],
+    };
+    let c = Walker::new(&src, &layout(), Limits::default())
+        .with_statics(vec![seg])
+        .census(&[BASE]);
+    assert!(c.incomplete.is_none(), "{:?}", c.incomplete);
+    let row = |p: &str| {
+        c.owners
+            .iter()
+            .find(|o| o.path == p)
+            .unwrap_or_else(|| panic!("no {p} in {:?}", c.owners))
+    };
+    let reg = row("t.so:registry");
+    assert_eq!((reg.type_name.as_str(), reg.len), ("list", Some(0)));
+    assert_eq!(reg.retained_bytes, 40 + 16);
+    let items = row("t.so:holder→ext.Holder+0x18");
+    assert_eq!((items.type_name.as_str(), items.len), ("dict", Some(1)));
+    assert_eq!(c.owners.len(), 2, "{:?}", c.owners);
+    assert!(c.unheld.is_empty(), "{:?}", c.unheld);
+}
