@@ -281,3 +281,37 @@ fn containers_held_by_static_variables_are_owners() {
     assert_eq!(c.owners.len(), 2, "{:?}", c.owners);
     assert!(c.unheld.is_empty(), "{:?}", c.unheld);
 }
+
+/// A module global that is a C object (`ext.Holder`) retains the dict in its field, but not
+/// its module's dict, which its other field points at too.
+#[test]
+fn a_c_objects_fields_are_retained_but_not_its_modules_dict() {
+    const HOLDER_T: u64 = 0x10900;
+    const H: u64 = 0x15110;
+    const D: u64 = 0x15210;
+    let mut m = Mem::new();
+    m.ty(STR_T, 0x10f00, "str", 40, 0, 0);
+    m.ty(DICT_T, 0x10f10, "dict", 48, HAVE_GC, 0);
+    m.ty(MODULE_T, 0x10f20, "module", 40, HAVE_GC, 0);
+    m.ty(HOLDER_T, 0x10f30, "ext.Holder", 32, HAVE_GC, 0);
+    m.str(0x12000, "__name__");
+    m.str(0x12100, "m");
+    m.str(0x12200, "w");
+    m.dict(0x13000, &[(0x12000, 0x12100), (0x12200, H)]);
+    m.put(MODULE, &[1, MODULE_T, 0x13000]);
+    m.put(H, &[1, HOLDER_T, 0x13000, D]);
+    m.dict(D, &[(0x12100, 0x12200)]);
+    m.gc_list(&[MODULE, 0x13000, H, D]);
+    let src = Bytes {
+        base: BASE,
+        data: m.data,
+    };
+    let c = Walker::new(&src, &layout(), Limits::default()).census(&[BASE]);
+    let w = c.owners.iter().find(|o| o.path == "m:w").expect("m:w");
+    assert_eq!(w.type_name, "ext.Holder");
+    // The holder (32 + 16 GC header) and D (48 + 16, its keys table of 8 slots: 32 + 8
+    // index bytes + 5 x 16 entries); its key and value are the module's strs, counted too.
+    let d_bytes = 48 + 16 + 32 + 8 + 5 * 16;
+    assert_eq!(w.retained_bytes, 48 + d_bytes + 42 + 42, "{:?}", c.owners);
+    assert!(c.unheld.is_empty(), "{:?}", c.unheld);
+}
