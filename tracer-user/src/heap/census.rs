@@ -292,6 +292,10 @@ pub struct Walker<'a> {
     no_follow: AddrSet,
     /// Writable segments of the interpreter and its extension modules ([`statics`]).
     statics: Vec<Segment>,
+    /// The 1 MiB regions (address >> 20) holding objects on the GC's lists: a word that may
+    /// be an untracked container is read only when it points into one (pymalloc's arenas and
+    /// the malloc heap hold both), not for every pointer to code or constants.
+    regions: AddrSet,
 }
 
 /// Walks of one GC list, the first included, before a list torn under the walk is left.
@@ -331,6 +335,7 @@ impl<'a> Walker<'a> {
             base_depth: 0,
             no_follow: AddrSet::default(),
             statics: Vec::new(),
+            regions: AddrSet::default(),
         }
     }
 
@@ -1053,6 +1058,9 @@ impl<'a> Walker<'a> {
     /// The kind of the dict, list, set or tuple at `w`, read quietly (see
     /// [`Walker::is_held_kind`]).
     fn untracked_container(&self, w: u64) -> Option<Kind> {
+        if !self.regions.contains(&(w >> 20)) {
+            return None;
+        }
         let mut b = [0u8; 16];
         if !self.fetch(w, &mut b) {
             return None;
@@ -1376,6 +1384,7 @@ impl<'a> Walker<'a> {
         for &h in heads {
             tracked.extend(self.walk_gc_list(h));
         }
+        self.regions = self.counted.keys().map(|a| a >> 20).collect();
         // Room for about as many objects again reached from the roots (strings, ints).
         self.counted.reserve(self.counted.len().min(1 << 24));
         // Roots: modules' globals and classes' attributes.
