@@ -15,30 +15,8 @@ URLPATH=${3:-/health}
 LT=${LEAKTRACE_BIN:-target/release/leaktrace}
 PORT=${BENCH_PORT:-8741}
 [ -x "$LT" ] || { echo "build leaktrace first: cargo build --release" >&2; exit 1; }
-[ -x .venv/bin/python ] || { echo "run ./dev setup first" >&2; exit 1; }
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-work=$(mktemp -d)
-app=""
-# measure runs in a command substitution (a subshell): PIDs to clean up go through files.
-cleanup() {
-    for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_app() {
-    if curl -s "http://127.0.0.1:$PORT/" >/dev/null 2>&1; then
-        echo "port $PORT is already in use: set BENCH_PORT" >&2
-        exit 1
-    fi
-    (cd demo && exec ../.venv/bin/python -m uvicorn app:app --host 127.0.0.1 --port "$PORT" --log-level warning) >"$work/app.log" 2>&1 &
-    app=$!
-    echo "$app" >"$work/app.pid"
-    until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; do
-        kill -0 "$app" || { cat "$work/app.log" >&2; exit 1; }
-        sleep 0.1
-    done
-}
+# The server (start_app), the work folder and the cleanup of what was started.
+. bench/lib/app.sh
 
 # One measurement; $1 = mode (untraced | exact | nopython | pymalloc | growth). Prints requests/s.
 measure() {

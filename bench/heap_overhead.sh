@@ -16,31 +16,8 @@ URLPATH=${3:-/health}
 LT=${LEAKTRACE_BIN:-target/release/leaktrace}
 PORT=${BENCH_PORT:-8743}
 [ -x "$LT" ] || { echo "build leaktrace first: cargo build --release" >&2; exit 1; }
-[ -x .venv/bin/python ] || { echo "run ./dev setup first" >&2; exit 1; }
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-work=$(mktemp -d)
-app=""
-cleanup() {
-    for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_app() {
-    if curl -s "http://127.0.0.1:$PORT/" >/dev/null 2>&1; then
-        echo "port $PORT is already in use: set BENCH_PORT" >&2
-        exit 1
-    fi
-    (cd demo && exec ../.venv/bin/python -m uvicorn app:app --host 127.0.0.1 --port "$PORT" --log-level warning) >"$work/app.log" 2>&1 &
-    app=$!
-    echo "$app" >"$work/app.pid"
-    until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; do
-        kill -0 "$app" || { cat "$work/app.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    # Warm up (imports done, caches filled) before any measurement.
-    wrk -t1 -c8 -d1s "http://127.0.0.1:$PORT$URLPATH" >/dev/null
-}
+# The server (start_app), the work folder and the cleanup of what was started.
+. bench/lib/app.sh
 
 # One measurement; $1 = mode. Prints requests/s.
 measure() {

@@ -1,5 +1,7 @@
 //! A Python target in its own mount and PID namespaces, its interpreter reachable only inside
 //! its own root: leaktrace runs on the host with the host PID and installs nothing inside.
+//! Its frames resolve to the paths inside, and its heap census (attach's, and `leaktrace heap`)
+//! reads the interpreter found through `/proc/PID/root`.
 
 use std::{process::Command, time::Duration};
 
@@ -72,6 +74,45 @@ fn python_in_a_container_is_traced_from_the_host() {
             "{label}"
         );
         assert_eq!(top["live_allocs"], 1000, "{label}: {top:#}");
+        // attach's heap censuses (on by default) read the interpreter inside the container:
+        // the last one names the global holding the 1000 leaked 10 KiB strings.
+        let heap = &report["heap"];
+        let owner = heap["owners"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{label}: no heap member: {}", tracer.stderr.text()))
+            .iter()
+            .find(|o| o["path"] == "__main__:LEAKED")
+            .unwrap_or_else(|| panic!("{label}: no __main__:LEAKED owner in {:#}", heap["owners"]));
+        assert_eq!(owner["type"], "list", "{label}");
+        assert_eq!(owner["len"], 1000, "{label}");
+        assert!(
+            owner["retained_bytes"].as_u64().unwrap() >= 1000 * 10240,
+            "{label}: {owner}"
+        );
+        assert!(
+            owner["retained_growth"].as_i64().unwrap() >= 1000 * 10240,
+            "{label}: the leak happened between the first and the last census: {owner}"
+        );
+        // And `leaktrace heap` on its own, from the host.
+        let census = out_path(&format!("container-heap-{}.json", label.replace(' ', "_")));
+        let mut heap = leaktrace(&[
+            "heap",
+            &pid.to_string(),
+            "--format",
+            "json",
+            "-o",
+            census.to_str().unwrap(),
+        ]);
+        assert_eq!(heap.wait(T), 0, "{label}: {}", heap.stderr.text());
+        let r = read_json(&census);
+        assert_eq!(r["complete"], true, "{label}: {:?}", r["incomplete_reason"]);
+        let owner = r["owners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["path"] == "__main__:LEAKED")
+            .unwrap_or_else(|| panic!("{label}: no __main__:LEAKED owner in {:#}", r["owners"]));
+        assert_eq!(owner["len"], 1000, "{label}");
         // SAFETY: as above.
         unsafe { libc::kill(pid as i32, 9) };
     }

@@ -265,3 +265,47 @@ fn growth_mode_names_the_leak_in_mimalloc_pages() {
     );
     assert_eq!(functions(top).last().unwrap(), "[page fault]");
 }
+
+/// `leaktrace heap` reads GC lists, which a free-threaded build does not keep: it says so in
+/// one line, names the command that works, and exits non-zero; `attach` (heap censuses on by
+/// default) traces it anyway and says once why no census was taken when one is asked for.
+#[test]
+fn the_heap_census_says_in_one_line_what_is_missing() {
+    require_root();
+    let py = ft_python();
+    let version = ft_version(&py);
+    let target = Proc::spawn(Command::new(&py).arg(root().join("tests/fixtures/py_leak.py")));
+    target.stdout.wait_for("ready", T);
+    let pid = target.pid().to_string();
+    let mut heap = leaktrace(&["heap", &pid]);
+    let code = heap.wait(T);
+    let err = heap.stderr.text();
+    assert_ne!(code, 0, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(
+        lines[0].contains(&format!("Python {version}"))
+            && lines[0].contains("free-threaded")
+            && lines[0].contains(&format!("leaktrace attach {pid} --pymalloc")),
+        "{err}"
+    );
+    assert!(
+        heap.stdout.text().is_empty(),
+        "no table: {}",
+        heap.stdout.text()
+    );
+    let out = out_path("ft-heap.json");
+    let mut tracer = attach(
+        target.pid(),
+        &["--heap", "--duration", "1", "-o", out.to_str().unwrap()],
+    );
+    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
+    let err = tracer.stderr.text();
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("heap: no census taken"))
+        .collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(said[0].contains("free-threaded"), "{err}");
+    assert!(read_json(&out).get("heap").is_none_or(Value::is_null));
+}

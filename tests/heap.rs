@@ -10,12 +10,15 @@
 //! The second fixture (`heap_instances.py N M`) holds a global `HOLDER` of N `Rec`s whose
 //! attributes (a 1000-byte `bytes` each) live in their instance dicts, and leaks M `Leaky`
 //! objects with no holder on SIGUSR1 (their refcounts raised through `Py_IncRef`): the
-//! holder's retained bytes must include the instance dicts' payloads, and the leaked type
+//! holder's retained bytes must include the instance dicts' payloads (and, for objects with
+//! `__slots__`, their slots' payloads), and the leaked type
 //! must be reported unheld with exactly M more objects.
 //!
 //! The third fixture (`heap_names.py`) holds what users search for: pending and finished
 //! asyncio tasks in module-global containers, sqlite3 connections never closed, uniquely named
 //! loggers, threads, an `lru_cache` on a method; the census must name each with its exact count.
+//! The fourth (`heap_sqlalchemy.py`) keeps SQLAlchemy ORM sessions open in a global list, some of
+//! them holding a DBAPI connection: the census counts both exactly.
 
 use std::{process::Command, time::Duration};
 
@@ -197,6 +200,14 @@ fn instance_dicts_are_retained_and_leaked_objects_are_unheld() {
             retained >= N * (PAYLOAD + 48) && retained <= N * (PAYLOAD + 600),
             "{label}: HOLDER retains {retained}, not N x (payload + its parts): {holder}"
         );
+        // Through each Tagged's slots (its own and its base's; one left unset): two payloads.
+        let slotted = by_key(&r["owners"], "path", "__main__:SLOTTED")
+            .unwrap_or_else(|| panic!("{label}: no __main__:SLOTTED in {:#}", r["owners"]));
+        let retained = slotted["retained_bytes"].as_u64().unwrap();
+        assert!(
+            retained >= N * 2 * PAYLOAD && retained <= N * (2 * PAYLOAD + 200),
+            "{label}: SLOTTED retains {retained}, not N x (2 payloads + the object): {slotted}"
+        );
         let rec = by_key(&r["types"], "type", "__main__.Rec").expect("Rec");
         assert_eq!(rec["count"], N, "{label}: {rec}");
         let bytes = by_key(&r["types"], "type", "bytes").expect("bytes");
@@ -288,20 +299,20 @@ fn tasks_connections_loggers_threads_and_caches_by_name() {
         assert_eq!(
             group("poll_gateway"),
             &serde_json::json!({"coroutine": "poll_gateway", "state": "pending",
-                "count": TASKS, "holder": "__main__:BACKGROUND"}),
+                "count": TASKS, "holder": "__main__:BACKGROUND", "count_growth": null}),
             "{label}"
         );
         assert_eq!(
             group("quick"),
             &serde_json::json!({"coroutine": "quick", "state": "done",
-                "count": DONE, "holder": "__main__:FINISHED"}),
+                "count": DONE, "holder": "__main__:FINISHED", "count_growth": null}),
             "{label}"
         );
         // asyncio.run's own task, held by nothing the census walks.
         assert_eq!(
             group("main"),
             &serde_json::json!({"coroutine": "main", "state": "pending",
-                "count": 1, "holder": null}),
+                "count": 1, "holder": null, "count_growth": null}),
             "{label}"
         );
         assert_eq!(tasks.len(), 3, "{label}: {:#}", r["tasks"]);
@@ -763,4 +774,53 @@ fn containers_held_by_c_structures_are_owners() {
 /// A label as a file name.
 fn file_label(label: &str) -> String {
     label.replace([' ', '(', ')', ',', '/'], "_")
+}
+
+const SESSIONS: u64 = 23;
+const QUERIED: u64 = 9;
+
+#[test]
+fn sqlalchemy_sessions_and_their_connections_are_counted() {
+    require_root();
+    for py in every_python() {
+        let label = &py.label;
+        let fixture = py.fixture("heap_sqlalchemy.py");
+        let p = Proc::spawn(
+            py.packages_command()
+                .arg(&fixture)
+                .args([SESSIONS, QUERIED].map(|n| n.to_string())),
+        );
+        let ready = p.stdout.wait_for("ready", T);
+        let pid = p.pid().to_string();
+        let file = format!(
+            "heap-sqlalchemy-{}.json",
+            label.replace([' ', '(', ')', ','], "_")
+        );
+        let r = census_json(&pid, &[], &file);
+        assert_eq!(r["complete"], true, "{label}: {:?}", r["incomplete_reason"]);
+        let conns = &r["names"]["connections"];
+        assert_eq!(
+            by_key(conns, "type", "sqlalchemy.orm.session.Session"),
+            Some(
+                &serde_json::json!({"type": "sqlalchemy.orm.session.Session",
+                "count": SESSIONS})
+            ),
+            "{label} ({ready}): {conns:#}"
+        );
+        // NullPool: one sqlite3 connection per querying session, open. SQLAlchemy's
+        // `_ConnectionFairy` holds it in a `__slots__` slot, which the owners' walks follow: on
+        // 3.8 and 3.9, where a sqlite3.Connection is not on the GC's lists, that walk is the
+        // only way to it.
+        assert_eq!(
+            by_key(conns, "type", "sqlite3.Connection"),
+            Some(
+                &serde_json::json!({"type": "sqlite3.Connection", "count": QUERIED,
+                "open": QUERIED})
+            ),
+            "{label} ({ready}): {conns:#}"
+        );
+        let owner = by_key(&r["owners"], "path", "__main__:SESSIONS")
+            .unwrap_or_else(|| panic!("{label}: no __main__:SESSIONS in {:#}", r["owners"]));
+        assert_eq!(owner["len"], SESSIONS, "{label}");
+    }
 }

@@ -9,6 +9,7 @@ Environment (set by run.py):
   SCEN_THUMB_LIB  path of the compiled thumb.c shared library
 """
 import asyncio
+import collections
 import ctypes
 import functools
 import os
@@ -51,9 +52,15 @@ def open_sqlite():
     return conn
 
 
+# The last few PostgreSQL connections, open or closed, kept for a debug page (bounded: not a
+# leak). The census must tell the closed ones from the open ones.
+RECENT_POSTGRES = collections.deque(maxlen=8)
+
+
 def open_postgres():
     conn = psycopg.connect(os.environ["SCEN_PG_DSN"], autocommit=True)
     OPEN_CONNECTIONS.add(conn)
+    RECENT_POSTGRES.append(conn)
     return conn
 
 

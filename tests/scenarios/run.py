@@ -61,6 +61,13 @@ HOLDERS = {
     "depends": "app:CONTEXT_CACHE",
     "sessions": "app:SESSION_STATE",
 }
+# Per leak, what the census's names must count, grown between the first and the last census:
+# (where in the heap member, the row's key, its value, the growth fields that must be > 0).
+NAMED = {
+    "sqlite": ("connections", "type", "sqlite3.Connection", ["count_growth", "open_growth"]),
+    "postgres": ("connections", "type", "psycopg.Connection", ["count_growth", "open_growth"]),
+    "tasks": ("tasks", "coroutine", "relay_updates", ["count_growth"]),
+}
 # A control must be seen, not only not grow: the full LRU cache (64 pages of ~5.7 KiB, all made
 # inside the window) must show at least half its size in its stacks.
 MIN_LIVE_BYTES = {"lru": 64 * 5700 // 2}
@@ -408,6 +415,30 @@ def check_holder(report, path, row):
         row["misses"].append(f"the census names {path} but its retained bytes did not grow ({grown})")
 
 
+def check_named(report, name, row):
+    """The census's names must count the leaked objects: the row of NAMED[name] present, with
+    its growth fields above zero (tasks: the pending group held by the leak's holder)."""
+    heap = report.get("heap")
+    if heap is None:
+        return  # check_holder said so
+    where, key, value, fields = NAMED[name]
+    rows = heap["tasks"] if where == "tasks" else heap["names"][where]
+    mine = [r for r in rows if r.get(key) == value]
+    if where == "tasks":
+        mine = [r for r in mine if r["state"] == "pending" and r["holder"] == HOLDERS[name]]
+    if not mine:
+        row["misses"].append(f"the census's {where} have no {value} row (they list: {[r.get(key) for r in rows][:6]})")
+        return
+    r = mine[0]
+    row["named"] = {f: r.get(f) for f in ["count", "open", *fields]}
+    if name == "postgres" and not (r.get("open") is not None and r["count"] > r["open"]):
+        # app:RECENT_POSTGRES keeps the last 8 connections, closed ones among them.
+        row["misses"].append(f"the census does not tell closed psycopg connections from open ones: {r}")
+    for f in fields:
+        if not (r.get(f) or 0) > 0:
+            row["misses"].append(f"the census counts {value} in {where} but its {f} is {r.get(f)}")
+
+
 def check(report, load_stats, version, mode, rate_scale=1.0):
     stacks = report["stacks"]
     rows = []
@@ -438,6 +469,8 @@ def check(report, load_stats, version, mode, rate_scale=1.0):
         }
         if name in HOLDERS:
             check_holder(report, HOLDERS[name], row)
+        if name in NAMED:
+            check_named(report, name, row)
         if ls["errors"]:
             row["misses"].append(f"load: {ls['ok']} ok, {ls['errors']} errors ({ls['last_error']})")
         min_requests = int(min_requests * rate_scale)

@@ -371,6 +371,33 @@ impl Python {
     }
 }
 
+impl Python {
+    /// A command running this interpreter with the scenario suite's packages importable
+    /// (tests/scenarios/requirements.txt: FastAPI, psycopg, SQLAlchemy): pyenv's through
+    /// `.venvs/3.X`, Debian's static 3.11 with `.venvs/3.11`'s site-packages on its path (one
+    /// ABI), the sid root's through `/opt/venv-3.X`. The PID is the interpreter's.
+    pub fn packages_command(&self) -> Command {
+        if self.chroot.is_some() {
+            return self.venv_command();
+        }
+        let venv = root().join(format!(".venvs/3.{}", self.minor));
+        assert!(
+            venv.join("bin/python").exists(),
+            "{} is missing: run ./dev setup",
+            venv.display()
+        );
+        if self.label.starts_with("pyenv") {
+            return Command::new(venv.join("bin/python"));
+        }
+        let mut c = self.command();
+        c.env(
+            "PYTHONPATH",
+            venv.join(format!("lib/python3.{}/site-packages", self.minor)),
+        );
+        c
+    }
+}
+
 /// Copies `tests/fixtures/*.py` to `/opt/leaktrace/fixtures` in `r`, once per test binary
 /// (through a scratch folder renamed into place, so concurrent test binaries never see half a
 /// copy).

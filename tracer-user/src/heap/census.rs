@@ -91,7 +91,7 @@ impl Default for Limits {
         Limits {
             max_objects: 10_000_000,
             max_read_bytes: 1 << 20,
-            max_depth: 16,
+            max_depth: 64,
             time_budget_s: 60.0,
         }
     }
@@ -165,7 +165,13 @@ struct TypeInfo {
     named: Option<Named>,
     /// A C type whose own memory is read for the objects it holds ([`fields_hold`]).
     fields_hold: bool,
+    /// Offsets of the object fields its members describe (`__slots__`), its bases' included:
+    /// children of its instances ([`MAX_SLOTS`] at most, each inside `basicsize`).
+    slots: Vec<u64>,
 }
+
+/// Slot offsets kept per type, its bases' included.
+const MAX_SLOTS: usize = 128;
 
 type Ty = Rc<TypeInfo>;
 
@@ -652,7 +658,11 @@ impl<'a> Walker<'a> {
             base: w(TP_BASE),
             named: None,
             fields_hold: fields_hold(&tp_name, kind, flags, basicsize, itemsize),
+            slots: Vec::new(),
         };
+        if heap {
+            ti.slots = self.slot_offsets(w(TP_MEMBERS), basicsize, w(TP_BASE));
+        }
         // A class: `module.Name`, the module from its `__module__`; a C type made from a spec
         // (`PyType_FromSpec`) keeps the spec's dotted name (`_asyncio.Task`) as it is.
         if heap && !tp_name.contains('.') {
@@ -665,6 +675,69 @@ impl<'a> Walker<'a> {
             }
         }
         Some(ti)
+    }
+
+    /// The object-field offsets of the member array at `members` (a heap type's `__slots__`,
+    /// or a spec-made C type's object fields) and of its heap-type bases', each inside
+    /// `basicsize` and word-aligned; an entry that makes no sense ends the array.
+    fn slot_offsets(&mut self, members: u64, basicsize: u64, base: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        if members != 0 && members.is_multiple_of(8) {
+            let Some(b) = self
+                .read(members, (MAX_SLOTS as u64 * MEMBER_SIZE) as usize)
+                .or_else(|| self.read(members, (8 * MEMBER_SIZE) as usize))
+            else {
+                return out;
+            };
+            for m in b.chunks_exact(MEMBER_SIZE as usize) {
+                let name = u64::from_le_bytes(m[0..8].try_into().unwrap());
+                if name == 0 {
+                    break;
+                }
+                let ty = i32::from_le_bytes(m[8..12].try_into().unwrap());
+                let off = i64::from_le_bytes(m[16..24].try_into().unwrap());
+                if !MEMBER_OBJECT.contains(&ty) {
+                    continue;
+                }
+                if off < 16 || off as u64 + 8 > basicsize || off % 8 != 0 {
+                    break;
+                }
+                out.push(off as u64);
+            }
+        }
+        // A base class's slots sit in its part of the object (read through the type cache,
+        // at most MAX_BASES deep, which also ends a cycle of bases in torn memory).
+        if base != 0 && (self.base_depth as usize) < named::MAX_BASES {
+            self.base_depth += 1;
+            if let Some(b) = self.type_info(base) {
+                if b.flags & HEAPTYPE != 0 {
+                    out.extend(b.slots.iter().filter(|&&o| o + 8 <= basicsize));
+                }
+            }
+            self.base_depth -= 1;
+        }
+        out.sort_unstable();
+        out.dedup();
+        out.truncate(MAX_SLOTS);
+        out
+    }
+
+    /// The objects an instance's slots point at (its class's `__slots__`, its bases').
+    fn slot_values(&mut self, o: &Obj, ti: &TypeInfo) -> Vec<u64> {
+        let Some(&last) = ti.slots.last() else {
+            return Vec::new();
+        };
+        if ti.flags & TYPE_SUBCLASS != 0 {
+            return Vec::new();
+        }
+        let Some(b) = self.read(o.addr, (last + 8) as usize) else {
+            return Vec::new();
+        };
+        ti.slots
+            .iter()
+            .map(|&off| u64::from_le_bytes(b[off as usize..off as usize + 8].try_into().unwrap()))
+            .filter(|&v| v != 0 && v.is_multiple_of(8))
+            .collect()
     }
 
     /// Whether instances of a type with `flags` keep a managed dict (3.11+).
@@ -1233,6 +1306,7 @@ impl<'a> Walker<'a> {
             Kind::Other => {
                 let bytes = self.size_of(o, ti)?;
                 let mut attrs = self.instance_attrs(o, ti);
+                attrs.extend(self.slot_values(o, ti));
                 if ti.fields_hold {
                     let fields = self.c_fields(o.addr, ti, bytes);
                     attrs.extend(fields.into_iter().map(|(_, w)| w));

@@ -1,7 +1,9 @@
 //! `leaktrace diff BEFORE.json AFTER.json` on two heap reports (`leaktrace-heap/v1`, or the
 //! `heap` member of two `attach --heap` reports): each type and owner with its change between
 //! them, largest growth first, as text, as JSON (`leaktrace-heap-diff/v1`), and as a
-//! differential flamegraph of retained bytes by owner path.
+//! differential flamegraph of retained bytes by owner path; and the counts of the names users
+//! search for (asyncio tasks, connections, threads, loggers, lru_cache entries) before and
+//! after.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
@@ -38,6 +40,19 @@ pub struct OwnerDelta {
     pub retained_change: i64,
 }
 
+/// One count of the reports' `tasks` and `names` before and after: `kind` is `task`,
+/// `connection`, `open connection`, `thread`, `logger`, `logger registry` or `lru_cache`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameDelta {
+    pub kind: String,
+    /// What is counted: a task group (`coroutine [state] held by HOLDER`), a type, a cached
+    /// function, a registry's path.
+    pub name: String,
+    pub before: u64,
+    pub after: u64,
+    pub change: i64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeapDiff {
     pub schema: String,
@@ -50,6 +65,70 @@ pub struct HeapDiff {
     /// Raw small-block bytes (see `small_blocks` in leaktrace-heap/v1) before and after, when
     /// both reports have them.
     pub raw_small_blocks: Option<(i64, i64)>,
+    /// Tasks and names by kind and name, largest growth first (added in v1).
+    #[serde(default)]
+    pub names: Vec<NameDelta>,
+}
+
+/// The counts of a report's `tasks` and `names`, keyed by (kind, name).
+fn name_counts(r: &HeapReport) -> Vec<((&'static str, String), u64)> {
+    let mut v = Vec::new();
+    for t in &r.tasks {
+        let holder = t.holder.as_deref().unwrap_or("no holder found");
+        v.push((
+            (
+                "task",
+                format!("{} [{}] held by {holder}", t.coroutine, t.state),
+            ),
+            t.count,
+        ));
+    }
+    for c in &r.names.connections {
+        v.push((("connection", c.type_name.clone()), c.count));
+        if let Some(o) = c.open {
+            v.push((("open connection", c.type_name.clone()), o));
+        }
+    }
+    for t in &r.names.threads {
+        v.push((("thread", t.type_name.clone()), t.count));
+    }
+    v.push((
+        ("logger", "logging.Logger".to_string()),
+        r.names.loggers.count,
+    ));
+    if let Some(reg) = &r.names.loggers.registry {
+        v.push((("logger registry", reg.path.clone()), reg.len));
+    }
+    for c in &r.names.lru_caches {
+        v.push((("lru_cache", c.function.clone()), c.entries));
+    }
+    v
+}
+
+/// Every kind and name of either report with its counts (0 where a report lacks it).
+fn names_diff(before: &HeapReport, after: &HeapReport) -> Vec<NameDelta> {
+    let mut m: BTreeMap<(&'static str, String), (u64, u64)> = BTreeMap::new();
+    for (k, n) in name_counts(before) {
+        let e = m.entry(k).or_default();
+        e.0 = e.0.saturating_add(n);
+    }
+    for (k, n) in name_counts(after) {
+        let e = m.entry(k).or_default();
+        e.1 = e.1.saturating_add(n);
+    }
+    let mut v: Vec<NameDelta> = m
+        .into_iter()
+        .map(|((kind, name), (a, b))| NameDelta {
+            kind: kind.to_string(),
+            name,
+            before: a,
+            after: b,
+            change: change(a, b),
+        })
+        .collect();
+    // BTreeMap order breaks ties (kind, then name).
+    v.sort_by(|a, b| b.change.cmp(&a.change));
+    v
 }
 
 fn change(a: u64, b: u64) -> i64 {
@@ -146,6 +225,7 @@ pub fn diff(before: &HeapReport, after: &HeapReport) -> HeapDiff {
             (Some(a), Some(b)) => Some((a.raw_bytes, b.raw_bytes)),
             _ => None,
         },
+        names: names_diff(before, after),
     }
 }
 
@@ -217,6 +297,25 @@ impl HeapDiff {
                 o.path,
                 o.type_name
             );
+        }
+        let changed: Vec<&NameDelta> = self.names.iter().filter(|n| n.change != 0).collect();
+        if !changed.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nTasks, connections, threads, loggers, lru_cache entries (by change):"
+            );
+            let _ = writeln!(
+                s,
+                "{:>9} {:>9} {:>9}  what (kind)",
+                "change", "before", "after"
+            );
+            for n in changed.into_iter().take(top) {
+                let _ = writeln!(
+                    s,
+                    "{:>+9} {:>9} {:>9}  {} ({})",
+                    n.change, n.before, n.after, n.name, n.kind
+                );
+            }
         }
         if let Some((a, b)) = self.raw_small_blocks {
             let _ = writeln!(
@@ -366,7 +465,43 @@ mod tests {
             retained_bytes: 120,
             retained_growth: None,
         });
-        let d = diff(&report(50, 100, Some(1000)), &after);
+        let mut before = report(50, 100, Some(1000));
+        let task = |coro: &str, count: u64| crate::heap::report::TaskRow {
+            coroutine: coro.into(),
+            state: "pending".into(),
+            count,
+            holder: Some("app:RELAY_TASKS".into()),
+            count_growth: None,
+        };
+        let conns = |count: u64, open: u64| {
+            vec![crate::heap::report::TypeCountRow {
+                type_name: "sqlite3.Connection".into(),
+                count,
+                open: Some(open),
+                count_growth: None,
+                open_growth: None,
+            }]
+        };
+        before.tasks = vec![task("relay", 10), task("old", 2)];
+        before.names.connections = conns(3, 1);
+        after.tasks = vec![task("relay", 45)];
+        after.names.connections = conns(9, 7);
+        let d = diff(&before, &after);
+        let changes: Vec<(&str, &str, i64)> = d
+            .names
+            .iter()
+            .map(|n| (n.kind.as_str(), n.name.as_str(), n.change))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("task", "relay [pending] held by app:RELAY_TASKS", 35),
+                ("connection", "sqlite3.Connection", 6),
+                ("open connection", "sqlite3.Connection", 6),
+                ("logger", "logging.Logger", 0),
+                ("task", "old [pending] held by app:RELAY_TASKS", -2),
+            ]
+        );
         let names: Vec<&str> = d.types.iter().map(|t| t.type_name.as_str()).collect();
         assert_eq!(names, ["__main__.Item", "bytes", "dict", "function"]);
         assert_eq!(

@@ -18,6 +18,14 @@ pub const TP_BASICSIZE: u64 = 32;
 pub const TP_ITEMSIZE: u64 = 40;
 /// `PyTypeObject.tp_flags` (`unsigned long`).
 pub const TP_FLAGS: u64 = 168;
+/// `PyTypeObject.tp_members` (`PyMemberDef *`): a class's `__slots__` (and a C type's object
+/// fields), an array ended by a NULL name.
+pub const TP_MEMBERS: u64 = 240;
+/// `sizeof(PyMemberDef)`: name, type (`int`), offset (`Py_ssize_t`), flags (`int`), doc.
+pub const MEMBER_SIZE: u64 = 40;
+/// `PyMemberDef.type` of an object field: `T_OBJECT` (6) and `T_OBJECT_EX` (16, what
+/// `__slots__` make), the same on 3.8-3.15 (`Py_T_OBJECT`, `Py_T_OBJECT_EX` from 3.12).
+pub const MEMBER_OBJECT: [i32; 2] = [6, 16];
 /// `PyTypeObject.tp_base`.
 pub const TP_BASE: u64 = 256;
 /// `PyTypeObject.tp_dict`.

@@ -63,7 +63,7 @@ pub struct HeapArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_read_bytes: usize,
     /// Containers followed from a global or attribute, at most this deep.
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_depth: u32,
     /// Seconds one census may take at most.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]

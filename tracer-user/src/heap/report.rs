@@ -200,8 +200,8 @@ impl HeapReport {
             types,
             owners,
             unheld,
-            tasks: TaskRow::rows(&now.names),
-            names: NamesReport::from(&now.names),
+            tasks: TaskRow::rows(&now.names, last.map(|_| &first.names)),
+            names: NamesReport::from(&now.names, last.map(|_| &first.names)),
             small_blocks: None,
         }
     }

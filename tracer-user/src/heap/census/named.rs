@@ -24,6 +24,9 @@ pub enum Named {
     Connection,
     /// `sqlite3.Connection`, whose handle says whether it is open.
     Sqlite,
+    /// psycopg 3's `Connection`/`AsyncConnection`, whose `_closed` attribute says whether
+    /// `close()` was called.
+    Psycopg,
     /// `logging.Logger` or a subclass (`RootLogger`).
     Logger,
     /// `threading.Thread` or a subclass (`_MainThread`, `Timer`).
@@ -40,8 +43,9 @@ pub fn by_name(name: &str) -> Option<Named> {
         "sqlite3.Connection" => Some(Named::Sqlite),
         "logging.Logger" => Some(Named::Logger),
         "threading.Thread" => Some(Named::Thread),
+        _ if top == "psycopg" && class.ends_with("Connection") => Some(Named::Psycopg),
         _ if (top.starts_with("psycopg") || top == "asyncpg")
-            && class.to_ascii_lowercase().contains("connection") =>
+            && class.to_ascii_lowercase().ends_with("connection") =>
         {
             Some(Named::Connection)
         }
@@ -143,7 +147,7 @@ const SQLITE_DB: u64 = 16;
 /// Objects of one kind remembered by address at most (the rest are counted, not read).
 const MAX_FOUND: usize = 1_000_000;
 /// Bases followed from a type to find a named class.
-const MAX_BASES: usize = 32;
+pub(super) const MAX_BASES: usize = 32;
 /// Containers (and instances' attributes) followed from a global to find who holds a task.
 const HOLDER_DEPTH: u32 = 4;
 /// Objects read while looking for the holders of tasks.
@@ -250,9 +254,11 @@ impl Walker<'_> {
             .sort_by(|a, b| b.entries.cmp(&a.entries).then(a.function.cmp(&b.function)));
         // Connections are read with the others at the end (3.8-3.10's are not on the GC's
         // lists: the owners' walks find them).
-        self.found
-            .objects
-            .extend(found.iter().filter(|(n, _)| *n == Named::Sqlite));
+        self.found.objects.extend(
+            found
+                .iter()
+                .filter(|(n, _)| matches!(n, Named::Sqlite | Named::Psycopg)),
+        );
         const REGISTRY: &str = "logging:Logger.manager";
         if let Some(&(_, manager)) = roots.iter().find(|(p, _)| p == REGISTRY) {
             match self
@@ -268,12 +274,22 @@ impl Walker<'_> {
 
     /// Connections, loggers and threads, from the per-type counts of the whole census.
     pub(super) fn finish_names(&mut self, mut names: Names) -> Names {
-        let mut sqlite_open: HashMap<String, u64> = HashMap::new();
+        let mut open_by_type: HashMap<String, u64> = HashMap::new();
         let found = std::mem::take(&mut self.found.objects);
-        for &(_, c) in found.iter().filter(|(n, _)| *n == Named::Sqlite) {
-            match (self.type_of(c), self.words::<1>(c + SQLITE_DB)) {
-                (Some(t), Some([db])) => {
-                    *sqlite_open.entry(t.name.clone()).or_default() += u64::from(db != 0)
+        for &(n, c) in &found {
+            let open = match n {
+                Named::Sqlite => self.words::<1>(c + SQLITE_DB).map(|[db]| db != 0),
+                // `_closed` is set by `close()`; a connection the server dropped is still
+                // counted open (psycopg calls it `broken`).
+                Named::Psycopg => self
+                    .attr(c, "_closed")
+                    .and_then(|b| self.bool_value(b))
+                    .map(|closed| !closed),
+                _ => continue,
+            };
+            match (self.type_of(c), open) {
+                (Some(t), Some(open)) => {
+                    *open_by_type.entry(t.name.clone()).or_default() += u64::from(open)
                 }
                 _ => self.skip(),
             }
@@ -287,15 +303,15 @@ impl Walker<'_> {
         let mut conns = Vec::new();
         let mut threads = Vec::new();
         for ((n, type_name), count) in counts {
-            let open =
-                (n == Named::Sqlite).then(|| sqlite_open.get(&type_name).copied().unwrap_or(0));
+            let open = matches!(n, Named::Sqlite | Named::Psycopg)
+                .then(|| open_by_type.get(&type_name).copied().unwrap_or(0));
             let row = TypeCount {
                 type_name,
                 count,
                 open,
             };
             match n {
-                Named::Connection | Named::Sqlite => conns.push(row),
+                Named::Connection | Named::Sqlite | Named::Psycopg => conns.push(row),
                 Named::Thread => threads.push(row),
                 Named::Logger => names.loggers += count,
                 Named::Task | Named::Lru => {}
@@ -346,6 +362,19 @@ impl Walker<'_> {
             },
         };
         Some((name, entries))
+    }
+
+    /// The value of a `bool` object: `ob_digit[0]` (at 24 on 3.8-3.15: after the var-object
+    /// head on 3.8-3.11, after `lv_tag` on 3.12+) is 1 for `True`, 0 for `False`.
+    fn bool_value(&mut self, b: u64) -> Option<bool> {
+        if self.type_of(b)?.name != "bool" {
+            return None;
+        }
+        match u32::from_le_bytes(self.read(b + 24, 4)?.try_into().ok()?) {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
     }
 
     /// A dict's length, if `d` is a dict.
@@ -519,7 +548,9 @@ mod tests {
         assert_eq!(by_name("functools._lru_cache_wrapper"), Some(Named::Lru));
         assert_eq!(by_name("sqlite3.Connection"), Some(Named::Sqlite));
         assert_eq!(by_name("sqlite3.Cursor"), None);
-        assert_eq!(by_name("psycopg.Connection"), Some(Named::Connection));
+        assert_eq!(by_name("psycopg.Connection"), Some(Named::Psycopg));
+        assert_eq!(by_name("psycopg.AsyncConnection"), Some(Named::Psycopg));
+        assert_eq!(by_name("psycopg_pool.ConnectionPool"), None);
         assert_eq!(
             by_name("psycopg2.extensions.connection"),
             Some(Named::Connection)
