@@ -1113,19 +1113,39 @@ impl<'a> Walker<'a> {
             .collect()
     }
 
-    /// Whether `w` is the address of an object on the GC's lists, or of a container the
-    /// collector does not track (a dict of strings, a tuple of ints: CPython untracks those),
-    /// told by its type being a container type the census has already read (no new type is
-    /// read for a word that may be anything, and a word that is not an object costs one
-    /// cached read and no skipped-read count).
+    /// Whether `w` is a child a C object's field gives: a dict, list, set or tuple (on the
+    /// GC's lists or one the collector does not track: a dict of strings, a tuple of ints), or
+    /// another C object on the GC's lists whose fields are followed in turn (a cell, a
+    /// coroutine, a bound method). An instance of a Python class is not: a task's loop, a
+    /// bound method's `__self__`, a cell's captured object are shared with the rest of the
+    /// program (following a task's `task_loop` made every set of tasks retain the whole event
+    /// loop), and an instance in a container is followed as the container's item anyway.
+    /// Told by its type being one the census has already read (no new type is read for a
+    /// word that may be anything; a word that is not an object costs one cached read and no
+    /// skipped-read count).
     fn is_held_kind(&self, w: u64) -> bool {
         if !w.is_multiple_of(8) || w < 4096 {
             return false;
         }
-        if let Some(m) = self.counted.get(&w) {
-            return m.flags & ON_GC_LIST != 0 || self.untracked_container(w).is_some();
+        let gc = self
+            .counted
+            .get(&w)
+            .is_some_and(|m| m.flags & ON_GC_LIST != 0);
+        if !gc && !self.regions.contains(&(w >> 20)) {
+            return false;
         }
-        self.untracked_container(w).is_some()
+        let mut b = [0u8; 16];
+        if !self.fetch(w, &mut b) {
+            return false;
+        }
+        let refcnt = u64::from_le_bytes(b[..8].try_into().unwrap());
+        let ty = u64::from_le_bytes(b[8..].try_into().unwrap());
+        let Some(Some(t)) = self.types.get(&ty) else {
+            return false;
+        };
+        refcnt != 0
+            && (matches!(t.kind, Kind::Dict | Kind::List | Kind::Set | Kind::Tuple)
+                || (gc && t.fields_hold))
     }
 
     /// The kind of the dict, list, set or tuple at `w`, read quietly (see
