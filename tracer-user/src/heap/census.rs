@@ -1576,10 +1576,10 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// Whether the objects a C object's own memory points at are its children for retained bytes
-/// (its fields: an `lru_cache` wrapper's cache, a `functools.partial`'s arguments, a cell's
-/// value, a function's defaults and closure, a bound method's `__self__`, a deque's blocks'
-/// owner, an extension type's `PyObject *` members), rather than only marked held.
+/// Whether the containers and C objects a C object's own memory points at are its children
+/// for retained bytes (its fields: an `lru_cache` wrapper's cache, a `functools.partial`'s
+/// arguments, a cell's value, a function's defaults and closure, an extension type's
+/// `PyObject *` members; see [`Walker::is_held_kind`]), rather than only marked held.
 ///
 /// A C type is a static type or one made from a spec (`PyType_FromSpec` keeps the dotted name:
 /// `functools._lru_cache_wrapper` on 3.10+); Python classes are not (their instances'
