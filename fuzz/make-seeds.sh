@@ -94,5 +94,21 @@ m[0x328:0x334] = b"poll_gateway"
 for ty, name, at, size in ((0x400, b"_asyncio.Task", 0x600, 176), (0x800, b"coroutine", 0x700, 96), (0xA00, b"str", 0x780, 40)):
     q(ty + 24, base + at); q(ty + 32, size); m[at:at + len(name)] = name
 open(d + "/one-task-3.12", "wb").write(bytes([4]) + bytes(m))
+# A list on the GC list held only by the static variable at 0x400 (the fuzz target's
+# `registry`), and a C object (type "ext.Holder", GC) at 0x4a0 held by the next word, whose
+# field at 0x18 is the list: the static-variable scan and the C-field reader run.
+m = bytearray(0x600)
+q = lambda at, v: struct.pack_into("<Q", m, at, v)
+q(0, base + 0x40); q(8, base + 0x490); q(24, base + 24); q(32, base + 24)
+q(0x40, base + 0x490); q(0x48, base)
+q(0x50, 1); q(0x58, base + 0x100)
+q(0x100 + 24, base + 0x300); q(0x100 + 32, 40); q(0x100 + 168, 1 << 14)
+m[0x300:0x305] = b"list\0"
+q(0x200 + 24, base + 0x310); q(0x200 + 32, 32); q(0x200 + 168, 1 << 14)
+m[0x310:0x31B] = b"ext.Holder\0"
+q(0x400, base + 0x50); q(0x408, base + 0x4A0)
+q(0x490, base); q(0x498, base + 0x40)
+q(0x4A0, 1); q(0x4A8, base + 0x200); q(0x4B0, 7); q(0x4B8, base + 0x50)
+open(d + "/static-holder-3.12", "wb").write(bytes([4]) + bytes(m))
 PY
 du -sh "$SEEDS"/*

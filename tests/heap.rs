@@ -647,6 +647,137 @@ fn children_running_the_same_interpreter_are_named() {
     }
 }
 
+/// `tests/fixtures/py_cholder.c` built for `py` with its own include folder (in the sid root
+/// for the chroot interpreters): the folder to put on `PYTHONPATH`, as the process sees it,
+/// and the extension's file name.
+fn build_cholder(py: &Python) -> (String, String) {
+    let out = py
+        .command()
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['include']); print(sysconfig.get_config_var('EXT_SUFFIX'))",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}: sysconfig", py.label);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let (include, suffix) = (lines.next().unwrap(), lines.next().unwrap());
+    let dir = format!(
+        "/opt/leaktrace/cholder-{}-{}",
+        std::process::id(),
+        file_label(&py.label)
+    );
+    let (host_dir, mut gcc) = match &py.chroot {
+        Some(r) => {
+            let mut c = Command::new("chroot");
+            c.arg(r).arg("gcc");
+            (r.join(dir.trim_start_matches('/')), c)
+        }
+        None => (
+            out_path(&format!("cholder-{}", file_label(&py.label))),
+            Command::new("gcc"),
+        ),
+    };
+    let _ = std::fs::remove_dir_all(&host_dir);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::copy(
+        root().join("tests/fixtures/py_cholder.c"),
+        host_dir.join("py_cholder.c"),
+    )
+    .unwrap();
+    let seen = match py.chroot {
+        Some(_) => dir,
+        None => host_dir.display().to_string(),
+    };
+    let file = format!("py_cholder{suffix}");
+    let status = gcc
+        .args(["-O1", "-shared", "-fPIC", "-I", include, "-o"])
+        .arg(format!("{seen}/{file}"))
+        .arg(format!("{seen}/py_cholder.c"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "{}: building py_cholder.c", py.label);
+    (seen, file)
+}
+
+const CN: u64 = 3000;
+const CM: u64 = 700;
+const CJ: u64 = 400;
+
+/// Containers held only by C code (issue 12): a C extension's static list and the dict in a
+/// static C object's field are owners named by the extension's file and symbol (and the
+/// holder's type and field offset), with their exact lengths, and not unheld; an `lru_cache`
+/// global retains its cache's entries, a global C object its field's dict.
+#[test]
+fn containers_held_by_c_structures_are_owners() {
+    require_root();
+    for py in every_python() {
+        let label = &py.label;
+        let (dir, file) = build_cholder(&py);
+        let fixture = py.fixture("heap_cholder.py");
+        let target = Proc::spawn(
+            py.command()
+                .arg(&fixture)
+                .args([CN, CM, CJ].map(|n| n.to_string()))
+                .env("PYTHONPATH", &dir),
+        );
+        target.stdout.wait_for("ready", T);
+        let pid = target.pid().to_string();
+        let r = census_json(
+            &pid,
+            &["--top", "1000"],
+            &format!("heap-cholder-{}.json", file_label(label)),
+        );
+        assert_eq!(r["complete"], true, "{label}: {:?}", r["incomplete_reason"]);
+        let owner = |path: &str| {
+            by_key(&r["owners"], "path", path)
+                .unwrap_or_else(|| panic!("{label}: no {path} in {:#}", r["owners"]))
+                .clone()
+        };
+        let reg = owner(&format!("{file}:registry"));
+        assert_eq!(reg["type"], "list", "{label}: {reg}");
+        assert_eq!(reg["len"], CN, "{label}: {reg}");
+        let items = owner(&format!("{file}:holder→py_cholder.Holder+0x18"));
+        assert_eq!(items["type"], "dict", "{label}: {items}");
+        assert_eq!(items["len"], CM, "{label}: {items}");
+        // Each item: a 64-byte bytes (97 bytes) and its key.
+        let retained = items["retained_bytes"].as_u64().unwrap();
+        assert!(retained >= CM * (97 + 50), "{label}: {items}");
+        let held = owner("__main__:HELD");
+        assert_eq!(held["type"], "py_cholder.Holder", "{label}: {held}");
+        assert!(
+            held["retained_bytes"].as_u64().unwrap() >= CM * (97 + 50),
+            "{label}: {held}"
+        );
+        // Each entry: a 200-character str result (249 bytes or more) and its int key.
+        let cached = owner("__main__:cached");
+        assert_eq!(cached["type"], "functools._lru_cache_wrapper", "{label}");
+        assert!(
+            cached["retained_bytes"].as_u64().unwrap() >= CJ * 249,
+            "{label}: {cached}"
+        );
+        let unheld: Vec<&str> = r["unheld"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["type"].as_str().unwrap())
+            .collect();
+        assert!(
+            !unheld.contains(&"py_cholder.Holder"),
+            "{label}: the static Holder is held: {unheld:?}"
+        );
+        if let Some(r) = &py.chroot {
+            let _ = std::fs::remove_dir_all(r.join(dir.trim_start_matches('/')));
+        }
+    }
+}
+
+/// A label as a file name.
+fn file_label(label: &str) -> String {
+    label.replace([' ', '(', ')', ',', '/'], "_")
+}
+
 const SESSIONS: u64 = 23;
 const QUERIED: u64 = 9;
 

@@ -5,10 +5,12 @@
 //! (its interpreters, threads and frames are roots), and instances' managed dicts, inline
 //! values and split tables are read from wherever their pointers lead; the named objects
 //! read on the way (asyncio tasks, lru_cache wrappers, instance attributes) are among the
-//! objects counted.
+//! objects counted. The input's bytes from 0x400 on also stand for a C extension's static
+//! variables (a symbol `registry` at its start): what their words point at is read as a
+//! holder's containers and its C fields.
 #![no_main]
 use leaktrace::heap::{
-    census::{Bytes, Limits, Walker},
+    census::{Bytes, Limits, Segment, StaticSymbol, Walker},
     layout::heap_layout,
 };
 use leaktrace::python::layout::layout_for;
@@ -32,8 +34,24 @@ fuzz_target!(|data: &[u8]| {
         max_depth: 16,
         time_budget_s: 2.0,
     };
+    let end = base + mem.len() as u64;
+    let statics = (mem.len() > 0x400)
+        .then(|| Segment {
+            start: base + 0x400,
+            end,
+            file: "fuzz.so".into(),
+            bias: base,
+            symbols: vec![StaticSymbol {
+                start: base + 0x400,
+                end: base + 0x408,
+                name: "registry".into(),
+            }],
+        })
+        .into_iter()
+        .collect();
     let c = Walker::new(&src, &hl, lim)
         .with_threads(base + 48)
+        .with_statics(statics)
         .census(&[base, base + 24]);
     assert!(c.objects <= 100_000);
     let total: u64 = c.types.values().map(|t| t.count).sum();

@@ -1,6 +1,6 @@
 //! `leaktrace heap PID`: a census of a running CPython's objects, read out of its memory (no
-//! probe, no pause, no write): objects by type, and module globals and class attributes by
-//! the bytes they retain, with growth between censuses.
+//! probe, no pause, no write): objects by type, and module globals, class attributes and the
+//! containers C static variables hold by the bytes they retain, with growth between censuses.
 //!
 //! * [`layout`]: where each version keeps its GC lists, and the object fields read.
 //! * [`census`]: one census over a [`census::Source`] (a process, or bytes for the fuzz target).
@@ -128,6 +128,9 @@ pub struct Plan {
     /// pymalloc's arena table, or why it cannot be read.
     arenas: std::result::Result<arenas::Location, String>,
     limits: census::Limits,
+    /// The writable segments of the interpreter and its extension modules, whose static
+    /// variables hold objects too ([`census::statics`]).
+    statics: Vec<census::Segment>,
 }
 
 /// One census and the arenas read right after it.
@@ -181,7 +184,11 @@ impl Plan {
             ),
             _ => format!("no arena table known for Python {}", interp.version()),
         });
+        let statics = ProcMaps::read(pid)
+            .map(|maps| census::statics::find(pid, &maps, &interp.module))
+            .unwrap_or_default();
         Ok(Plan {
+            statics,
             pid,
             python: interp.version(),
             hl,
@@ -202,6 +209,7 @@ impl Plan {
         let at = Instant::now();
         let census = census::Walker::new(src, &self.hl, self.limits.clone())
             .with_threads(self.runtime)
+            .with_statics(self.statics.clone())
             .census(&self.heads);
         let arenas = self
             .arenas

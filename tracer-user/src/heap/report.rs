@@ -297,7 +297,7 @@ impl HeapReport {
         }
         let _ = writeln!(
             s,
-            "\nOwners (module globals and class attributes, by retained bytes):"
+            "\nOwners (module globals, class attributes and C static variables, by retained bytes):"
         );
         let _ = writeln!(
             s,

@@ -224,6 +224,98 @@ fn a_cycle_that_never_returns_stops_at_the_object_limit() {
     assert!(c.skipped_reads >= 1);
 }
 
+/// A list and a C object holding a dict in its field at 0x18, each named only by a static
+/// variable (`registry`, `holder`) of a segment: both are owner rows, by symbol and by holder,
+/// and nothing is unheld.
+#[test]
+fn containers_held_by_static_variables_are_owners() {
+    const LIST_T: u64 = 0x10700;
+    const HOLDER_T: u64 = 0x10900;
+    const L: u64 = 0x15010;
+    const H: u64 = 0x15110;
+    const D: u64 = 0x15210;
+    const S: u64 = 0x16000;
+    let mut m = Mem::new();
+    m.ty(STR_T, 0x10f00, "str", 40, 0, 0);
+    m.ty(DICT_T, 0x10f10, "dict", 48, HAVE_GC, 0);
+    m.ty(LIST_T, 0x10f20, "list", 40, HAVE_GC, 0);
+    m.ty(HOLDER_T, 0x10f30, "ext.Holder", 32, HAVE_GC, 0);
+    m.str(0x12000, "k");
+    m.str(0x12100, "v");
+    m.put(L, &[1, LIST_T, 0, 0, 0]);
+    m.put(H, &[1, HOLDER_T, 7, D]);
+    m.dict(D, &[(0x12000, 0x12100)]);
+    m.put(S, &[L, H]);
+    m.gc_list(&[L, H, D]);
+    let src = Bytes {
+        base: BASE,
+        data: m.data,
+    };
+    let sym = |start: u64, name: &str| StaticSymbol {
+        start,
+        end: start + 8,
+        name: name.into(),
+    };
+    let seg = Segment {
+        start: S,
+        end: S + 0x20,
+        file: "t.so".into(),
+        bias: S - 0x1000,
+        symbols: vec![sym(S, "registry"), sym(S + 8, "holder")],
+    };
+    let c = Walker::new(&src, &layout(), Limits::default())
+        .with_statics(vec![seg])
+        .census(&[BASE]);
+    assert!(c.incomplete.is_none(), "{:?}", c.incomplete);
+    let row = |p: &str| {
+        c.owners
+            .iter()
+            .find(|o| o.path == p)
+            .unwrap_or_else(|| panic!("no {p} in {:?}", c.owners))
+    };
+    let reg = row("t.so:registry");
+    assert_eq!((reg.type_name.as_str(), reg.len), ("list", Some(0)));
+    assert_eq!(reg.retained_bytes, 40 + 16);
+    let items = row("t.so:holder→ext.Holder+0x18");
+    assert_eq!((items.type_name.as_str(), items.len), ("dict", Some(1)));
+    assert_eq!(c.owners.len(), 2, "{:?}", c.owners);
+    assert!(c.unheld.is_empty(), "{:?}", c.unheld);
+}
+
+/// A module global that is a C object (`ext.Holder`) retains the dict in its field, but not
+/// its module's dict, which its other field points at too.
+#[test]
+fn a_c_objects_fields_are_retained_but_not_its_modules_dict() {
+    const HOLDER_T: u64 = 0x10900;
+    const H: u64 = 0x15110;
+    const D: u64 = 0x15210;
+    let mut m = Mem::new();
+    m.ty(STR_T, 0x10f00, "str", 40, 0, 0);
+    m.ty(DICT_T, 0x10f10, "dict", 48, HAVE_GC, 0);
+    m.ty(MODULE_T, 0x10f20, "module", 40, HAVE_GC, 0);
+    m.ty(HOLDER_T, 0x10f30, "ext.Holder", 32, HAVE_GC, 0);
+    m.str(0x12000, "__name__");
+    m.str(0x12100, "m");
+    m.str(0x12200, "w");
+    m.dict(0x13000, &[(0x12000, 0x12100), (0x12200, H)]);
+    m.put(MODULE, &[1, MODULE_T, 0x13000]);
+    m.put(H, &[1, HOLDER_T, 0x13000, D]);
+    m.dict(D, &[(0x12100, 0x12200)]);
+    m.gc_list(&[MODULE, 0x13000, H, D]);
+    let src = Bytes {
+        base: BASE,
+        data: m.data,
+    };
+    let c = Walker::new(&src, &layout(), Limits::default()).census(&[BASE]);
+    let w = c.owners.iter().find(|o| o.path == "m:w").expect("m:w");
+    assert_eq!(w.type_name, "ext.Holder");
+    // The holder (32 + 16 GC header) and D (48 + 16, its keys table of 8 slots: 32 + 8
+    // index bytes + 5 x 16 entries); its key and value are the module's strs, counted too.
+    let d_bytes = 48 + 16 + 32 + 8 + 5 * 16;
+    assert_eq!(w.retained_bytes, 48 + d_bytes + 42 + 42, "{:?}", c.owners);
+    assert!(c.unheld.is_empty(), "{:?}", c.unheld);
+}
+
 /// Module `m` with global `s` = an instance S of class `m.S` (`__slots__`: one object field
 /// at 16, then `bad`), whose base is `m.S` itself when `cyclic` (torn memory) and which keeps
 /// a str in its slot.
