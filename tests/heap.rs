@@ -1016,3 +1016,41 @@ fn per_process_censuses_each_worker() {
     }
     assert!(text.contains(&format!("note: process {} exited after 1 census", pids[2])));
 }
+
+const PG_KEPT: u64 = 7;
+const PG_CLOSED: u64 = 3;
+
+/// Real asyncpg connections to a real PostgreSQL server (a throw-away cluster on 127.0.0.1):
+/// the census counts the ones kept, by their class, and not the closed ones that were dropped.
+#[test]
+fn asyncpg_connections_are_counted() {
+    require_root();
+    let pg = leaktrace_tests::postgres::Postgres::start("asyncpg");
+    for py in every_python() {
+        let label = &py.label;
+        let fixture = py.fixture("heap_asyncpg.py");
+        let p = Proc::spawn(
+            py.packages_command()
+                .arg(&fixture)
+                .arg(pg.dsn())
+                .args([PG_KEPT, PG_CLOSED].map(|n| n.to_string())),
+        );
+        let ready = p.stdout.wait_for("ready", T);
+        let pid = p.pid().to_string();
+        let file = format!(
+            "heap-asyncpg-{}.json",
+            label.replace([' ', '(', ')', ','], "_")
+        );
+        let r = census_json(&pid, &[], &file);
+        let conns = &r["names"]["connections"];
+        assert_eq!(
+            by_key(conns, "type", "asyncpg.connection.Connection"),
+            Some(&serde_json::json!({"type": "asyncpg.connection.Connection",
+                "count": PG_KEPT})),
+            "{label} ({ready}): {conns:#}"
+        );
+        let owner = by_key(&r["owners"], "path", "__main__:KEPT")
+            .unwrap_or_else(|| panic!("{label}: no __main__:KEPT in {:#}", r["owners"]));
+        assert_eq!(owner["len"], PG_KEPT, "{label}");
+    }
+}

@@ -14,6 +14,8 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod postgres;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
