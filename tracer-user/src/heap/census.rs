@@ -27,7 +27,9 @@ use std::{
 
 use super::layout::*;
 
+mod holders;
 mod named;
+pub use holders::{grown_types, Holder, Holders};
 pub use named::{LruCache, Named, Names, TaskGroup, TypeCount};
 
 /// Where bytes come from: a process's memory, or a buffer.

@@ -426,6 +426,8 @@ mod tests {
                 raw_growth_bytes_per_s: None,
                 skipped: 0,
             }),
+            holders: Vec::new(),
+            holders_incomplete: None,
         }
     }
 

@@ -210,6 +210,39 @@ impl Plan {
         }
     }
 
+    /// Where the objects of `types` are held ([`census::Holders`]): a walk from the roots in
+    /// the order of `owners` (the last census's, biggest first), bounded like a census.
+    pub fn holders(
+        &self,
+        src: &dyn census::Source,
+        types: &[String],
+        owners: &[census::Owner],
+    ) -> census::Holders {
+        let order: Vec<String> = owners.iter().map(|o| o.path.clone()).collect();
+        census::Walker::new(src, &self.hl, self.limits.clone()).holder_walk(
+            &self.heads,
+            types,
+            &order,
+        )
+    }
+
+    /// After the last census: the holders of the types that grew most from `first` to `last`,
+    /// added to `rep` (nothing with no type grown).
+    pub fn add_holders(
+        &self,
+        src: &dyn census::Source,
+        first: &Taken,
+        last: &Taken,
+        rep: &mut report::HeapReport,
+    ) {
+        let types = census::grown_types(&first.census, &last.census);
+        if types.is_empty() {
+            return;
+        }
+        let h = self.holders(src, &types, &last.census.owners);
+        rep.set_holders(h);
+    }
+
     /// One census of the live process (opens its memory).
     pub fn take_live(&self) -> Result<Taken> {
         let mem = crate::python::runtime::Memory::open(self.pid)?;
@@ -351,6 +384,9 @@ pub fn run(args: HeapArgs) -> Result<i32> {
         args.top,
     );
     rep.censuses = taken;
+    if let Some(l) = &last {
+        plan.add_holders(&interp.mem, &first, l, &mut rep);
+    }
     let text = match args.format {
         HeapFormat::Json => serde_json::to_string_pretty(&rep)? + "\n",
         HeapFormat::Text => rep.text(args.top),

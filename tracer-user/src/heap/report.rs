@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::census::Census;
 use crate::output::report::{human_bytes, Target};
 
+mod holders;
 mod names;
+pub use holders::{holder_line, HolderRow};
 pub use names::{LoggersRow, LruRow, NamesReport, PathLen, TaskRow, TypeCountRow};
 
 pub const SCHEMA: &str = "leaktrace-heap/v1";
@@ -76,6 +78,12 @@ pub struct HeapReport {
     /// pymalloc's arenas against the objects' bytes (absent where the arenas are not read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub small_blocks: Option<super::arenas::SmallBlocks>,
+    /// With two censuses: the containers holding the types that grew most (added in v1).
+    #[serde(default)]
+    pub holders: Vec<HolderRow>,
+    /// Why the holder walk is not complete, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holders_incomplete: Option<String>,
 }
 
 fn growth(a: u64, b: u64) -> i64 {
@@ -203,6 +211,8 @@ impl HeapReport {
             tasks: TaskRow::rows(&now.names, last.map(|_| &first.names)),
             names: NamesReport::from(&now.names, last.map(|_| &first.names)),
             small_blocks: None,
+            holders: Vec::new(),
+            holders_incomplete: None,
         }
     }
 
@@ -301,6 +311,7 @@ impl HeapReport {
                 );
             }
         }
+        self.holders_text(&mut s);
         self.names_text(&mut s, top);
         if let Some(b) = &self.small_blocks {
             let _ = write!(s, "\n{}", b.text(pid));

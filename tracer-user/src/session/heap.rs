@@ -173,6 +173,13 @@ impl HeapCensus {
         let duration = last.map_or(0.0, |l| l.at.duration_since(first.at).as_secs_f64());
         let mut rep = crate::heap::build_report(target, duration, first, last, TOP);
         rep.censuses = self.collected;
+        // Where the types that grew most are held, read right after the last census (a target
+        // gone since has none).
+        if let (Some(plan), Some(l)) = (&self.plan, last) {
+            if let Ok(mem) = crate::python::runtime::Memory::open(plan.pid) {
+                plan.add_holders(&mem, first, l, &mut rep);
+            }
+        }
         Some(rep)
     }
 }
