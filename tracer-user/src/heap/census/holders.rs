@@ -174,8 +174,8 @@ impl Walker<'_> {
                 let Some((o, ti)) = self.object(addr) else {
                     continue;
                 };
-                if let Some(p) = parent {
-                    if let Some(t) = targets.iter().position(|t| *t == ti.name) {
+                let mut note = |name: &str, p: Parent| {
+                    if let Some(t) = targets.iter().position(|t| t == name) {
                         let key = (t, p.path, p.container);
                         let e = tally.entry(key).or_default();
                         e.count += 1;
@@ -187,8 +187,28 @@ impl Walker<'_> {
                             };
                         }
                     }
+                };
+                if let Some(p) = parent {
+                    note(&ti.name, p);
                 }
-                let children = self.labelled_parts(&o, &ti, &mut slot_names);
+                let mut own_dict = None;
+                let children = self.labelled_parts(&o, &ti, &mut slot_names, &mut own_dict);
+                // An instance's `__dict__` (3.8-3.10, or materialized): its entries are the
+                // instance's children, and the dict itself is held by the instance.
+                if let Some(d) = own_dict.filter(|&d| visited.insert(d)) {
+                    visits += 1;
+                    if let (Some((_, dt)), Some(container)) =
+                        (self.object(d), tnames.id(ti.name.clone()))
+                    {
+                        let me = Parent {
+                            path,
+                            container,
+                            addr,
+                            len: None,
+                        };
+                        note(&dt.name, me);
+                    }
+                }
                 if children.is_empty() {
                     continue;
                 }
@@ -308,12 +328,14 @@ impl Walker<'_> {
     }
 
     /// An object's children with the step each adds to the path: as [`Walker::parts`] finds
-    /// them (modules and classes are roots of their own, not followed), labelled.
+    /// them (modules and classes are roots of their own, not followed), labelled; an
+    /// instance's `__dict__`, whose entries are among them, in `own_dict`.
     fn labelled_parts(
         &mut self,
         o: &super::Obj,
         ti: &TypeInfo,
         slot_names: &mut HashMap<u64, Vec<(u64, String)>>,
+        own_dict: &mut Option<u64>,
     ) -> Vec<(String, u64)> {
         let star = |v: Vec<u64>| v.into_iter().map(|c| ("[*]".to_string(), c)).collect();
         match ti.kind {
@@ -334,10 +356,12 @@ impl Walker<'_> {
                 // `instance_attrs` gives the instance's `__dict__` alone, or its managed
                 // values as (key, value) pairs: the dict's entries are the instance's own.
                 let pairs: Vec<(u64, u64)> = match attrs.as_slice() {
-                    [dict] => self
-                        .dict_entries(*dict)
-                        .map(|d| d.entries)
-                        .unwrap_or_default(),
+                    [dict] => {
+                        *own_dict = Some(*dict);
+                        self.dict_entries(*dict)
+                            .map(|d| d.entries)
+                            .unwrap_or_default()
+                    }
                     _ => attrs.chunks_exact(2).map(|p| (p[0], p[1])).collect(),
                 };
                 let mut out: Vec<(String, u64)> = pairs
