@@ -248,6 +248,20 @@ pub(super) fn summary_lines(rep: &HeapReport) -> String {
     if !types.is_empty() {
         s.push_str(&format!("  types that {what}: {}\n", types.join("; ")));
     }
+    // The first holder of each type that grew most.
+    let mut held: Vec<String> = Vec::new();
+    for h in &rep.holders {
+        if held.len() < SUMMARY_ROWS
+            && !held
+                .iter()
+                .any(|l| l.starts_with(&format!("{} ", h.type_name)))
+        {
+            held.push(crate::heap::report::holder_line(h));
+        }
+    }
+    if !held.is_empty() {
+        s.push_str(&format!("  where they are held: {}\n", held.join("; ")));
+    }
     if let Some(b) = &rep.small_blocks {
         for line in b.text(pid).lines() {
             s.push_str(&format!("  {}\n", line.trim_start()));
