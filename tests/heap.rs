@@ -19,6 +19,9 @@
 //! loggers, threads, an `lru_cache` on a method; the census must name each with its exact count.
 //! The fourth (`heap_sqlalchemy.py`) keeps SQLAlchemy ORM sessions open in a global list, some of
 //! them holding a DBAPI connection: the census counts both exactly.
+//! The fifth (`heap_holders.py`) keeps sessions keyed by request id in an instance attribute
+//! (`MANAGER.sessions`): the holder walk after the last census must name that dict by its path
+//! and count its sessions exactly.
 
 use std::{process::Command, time::Duration};
 
