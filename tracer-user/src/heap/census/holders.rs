@@ -182,7 +182,7 @@ impl Walker<'_> {
                         if seen_containers.entry(key).or_default().insert(p.addr) {
                             e.containers += 1;
                             e.len = match (e.len, p.len) {
-                                (Some(a), Some(b)) => Some(a + b),
+                                (Some(a), Some(b)) => Some(a.saturating_add(b)),
                                 (a, b) => a.or(b),
                             };
                         }
