@@ -77,3 +77,65 @@ pub fn holder_line(h: &HolderRow) -> String {
         what.join(", ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::census::{Census, Holder};
+
+    fn report() -> HeapReport {
+        let target = crate::output::report::Target {
+            pids: vec![7],
+            exe: "/usr/bin/python3".into(),
+            python: Some("3.12".into()),
+        };
+        HeapReport::build(
+            target,
+            2.0,
+            &Census::default(),
+            Some(&Census::default()),
+            20,
+        )
+    }
+
+    #[test]
+    fn rows_lines_and_reports_without_them() {
+        let mut r = report();
+        let mut v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["holders"], serde_json::json!([]));
+        // A report written before `holders` existed still parses.
+        v.as_object_mut().unwrap().remove("holders");
+        let old: HeapReport = serde_json::from_value(v).unwrap();
+        assert!(old.holders.is_empty() && old.holders_incomplete.is_none());
+        let row = |path: &str, container: &str, len, count, containers| Holder {
+            type_name: "app.Order".into(),
+            path: path.into(),
+            container: container.into(),
+            len,
+            count,
+            containers,
+        };
+        r.set_holders(Holders {
+            rows: vec![
+                row("app:PAYLOAD_REGISTRY", "dict", Some(12431), 12431, 1),
+                row("app:REG[*]", "list", Some(30), 30, 3),
+                row("app:m.sessions[*]", "app.Session", None, 1, 1),
+            ],
+            skipped_reads: 2,
+            objects: 20000,
+            incomplete: Some("--max-depth 64 reached: holder counts are lower bounds".into()),
+        });
+        assert_eq!(r.skipped_reads, 2);
+        let text = r.text(5);
+        assert!(
+            text.contains(
+                "Where the types that grew most are held:\n  app.Order 12431 in app:PAYLOAD_REGISTRY (dict, 12431 items)\n  app.Order 30 in app:REG[*] (list, 3 containers, 30 items)\n  app.Order 1 in app:m.sessions[*] (app.Session)\n  (incomplete: --max-depth 64"
+            ),
+            "{text}"
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["holders"][1]["path"], "app:REG[*]");
+        assert_eq!(v["holders"][2]["len"], serde_json::Value::Null);
+        assert_eq!(v["holders"][0]["containers"], 1);
+    }
+}
