@@ -390,9 +390,8 @@ impl Walker<'_> {
         let Some(b) = self.read(o.addr, (last + 8) as usize) else {
             return Vec::new();
         };
-        if !cache.contains_key(&ti.addr) {
-            let names = self.member_names(ti.addr);
-            cache.insert(ti.addr, names);
+        if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(ti.addr) {
+            e.insert(self.member_names(ti.addr));
         }
         let names = &cache[&ti.addr];
         ti.slots
