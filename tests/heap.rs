@@ -19,6 +19,9 @@
 //! loggers, threads, an `lru_cache` on a method; the census must name each with its exact count.
 //! The fourth (`heap_sqlalchemy.py`) keeps SQLAlchemy ORM sessions open in a global list, some of
 //! them holding a DBAPI connection: the census counts both exactly.
+//! The fifth (`heap_holders.py`) keeps sessions keyed by request id in an instance attribute
+//! (`MANAGER.sessions`): the holder walk after the last census must name that dict by its path
+//! and count its sessions exactly.
 
 use std::{process::Command, time::Duration};
 
@@ -103,6 +106,110 @@ fn two_censuses_name_the_global_and_count_what_was_added() {
             "{label}: {dict}"
         );
         assert!(dict["count"].as_u64().unwrap() >= N + M, "{label}: {dict}");
+        // Where the grown `Item`s are held: the registry's values, one dict each.
+        let held = by_key(&r["holders"], "type", "__main__.Item")
+            .unwrap_or_else(|| panic!("{label}: no Item holder in {:#}", r["holders"]));
+        assert_eq!(held["path"], "__main__:REGISTRY[*]", "{label}: {held}");
+        assert_eq!(held["container"], "dict", "{label}: {held}");
+        assert_eq!(held["count"], N + M, "{label}: {held}");
+        assert_eq!(held["containers"], N + M, "{label}: {held}");
+        assert_eq!(held["len"], 2 * (N + M), "{label}: {held}");
+    }
+}
+
+/// Issue 12's "the path from a root to the container holding them": sessions keyed by
+/// request id in an instance attribute's dict (`heap_holders.py`), on every interpreter.
+#[test]
+fn the_containers_holding_the_grown_types_are_named_by_path() {
+    require_root();
+    const S0: u64 = 200;
+    const S: u64 = 300;
+    for py in every_python() {
+        let label = &py.label;
+        let fixture = py.fixture("heap_holders.py");
+        let target = Proc::spawn(
+            py.command()
+                .arg(&fixture)
+                .arg(S0.to_string())
+                .arg(S.to_string()),
+        );
+        target.stdout.wait_for("ready", T);
+        let pid = target.pid().to_string();
+        let out = out_path(&format!(
+            "heap-holders-{}.json",
+            label.replace([' ', '(', ')', ','], "_")
+        ));
+        let mut heap = leaktrace(&[
+            "heap",
+            &pid,
+            "--duration",
+            "3",
+            "--format",
+            "json",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        heap.stderr.wait_for("leaktrace: census 1 taken", T);
+        target.signal(SIGUSR1);
+        target.stdout.wait_for(&format!("sessions {}", S0 + S), T);
+        assert_eq!(heap.wait(T), 0, "{label}: {}", heap.stderr.text());
+        let r = read_json(&out);
+        let holders = &r["holders"];
+        let session = by_key(holders, "type", "__main__.Session")
+            .unwrap_or_else(|| panic!("{label}: no Session holder in {holders:#}"));
+        assert_eq!(
+            session["path"], "__main__:MANAGER.sessions",
+            "{label}: {session}"
+        );
+        assert_eq!(session["container"], "dict", "{label}: {session}");
+        assert_eq!(session["count"], S0 + S, "{label}: {session}");
+        assert_eq!(session["len"], S0 + S, "{label}: {session}");
+        assert_eq!(session["containers"], 1, "{label}: {session}");
+        // Each payload is an attribute of its session: the container is the instance.
+        let payload = by_key(holders, "type", "bytearray")
+            .unwrap_or_else(|| panic!("{label}: no bytearray holder in {holders:#}"));
+        assert_eq!(
+            payload["path"], "__main__:MANAGER.sessions[*]",
+            "{label}: {payload}"
+        );
+        assert_eq!(
+            payload["container"], "__main__.Session",
+            "{label}: {payload}"
+        );
+        assert_eq!(payload["count"], S0 + S, "{label}: {payload}");
+        assert!(payload["len"].is_null(), "{label}: {payload}");
+        // Rows by their type's growth, then count.
+        let types: Vec<&str> = holders
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["type"].as_str().unwrap())
+            .collect();
+        let mut runs = types.clone();
+        runs.dedup();
+        let mut once = runs.clone();
+        once.sort();
+        once.dedup();
+        assert_eq!(
+            runs.len(),
+            once.len(),
+            "{label}: one run per type: {types:?}"
+        );
+        // The text table says the same.
+        let mut heap = leaktrace(&["heap", &pid, "--duration", "2"]);
+        heap.stderr.wait_for("leaktrace: census 1 taken", T);
+        target.signal(SIGUSR1);
+        let n = S0 + 2 * S;
+        target.stdout.wait_for(&format!("sessions {n}"), T);
+        assert_eq!(heap.wait(T), 0, "{label}: {}", heap.stderr.text());
+        let text = heap.stdout.text();
+        assert!(
+            text.contains("Where the types that grew most are held:")
+                && text.contains(&format!(
+                    "  __main__.Session {n} in __main__:MANAGER.sessions (dict, {n} items)"
+                )),
+            "{label}:\n{text}"
+        );
     }
 }
 

@@ -45,6 +45,12 @@ fn check_heap_member(r: &Value, label: &str, censuses: u64) {
         .unwrap_or_else(|| panic!("{label}: no __main__.Item type"));
     assert_eq!(item["count"], N + M, "{label}: {item}");
     assert_eq!(item["count_growth"], M, "{label}: {item}");
+    // Read after the final census: where the grown Items are held.
+    let held = by_key(&h["holders"], "type", "__main__.Item")
+        .unwrap_or_else(|| panic!("{label}: no Item holder in {:#}", h["holders"]));
+    assert_eq!(held["path"], "__main__:REGISTRY[*]", "{label}: {held}");
+    assert_eq!(held["container"], "dict", "{label}: {held}");
+    assert_eq!(held["count"], N + M, "{label}: {held}");
 }
 
 /// `--mode growth --heap` on every CPython: the heap member and the summary lines.
@@ -96,6 +102,16 @@ fn growth_mode_with_heap_names_the_global() {
         );
         assert!(
             summary.contains("leaktrace: heap: 2 censuses"),
+            "{label}: {summary}"
+        );
+        assert!(
+            summary.contains(&format!(
+                "where they are held: __main__.Item {} in __main__:REGISTRY[*] (dict",
+                N + M
+            )) || summary.contains(&format!(
+                "; __main__.Item {} in __main__:REGISTRY[*] (dict",
+                N + M
+            )),
             "{label}: {summary}"
         );
     }

@@ -7,7 +7,8 @@
 //! read on the way (asyncio tasks, lru_cache wrappers, instance attributes) are among the
 //! objects counted. The input's bytes from 0x400 on also stand for a C extension's static
 //! variables (a symbol `registry` at its start): what their words point at is read as a
-//! holder's containers and its C fields.
+//! holder's containers and its C fields. The holder walk (`census/holders.rs`) then reads the same
+//! memory.
 #![no_main]
 use leaktrace::heap::{
     census::{Bytes, Limits, Segment, StaticSymbol, Walker},
@@ -68,4 +69,23 @@ fuzz_target!(|data: &[u8]| {
         assert!(t.state == "pending" || t.state == "done");
     }
     assert!(c.names.lru_caches.iter().map(|l| l.wrappers).sum::<u64>() <= c.objects);
+    // The holder walk over the same memory, for the census's largest types, in its owners'
+    // order: bounded, at most 3 containers per type, each counting what it holds.
+    let mut types: Vec<(&String, u64)> = c.types.iter().map(|(n, t)| (n, t.bytes)).collect();
+    types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let types: Vec<String> = types.into_iter().take(5).map(|(n, _)| n.clone()).collect();
+    let order: Vec<String> = c.owners.iter().map(|o| o.path.clone()).collect();
+    let lim = Limits {
+        max_objects: 100_000,
+        max_read_bytes: 1 << 16,
+        max_depth: 16,
+        time_budget_s: 2.0,
+    };
+    let h = Walker::new(&src, &hl, lim).holder_walk(&[base, base + 24], &types, &order);
+    for t in &types {
+        assert!(h.rows.iter().filter(|r| &r.type_name == t).count() <= 3);
+    }
+    let held: u64 = h.rows.iter().map(|r| r.count).sum();
+    assert!(held <= h.objects, "{held} held of {} visited", h.objects);
+    assert!(h.rows.iter().all(|r| r.count >= 1 && r.containers >= 1));
 });

@@ -32,8 +32,10 @@ use std::{
 
 use super::layout::*;
 
+mod holders;
 mod named;
 pub mod statics;
+pub use holders::{grown_types, Holder, Holders};
 pub use named::{LruCache, Named, Names, TaskGroup, TypeCount};
 pub use statics::{Segment, StaticSymbol};
 

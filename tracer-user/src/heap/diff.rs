@@ -429,6 +429,8 @@ mod tests {
             cmdline: None,
             notes: Vec::new(),
             processes: Vec::new(),
+            holders: Vec::new(),
+            holders_incomplete: None,
         }
     }
 

@@ -224,6 +224,43 @@ impl Plan {
         }
     }
 
+    /// Where the objects of `types` are held ([`census::Holders`]): a walk from the roots in
+    /// the order of `owners` (the last census's, biggest first), bounded like a census.
+    pub fn holders(
+        &self,
+        src: &dyn census::Source,
+        types: &[String],
+        owners: &[census::Owner],
+    ) -> census::Holders {
+        let order: Vec<String> = owners.iter().map(|o| o.path.clone()).collect();
+        census::Walker::new(src, &self.hl, self.limits.clone()).holder_walk(
+            &self.heads,
+            types,
+            &order,
+        )
+    }
+
+    /// After the last census: the holders of the types that grew most from `first` to `last`,
+    /// added to `rep` (nothing with no type grown); the types looked for, the objects visited
+    /// and the seconds taken.
+    pub fn add_holders(
+        &self,
+        src: &dyn census::Source,
+        first: &Taken,
+        last: &Taken,
+        rep: &mut report::HeapReport,
+    ) -> Option<(usize, u64, f64)> {
+        let types = census::grown_types(&first.census, &last.census);
+        if types.is_empty() {
+            return None;
+        }
+        let at = Instant::now();
+        let h = self.holders(src, &types, &last.census.owners);
+        let visited = h.objects;
+        rep.set_holders(h);
+        Some((types.len(), visited, at.elapsed().as_secs_f64()))
+    }
+
     /// One census of the live process (opens its memory).
     pub fn take_live(&self) -> Result<Taken> {
         let mem = crate::python::runtime::Memory::open(self.pid)?;
@@ -465,6 +502,20 @@ pub fn run(args: HeapArgs) -> Result<i32> {
             args.top,
         );
         rep.censuses = p.taken;
+        // Where the types that grew most are held, read after the last census.
+        if let Some(l) = &p.last {
+            if let Some((n, objects, secs)) = p.plan.add_holders(&p.interp.mem, first, l, &mut rep)
+            {
+                eprintln!(
+                    "leaktrace: holders of the {n} types that grew most{}: {objects} objects in {secs:.2} s",
+                    if procs.len() > 1 {
+                        format!(" (pid {})", p.pid())
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
         Some(rep)
     };
     let rep = if args.per_process {

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::census::Census;
 use crate::output::report::{human_bytes, Target};
 
+mod holders;
 mod merge;
 mod names;
+pub use holders::{holder_line, HolderRow};
 pub use names::{LoggersRow, LruRow, NamesReport, PathLen, TaskRow, TypeCountRow};
 
 pub const SCHEMA: &str = "leaktrace-heap/v1";
@@ -87,6 +89,12 @@ pub struct HeapReport {
     /// top-level rows being their sum (added in v1; absent for one process).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<HeapReport>,
+    /// With two censuses: the containers holding the types that grew most (added in v1).
+    #[serde(default)]
+    pub holders: Vec<HolderRow>,
+    /// Why the holder walk is not complete, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holders_incomplete: Option<String>,
 }
 
 /// Types by bytes growth, then bytes, then name.
@@ -231,6 +239,8 @@ impl HeapReport {
             cmdline: None,
             notes: Vec::new(),
             processes: Vec::new(),
+            holders: Vec::new(),
+            holders_incomplete: None,
         }
     }
 
@@ -332,6 +342,7 @@ impl HeapReport {
                 );
             }
         }
+        self.holders_text(&mut s);
         self.names_text(&mut s, top);
         if let Some(b) = &self.small_blocks {
             let _ = write!(s, "\n{}", b.text(pid));

@@ -201,6 +201,13 @@ impl HeapCensus {
             };
             let mut rep = crate::heap::build_report(own, duration, first, last, TOP);
             rep.censuses = one.collected;
+            // Where the types that grew most are held, read right after the last census (a
+            // process gone since has none).
+            if let Some(l) = last {
+                if let Ok(mem) = crate::python::runtime::Memory::open(pid) {
+                    one.plan.add_holders(&mem, first, l, &mut rep);
+                }
+            }
             rep.cmdline = Some(one.cmdline.clone());
             rep.notes = self
                 .notes
@@ -384,6 +391,20 @@ pub(super) fn summary_lines(rep: &HeapReport) -> String {
     }
     if !types.is_empty() {
         s.push_str(&format!("  types that {what}: {}\n", types.join("; ")));
+    }
+    // The first holder of each type that grew most.
+    let mut held: Vec<String> = Vec::new();
+    for h in &rep.holders {
+        if held.len() < SUMMARY_ROWS
+            && !held
+                .iter()
+                .any(|l| l.starts_with(&format!("{} ", h.type_name)))
+        {
+            held.push(crate::heap::report::holder_line(h));
+        }
+    }
+    if !held.is_empty() {
+        s.push_str(&format!("  where they are held: {}\n", held.join("; ")));
     }
     if let Some(b) = &rep.small_blocks {
         for line in b.text(pid).lines() {

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use super::{
-    order_owners, order_types, order_unheld, HeapReport, LoggersRow, LruRow, NamesReport, OwnerRow,
-    PathLen, Target, TaskRow, TypeCountRow, TypeRow, UnheldRow, SCHEMA,
+    order_owners, order_types, order_unheld, HeapReport, HolderRow, LoggersRow, LruRow,
+    NamesReport, OwnerRow, PathLen, Target, TaskRow, TypeCountRow, TypeRow, UnheldRow, SCHEMA,
 };
 
 /// `a + b` where either may be unknown: known if one is (a process with one census has no
@@ -186,6 +186,43 @@ impl HeapReport {
             loggers,
             lru_caches: lru.into_values().collect(),
         };
+        // Holders: by type and path, prefixed `pid N ` with `apart`, else summed by path.
+        let mut holders: BTreeMap<(String, String, String), HolderRow> = BTreeMap::new();
+        for r in &reports {
+            for h in &r.holders {
+                let path = prefix(pid_of(r), &h.path);
+                let e = holders
+                    .entry((h.type_name.clone(), path.clone(), h.container.clone()))
+                    .or_insert(HolderRow {
+                        type_name: h.type_name.clone(),
+                        path,
+                        container: h.container.clone(),
+                        len: None,
+                        count: 0,
+                        containers: 0,
+                    });
+                e.len = add_u(e.len, h.len);
+                e.count += h.count;
+                e.containers += h.containers;
+            }
+        }
+        let growth_of: BTreeMap<&str, i64> = types
+            .iter()
+            .map(|t| (t.type_name.as_str(), t.bytes_growth.unwrap_or(0)))
+            .collect();
+        let mut holders: Vec<HolderRow> = holders.into_values().collect();
+        holders.sort_by(|a, b| {
+            let g = |h: &HolderRow| growth_of.get(h.type_name.as_str()).copied().unwrap_or(0);
+            g(b).cmp(&g(a))
+                .then(a.type_name.cmp(&b.type_name))
+                .then(b.count.cmp(&a.count))
+                .then(a.path.cmp(&b.path))
+        });
+        let holders_incomplete = reports.iter().find_map(|r| {
+            r.holders_incomplete
+                .as_ref()
+                .map(|why| format!("pid {}: {why}", pid_of(r)))
+        });
         let incomplete = reports.iter().find_map(|r| {
             r.incomplete_reason
                 .as_ref()
@@ -208,6 +245,8 @@ impl HeapReport {
             small_blocks: None,
             cmdline: None,
             notes,
+            holders,
+            holders_incomplete,
             processes: reports,
         }
     }
