@@ -255,7 +255,29 @@ impl Plan {
             return None;
         }
         let at = Instant::now();
-        let h = self.holders(src, &types, &last.census.owners);
+        // Roots in the order of their growth, then their size: the roots that grew claim the
+        // objects they share with others, and their containers rank first.
+        let before: std::collections::HashMap<(&str, &str), u64> = first
+            .census
+            .owners
+            .iter()
+            .map(|o| ((o.path.as_str(), o.type_name.as_str()), o.retained_bytes))
+            .collect();
+        let mut owners = last.census.owners.clone();
+        let grew = |o: &census::Owner| {
+            let b = before
+                .get(&(o.path.as_str(), o.type_name.as_str()))
+                .copied()
+                .unwrap_or(0);
+            i128::from(o.retained_bytes) - i128::from(b)
+        };
+        owners.sort_by(|a, b| {
+            grew(b)
+                .cmp(&grew(a))
+                .then(b.retained_bytes.cmp(&a.retained_bytes))
+                .then(a.path.cmp(&b.path))
+        });
+        let h = self.holders(src, &types, &owners);
         let visited = h.objects;
         rep.set_holders(h);
         Some((types.len(), visited, at.elapsed().as_secs_f64()))

@@ -264,8 +264,21 @@ impl Walker<'_> {
                 )
             })
             .collect();
+        // Per type, the containers under the roots that come first in `order` (the roots that
+        // grew most) first, then by count: a type's objects in a root that did not grow (an
+        // interpreter table of strings) must not crowd out the container that grew.
+        let root_rank = |path: &str| {
+            path.char_indices()
+                .filter(|&(_, c)| c == '.' || c == '[')
+                .map(|(i, _)| i)
+                .chain(std::iter::once(path.len()))
+                .filter_map(|i| rank.get(&path[..i]).copied())
+                .min()
+                .unwrap_or(usize::MAX)
+        };
         rows.sort_by(|a, b| {
             a.0.cmp(&b.0)
+                .then(root_rank(&a.1.path).cmp(&root_rank(&b.1.path)))
                 .then(b.1.count.cmp(&a.1.count))
                 .then(a.1.path.cmp(&b.1.path))
         });
