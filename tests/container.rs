@@ -47,6 +47,9 @@ fn python_in_a_container_is_traced_from_the_host() {
         let out = out_path(&format!("container-{}.json", label.replace(' ', "_")));
         let mut tracer = attach(pid, &["--min-age", "0.5", "-o", out.to_str().unwrap()]);
         tracer.stderr.wait_for("recording Python frames", T);
+        // The first heap census (on a thread of its own) before the leak: the growth between
+        // it and the last is then the whole leak.
+        tracer.stderr.wait_for("leaktrace: heap census 1:", T);
         // SAFETY: kill(2) on a process this test started (through unshare).
         unsafe { libc::kill(pid as i32, SIGUSR1) };
         unshare.stdout.wait_for("done 1000", T);
