@@ -1474,6 +1474,32 @@ impl<'a> Walker<'a> {
             .collect()
     }
 
+    /// A root's path prefix (`module:` for a module, `module:Class.` for a heap class) and the
+    /// dict whose entries are its owners, or None where it cannot be read (or a class is not
+    /// a heap type).
+    fn root_prefix(&mut self, root: &Root) -> Option<(String, u64)> {
+        match *root {
+            Root::Module(dict) => {
+                let name = self
+                    .dict_get_str(dict, "__name__")
+                    .and_then(|n| self.str_value(n))?;
+                Some((format!("{name}:"), dict))
+            }
+            Root::Class(addr) => {
+                // A class object: its own type record gives its dict and name.
+                let cls = self.type_info(addr)?;
+                if cls.flags & HEAPTYPE == 0 {
+                    return None;
+                }
+                let (module, short) = match cls.name.rsplit_once('.') {
+                    Some((m, s)) => (m.to_string(), s.to_string()),
+                    None => ("builtins".to_string(), cls.name.clone()),
+                };
+                Some((format!("{module}:{short}."), cls.dict))
+            }
+        }
+    }
+
     /// The whole census from the GC list heads at `heads`.
     pub fn census(mut self, heads: &[u64]) -> Census {
         let mut tracked = Vec::new();
@@ -1486,32 +1512,12 @@ impl<'a> Walker<'a> {
         // Roots: modules' globals and classes' attributes.
         let mut roots: Vec<(String, u64)> = Vec::new();
         for root in tracked {
-            let (prefix, dict) = match root {
-                Root::Module(dict) => {
-                    let Some(name) = self
-                        .dict_get_str(dict, "__name__")
-                        .and_then(|n| self.str_value(n))
-                    else {
-                        continue;
-                    };
-                    (format!("{name}:"), dict)
-                }
-                Root::Class(addr) => {
-                    // A class object: its own type record gives its dict and name.
-                    let Some(cls) = self.type_info(addr) else {
-                        continue;
-                    };
-                    if cls.flags & HEAPTYPE == 0 {
-                        continue;
-                    }
-                    let (module, short) = match cls.name.rsplit_once('.') {
-                        Some((m, s)) => (m.to_string(), s.to_string()),
-                        None => ("builtins".to_string(), cls.name.clone()),
-                    };
-                    self.no_follow.insert(cls.dict);
-                    (format!("{module}:{short}."), cls.dict)
-                }
+            let Some((prefix, dict)) = self.root_prefix(&root) else {
+                continue;
             };
+            if matches!(root, Root::Class(_)) {
+                self.no_follow.insert(dict);
+            }
             self.frontier.push(dict);
             for (k, v) in self
                 .dict_entries(dict)

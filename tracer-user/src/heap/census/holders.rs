@@ -18,8 +18,8 @@ use std::collections::{HashMap, VecDeque};
 
 use super::{is_dunder, AddrSet, Kind, Root, TypeInfo, Walker};
 use crate::heap::layout::{
-    DICT_KEYS, DICT_USED, DICT_VALUES, HEAPTYPE, MEMBER_OBJECT, MEMBER_SIZE, SET_USED, TP_BASE,
-    TP_MEMBERS, TYPE_SUBCLASS,
+    DICT_KEYS, DICT_USED, DICT_VALUES, MEMBER_OBJECT, MEMBER_SIZE, SET_USED, TP_BASE, TP_MEMBERS,
+    TYPE_SUBCLASS,
 };
 
 /// Objects visited by one holder walk at most.
@@ -297,35 +297,13 @@ impl Walker<'_> {
         out
     }
 
-    /// The roots as [`Walker::census`] finds them: each module's globals and each class's
-    /// attributes that are not dunders, with their paths (kept apart from the census so that
-    /// the census's own code stays as it is).
+    /// The roots as [`Walker::census`] finds them ([`Walker::root_prefix`]): each module's
+    /// globals and each class's attributes that are not dunders, with their paths.
     fn root_values(&mut self, tracked: Vec<Root>) -> Vec<(String, u64)> {
         let mut roots = Vec::new();
         for root in tracked {
-            let (prefix, dict) = match root {
-                Root::Module(dict) => {
-                    let Some(name) = self
-                        .dict_get_str(dict, "__name__")
-                        .and_then(|n| self.str_value(n))
-                    else {
-                        continue;
-                    };
-                    (format!("{name}:"), dict)
-                }
-                Root::Class(addr) => {
-                    let Some(cls) = self.type_info(addr) else {
-                        continue;
-                    };
-                    if cls.flags & HEAPTYPE == 0 {
-                        continue;
-                    }
-                    let (module, short) = match cls.name.rsplit_once('.') {
-                        Some((m, s)) => (m.to_string(), s.to_string()),
-                        None => ("builtins".to_string(), cls.name.clone()),
-                    };
-                    (format!("{module}:{short}."), cls.dict)
-                }
+            let Some((prefix, dict)) = self.root_prefix(&root) else {
+                continue;
             };
             for (k, v) in self
                 .dict_entries(dict)
