@@ -45,6 +45,27 @@ fn start_registry(py: &Python) -> Proc {
     p
 }
 
+/// `leaktrace heap PID --duration SECS --format json -o NAME-LABEL.json`, once its first
+/// census is taken (the caller then makes the target grow); the tracer and the report's path.
+fn two_censuses(pid: &str, secs: &str, name: &str, label: &str) -> (Proc, std::path::PathBuf) {
+    let out = out_path(&format!(
+        "{name}-{}.json",
+        label.replace([' ', '(', ')', ','], "_")
+    ));
+    let heap = leaktrace(&[
+        "heap",
+        pid,
+        "--duration",
+        secs,
+        "--format",
+        "json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    heap.stderr.wait_for("leaktrace: census 1 taken", T);
+    (heap, out)
+}
+
 fn by_key<'a>(list: &'a Value, key: &str, value: &str) -> Option<&'a Value> {
     list.as_array()?.iter().find(|x| x[key] == value)
 }
@@ -55,22 +76,8 @@ fn two_censuses_name_the_global_and_count_what_was_added() {
     for py in every_python() {
         let label = &py.label;
         let target = start_registry(&py);
-        let out = out_path(&format!(
-            "heap-{}.json",
-            label.replace([' ', '(', ')', ','], "_")
-        ));
         let pid = target.pid().to_string();
-        let mut heap = leaktrace(&[
-            "heap",
-            &pid,
-            "--duration",
-            "4",
-            "--format",
-            "json",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        heap.stderr.wait_for("leaktrace: census 1 taken", T);
+        let (mut heap, out) = two_censuses(&pid, "4", "heap", label);
         target.signal(SIGUSR1);
         target.stdout.wait_for(&format!("added {}", N + M), T);
         let code = heap.wait(T);
@@ -135,21 +142,7 @@ fn the_containers_holding_the_grown_types_are_named_by_path() {
         );
         target.stdout.wait_for("ready", T);
         let pid = target.pid().to_string();
-        let out = out_path(&format!(
-            "heap-holders-{}.json",
-            label.replace([' ', '(', ')', ','], "_")
-        ));
-        let mut heap = leaktrace(&[
-            "heap",
-            &pid,
-            "--duration",
-            "3",
-            "--format",
-            "json",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        heap.stderr.wait_for("leaktrace: census 1 taken", T);
+        let (mut heap, out) = two_censuses(&pid, "3", "heap-holders", label);
         target.signal(SIGUSR1);
         target.stdout.wait_for(&format!("sessions {}", S0 + S), T);
         assert_eq!(heap.wait(T), 0, "{label}: {}", heap.stderr.text());
@@ -275,22 +268,8 @@ fn instance_dicts_are_retained_and_leaked_objects_are_unheld() {
     for py in every_python() {
         let label = &py.label;
         let target = start_instances(&py);
-        let out = out_path(&format!(
-            "heap-instances-{}.json",
-            label.replace([' ', '(', ')', ','], "_")
-        ));
         let pid = target.pid().to_string();
-        let mut heap = leaktrace(&[
-            "heap",
-            &pid,
-            "--duration",
-            "4",
-            "--format",
-            "json",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        heap.stderr.wait_for("leaktrace: census 1 taken", T);
+        let (mut heap, out) = two_censuses(&pid, "4", "heap-instances", label);
         target.signal(SIGUSR1);
         target.stdout.wait_for(&format!("leaked {M}"), T);
         let code = heap.wait(T);
@@ -616,22 +595,8 @@ fn raw_small_blocks_that_no_object_accounts_for() {
         let fixture = py.fixture("heap_raw_blocks.py");
         let target = Proc::spawn(py.command().arg(&fixture).arg(K.to_string()));
         target.stdout.wait_for("ready", T);
-        let out = out_path(&format!(
-            "heap-raw-{}.json",
-            label.replace([' ', '(', ')', ','], "_")
-        ));
         let pid = target.pid().to_string();
-        let mut heap = leaktrace(&[
-            "heap",
-            &pid,
-            "--duration",
-            "3",
-            "--format",
-            "json",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        heap.stderr.wait_for("leaktrace: census 1 taken", T);
+        let (mut heap, out) = two_censuses(&pid, "3", "heap-raw", label);
         target.signal(SIGUSR1);
         target.stdout.wait_for(&format!("leaked {K}"), T);
         assert_eq!(heap.wait(T), 0, "{label}: {}", heap.stderr.text());
@@ -675,21 +640,7 @@ fn small_objects_account_for_the_arena_growth() {
         let label = &py.label;
         let target = start_registry(&py);
         let pid = target.pid().to_string();
-        let out = out_path(&format!(
-            "heap-ctl-{}.json",
-            label.replace([' ', '(', ')', ','], "_")
-        ));
-        let mut heap = leaktrace(&[
-            "heap",
-            &pid,
-            "--duration",
-            "3",
-            "--format",
-            "json",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        heap.stderr.wait_for("leaktrace: census 1 taken", T);
+        let (mut heap, out) = two_censuses(&pid, "3", "heap-ctl", label);
         // Eight rounds of M: enough growth to stand above freelists and noise.
         for round in 1..=8 {
             target.signal(SIGUSR1);
