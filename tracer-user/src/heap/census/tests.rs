@@ -7,43 +7,52 @@ fn layout() -> HeapLayout {
     heap_layout(12, &crate::python::layout::v3_12::LAYOUT).unwrap()
 }
 
-/// Synthetic 3.12 memory from 0x10000: types, strings, dicts, a module and instances.
-struct Mem {
-    data: Vec<u8>,
+/// Synthetic 3.12 memory from 0x10000: types, strings, dicts, lists, a module and instances
+/// (also the holder walk's tests').
+pub(super) struct Mem {
+    pub(super) data: Vec<u8>,
 }
 
-const BASE: u64 = 0x10000;
+pub(super) const BASE: u64 = 0x10000;
 
 impl Mem {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Mem {
             data: vec![0; 0x10000],
         }
     }
-    fn put(&mut self, addr: u64, words: &[u64]) {
+    pub(super) fn put(&mut self, addr: u64, words: &[u64]) {
         for (i, w) in words.iter().enumerate() {
             let at = (addr - BASE) as usize + i * 8;
             self.data[at..at + 8].copy_from_slice(&w.to_le_bytes());
         }
     }
-    fn cstr(&mut self, addr: u64, s: &str) {
+    pub(super) fn cstr(&mut self, addr: u64, s: &str) {
         let at = (addr - BASE) as usize;
         self.data[at..at + s.len()].copy_from_slice(s.as_bytes());
     }
-    fn ty(&mut self, addr: u64, name_at: u64, name: &str, basic: u64, flags: u64, dict: u64) {
+    pub(super) fn ty(
+        &mut self,
+        addr: u64,
+        name_at: u64,
+        name: &str,
+        basic: u64,
+        flags: u64,
+        dict: u64,
+    ) {
         self.cstr(name_at, name);
         self.put(addr + TP_NAME, &[name_at, basic, 0]);
         self.put(addr + TP_FLAGS, &[flags]);
         self.put(addr + TP_DICT, &[dict]);
     }
     /// A compact ASCII str (3.12: length at 16, state at 32, data at 40).
-    fn str(&mut self, addr: u64, s: &str) {
+    pub(super) fn str(&mut self, addr: u64, s: &str) {
         self.put(addr, &[1, STR_T, s.len() as u64, 0, 100]);
         self.cstr(addr + 40, s);
     }
     /// A combined unicode-keyed dict of up to 5 entries: the object at `addr`, its keys
     /// at `addr + 0x40`.
-    fn dict(&mut self, addr: u64, entries: &[(u64, u64)]) {
+    pub(super) fn dict(&mut self, addr: u64, entries: &[(u64, u64)]) {
         let keys = addr + 0x40;
         self.put(addr, &[1, DICT_T, entries.len() as u64, 0, keys, 0]);
         // dk_refcnt 1, log2_size 3, log2_index_bytes 3, kind 1 (unicode); usable, nentries.
@@ -56,8 +65,14 @@ impl Mem {
             self.put(keys + 32 + 8 + i as u64 * 16, &[k, v]);
         }
     }
+    /// A list at `addr` of type `list_t`, its item array at `addr + 0x80`.
+    pub(super) fn list(&mut self, addr: u64, list_t: u64, items: &[u64]) {
+        let n = items.len() as u64;
+        self.put(addr, &[1, list_t, n, addr + 0x80, n]);
+        self.put(addr + 0x80, items);
+    }
     /// A GC list at BASE through the objects at `objs` (each with its header 16 below).
-    fn gc_list(&mut self, objs: &[u64]) {
+    pub(super) fn gc_list(&mut self, objs: &[u64]) {
         let nodes: Vec<u64> = std::iter::once(BASE)
             .chain(objs.iter().map(|o| o - GC_HEAD))
             .collect();
@@ -69,9 +84,9 @@ impl Mem {
     }
 }
 
-const STR_T: u64 = 0x10100;
-const DICT_T: u64 = 0x10300;
-const MODULE_T: u64 = 0x10500;
+pub(super) const STR_T: u64 = 0x10100;
+pub(super) const DICT_T: u64 = 0x10300;
+pub(super) const MODULE_T: u64 = 0x10500;
 const CLASS_C: u64 = 0x11000;
 const MODULE: u64 = 0x14010;
 const A: u64 = 0x14120;

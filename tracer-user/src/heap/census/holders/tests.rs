@@ -3,65 +3,18 @@
 
 use super::super::*;
 
-const BASE: u64 = 0x10000;
-const STR_T: u64 = 0x10100;
-const DICT_T: u64 = 0x10300;
-const MODULE_T: u64 = 0x10500;
+use super::super::tests::{Mem, BASE, DICT_T, MODULE_T, STR_T};
+
 const LIST_T: u64 = 0x10700;
 const ORDER: u64 = 0x11000;
 const CLASS_A: u64 = 0x11400;
 const MODULE: u64 = 0x14010;
 const A: u64 = 0x14120;
 
-struct Mem(Vec<u8>);
-
-impl Mem {
-    fn put(&mut self, addr: u64, words: &[u64]) {
-        for (i, w) in words.iter().enumerate() {
-            let at = (addr - BASE) as usize + i * 8;
-            self.0[at..at + 8].copy_from_slice(&w.to_le_bytes());
-        }
-    }
-    fn cstr(&mut self, addr: u64, s: &str) {
-        let at = (addr - BASE) as usize;
-        self.0[at..at + s.len()].copy_from_slice(s.as_bytes());
-    }
-    fn ty(&mut self, addr: u64, name_at: u64, name: &str, basic: u64, flags: u64, dict: u64) {
-        self.cstr(name_at, name);
-        self.put(addr + TP_NAME, &[name_at, basic, 0]);
-        self.put(addr + TP_FLAGS, &[flags]);
-        self.put(addr + TP_DICT, &[dict]);
-    }
-    /// A compact ASCII str (3.12: length at 16, state at 32, data at 40).
-    fn str(&mut self, addr: u64, s: &str) {
-        self.put(addr, &[1, STR_T, s.len() as u64, 0, 100]);
-        self.cstr(addr + 40, s);
-    }
-    /// A combined unicode-keyed dict of up to 5 entries, its keys at `addr + 0x40`.
-    fn dict(&mut self, addr: u64, entries: &[(u64, u64)]) {
-        let keys = addr + 0x40;
-        self.put(addr, &[1, DICT_T, entries.len() as u64, 0, keys, 0]);
-        let shape = 3 | (3 << 8) | (1 << 16);
-        self.put(
-            keys,
-            &[1, shape, 5 - entries.len() as u64, entries.len() as u64],
-        );
-        for (i, &(k, v)) in entries.iter().enumerate() {
-            self.put(keys + 32 + 8 + i as u64 * 16, &[k, v]);
-        }
-    }
-    /// A list at `addr`, its item array at `addr + 0x80`.
-    fn list(&mut self, addr: u64, items: &[u64]) {
-        let n = items.len() as u64;
-        self.put(addr, &[1, LIST_T, n, addr + 0x80, n]);
-        self.put(addr + 0x80, items);
-    }
-}
-
 /// Module `m`: `REG = {"k1": [o0, o1], "k2": [o2]}` and `a`, an `m.A` whose managed
 /// attribute `items` is `[o3, o4, o0]` (o0 also in REG); each `o` an `m.Order`.
 fn holders(order: &[&str]) -> Holders {
-    let mut m = Mem(vec![0; 0x10000]);
+    let mut m = Mem::new();
     m.ty(STR_T, 0x10f00, "str", 40, 0, 0);
     m.ty(DICT_T, 0x10f10, "dict", 48, 0, 0);
     m.ty(MODULE_T, 0x10f20, "module", 40, 0, 0);
@@ -93,9 +46,9 @@ fn holders(order: &[&str]) -> Holders {
     m.dict(0x13000, &[(s(0), s(1)), (s(2), 0x13400), (s(6), A)]);
     m.dict(0x13400, &[(s(4), 0x15000), (s(5), 0x15200)]);
     m.dict(0x13800, &[(s(3), s(1))]);
-    m.list(0x15000, &[o(0), o(1)]);
-    m.list(0x15200, &[o(2)]);
-    m.list(0x15400, &[o(3), o(4), o(0)]);
+    m.list(0x15000, LIST_T, &[o(0), o(1)]);
+    m.list(0x15200, LIST_T, &[o(2)]);
+    m.list(0x15400, LIST_T, &[o(3), o(4), o(0)]);
     m.put(MODULE, &[1, MODULE_T, 0x13000]);
     // A's values (3.12 stores `values - 1` at A - 24), named by A's class's shared keys.
     m.put(A - 24, &[0x14400 - 1]);
@@ -110,7 +63,7 @@ fn holders(order: &[&str]) -> Holders {
     }
     let src = Bytes {
         base: BASE,
-        data: m.0,
+        data: m.data,
     };
     let hl = heap_layout(12, &crate::python::layout::v3_12::LAYOUT).unwrap();
     let order: Vec<String> = order.iter().map(|s| s.to_string()).collect();
