@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::report::HeapReport;
+use super::report::{growth as change, HeapReport};
 use crate::output::report::human_bytes;
 
 pub const SCHEMA: &str = "leaktrace-heap-diff/v1";
@@ -129,10 +129,6 @@ fn names_diff(before: &HeapReport, after: &HeapReport) -> Vec<NameDelta> {
     // BTreeMap order breaks ties (kind, then name).
     v.sort_by(|a, b| b.change.cmp(&a.change));
     v
-}
-
-fn change(a: u64, b: u64) -> i64 {
-    (i128::from(b) - i128::from(a)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 /// The types and owners of both reports matched by name, sorted by growth (bytes, then count;

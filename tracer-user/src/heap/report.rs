@@ -125,8 +125,9 @@ fn order_unheld(unheld: &mut [UnheldRow]) {
     });
 }
 
-fn growth(a: u64, b: u64) -> i64 {
-    (b as i128 - a as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+/// `b - a`, saturated to i64 (the growth of a count or of bytes between two censuses).
+pub(super) fn growth(a: u64, b: u64) -> i64 {
+    (i128::from(b) - i128::from(a)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 impl HeapReport {
@@ -414,7 +415,9 @@ mod tests {
     use super::*;
     use crate::heap::census::{Owner, TypeStat};
 
-    fn census(dicts: u64, reg_len: u64) -> Census {
+    /// A census of `dicts` dicts (half of them unheld) and `app:REG` of `reg_len` items (also
+    /// the merge tests').
+    pub(super) fn census(dicts: u64, reg_len: u64) -> Census {
         let mut c = Census::default();
         c.types.insert(
             "dict".into(),

@@ -303,28 +303,9 @@ impl HeapReport {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::census;
     use super::*;
-    use crate::heap::census::{Census, Owner, TypeStat};
-
-    /// A census of `dicts` dicts and `app:REG` of `reg_len` items.
-    fn census(dicts: u64, reg_len: u64) -> Census {
-        let mut c = Census::default();
-        c.types.insert(
-            "dict".into(),
-            TypeStat {
-                count: dicts,
-                bytes: dicts * 100,
-            },
-        );
-        c.owners.push(Owner {
-            path: "app:REG".into(),
-            type_name: "dict".into(),
-            len: Some(reg_len),
-            retained_bytes: reg_len * 200,
-        });
-        c.objects = dicts;
-        c
-    }
+    use crate::heap::census::Census;
 
     fn one(pid: u32, first: Census, last: Option<Census>) -> HeapReport {
         let mut r = HeapReport::build(

@@ -7,12 +7,8 @@ use std::{collections::HashMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use super::HeapReport;
+use super::{growth, HeapReport};
 use crate::heap::census::{Names, TypeCount};
-
-fn growth(a: u64, b: u64) -> i64 {
-    (i128::from(b) - i128::from(a)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
-}
 
 /// `+3` / `-1` after a count, or nothing with one census.
 fn plus(g: Option<i64>) -> String {
