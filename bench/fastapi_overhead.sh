@@ -3,10 +3,11 @@
 # traced by leaktrace (exact mode), traced without Python frames (--no-python: what the frame
 # walk costs), traced with --pymalloc, sampled (--mode sampled, default 512 KiB), and growth
 # mode (--mode growth: page-fault tracepoints, no uprobes), interleaved in one run. MODES picks
-# a subset.
+# a subset. A mode with the suffix `-other` (e.g. `exact-other`) runs the same mode with
+# OTHER=<another leaktrace build>: two builds side by side in one run.
 # Load: wrk, 1 thread, 8 connections, bounded by time. Prints requests/s per mode (median of
 # ROUNDS) and the ratio to untraced. Needs root, ./dev setup, a release build, and wrk (Debian).
-# usage: bench/fastapi_overhead.sh [ROUNDS] [SECONDS] [PATH]
+# usage: [MODES="..."] [OTHER=build] bench/fastapi_overhead.sh [ROUNDS] [SECONDS] [PATH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -20,7 +21,11 @@ PORT=${BENCH_PORT:-8741}
 
 # One measurement; $1 = mode (untraced | exact | nopython | pymalloc | growth). Prints requests/s.
 measure() {
-    local mode=$1 tracer="" rps
+    local mode=$1 tracer="" rps lt=$LT
+    if [ "${mode%-other}" != "$mode" ]; then
+        [ -x "${OTHER:-}" ] || { echo "mode $mode needs OTHER=<a leaktrace build>" >&2; exit 1; }
+        lt=$OTHER mode=${mode%-other}
+    fi
     start_app
     if [ "$mode" != untraced ]; then
         local extra=() ready="recording Python frames"
@@ -29,7 +34,7 @@ measure() {
         [ "$mode" = sampled ] && extra=(--mode sampled)
         [ "$mode" = sampled-noret ] && extra=(--mode sampled --bench-no-return-probe)
         [ "$mode" = growth ] && extra=(--mode growth)
-        "$LT" attach "$app" --interval 3600 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$work/lt.err" &
+        "$lt" attach "$app" --interval 3600 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$work/lt.err" &
         tracer=$!
         echo "$tracer" >"$work/tracer.pid"
         until grep -q "$ready" "$work/lt.err"; do

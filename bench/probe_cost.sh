@@ -13,12 +13,11 @@
 #   placed-perf, sampled-perf
 #                       the same as placed / sampled on perf-event uprobes
 #                       (LEAKTRACE_UPROBE_MULTI=0) rather than uprobe_multi links
-#   floor               empty bpftrace programs on malloc's entry and on free where leaktrace
-#                       puts its probe (free+N, read from the placed run): one entry trap plus
-#                       one free trap, what an unsampled pair costs at best
+#   floor               empty bpftrace programs on malloc's and free's entries: one entry trap
+#                       plus one free trap, what an unsampled pair costs at best
 #   floor-ret           floor plus an empty uretprobe on malloc: the three traps of today's
 #                       unsampled pair
-# MODES picks a subset (default: all); floor modes need placed before them.
+# MODES picks a subset (default: all).
 # Prints the median ns per malloc+free pair of each and the ratios. Needs root and a build of
 # leaktrace (./dev setup && cargo build --release). usage: bench/probe_cost.sh [ROUNDS] [PAIRS]
 set -euo pipefail
@@ -40,18 +39,21 @@ measure() {
     pid=$!
     until grep -q ready "$out" 2>/dev/null; do sleep 0.01; done
     if [ "${mode%%-ret}" = floor ]; then
-        local libc off prog
+        local libc prog
         libc=$(awk '$6 ~ /libc\.so/ {print $6; exit}' "/proc/$pid/maps")
-        off=$(sed -n 's/.* free+\([0-9]*\).*/\1/p' "$work/err.placed" | head -1)
-        [ -n "$off" ] || { echo "floor needs a placed run first (MODES)" >&2; exit 1; }
-        prog="uprobe:$libc:malloc {} uprobe:$libc:free+$off {}"
+        # At free's entry, not at free+N where leaktrace puts its probe: Debian's bpftrace
+        # 0.17 refuses symbol+offset (and address) probes, built without the disassembler
+        # that checks them.
+        prog="uprobe:$libc:malloc {} uprobe:$libc:free {}"
         [ "$mode" = floor-ret ] && prog+=" uretprobe:$libc:malloc {}"
         bpftrace -p "$pid" -e "$prog" >"$err" 2>&1 &
         tracer=$!
-        until grep -q "Attached" "$err" 2>/dev/null; do
+        # bpftrace 0.17 says "Attaching N probes..." before it attaches, and nothing after.
+        until grep -q "Attach" "$err" 2>/dev/null; do
             kill -0 "$tracer" 2>/dev/null || { cat "$err" >&2; exit 1; }
             sleep 0.02
         done
+        sleep 1
     elif [ "$mode" != untraced ]; then
         local extra=() env=()
         case $mode in

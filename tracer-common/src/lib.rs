@@ -392,8 +392,11 @@ const _: () = assert!(size_of::<PyConfig>() == 80);
 
 /// One Python frame as recorded in the kernel: the code object's address, the raw
 /// instruction position (an `int f_lasti`, or an instruction pointer), decoded in user space,
-/// and the code object's `co_name` pointer at that moment. Code objects can be freed before
-/// user space reads them, and their address reused: a different `co_name` then tells.
+/// and the code object's `co_name` pointer when the stack was first stored. Code objects can
+/// be freed before user space reads them, and their address reused: a different `co_name`
+/// then tells. The stack's key hashes code and instruction only, so a later walk through a
+/// new code object at a freed one's address, at the same instructions, counts under the
+/// stored stack, whose frame then reads as freed: never under the new object's name.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PyFrame {

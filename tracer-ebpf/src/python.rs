@@ -4,7 +4,9 @@
 //! ([`PyConfig`]) and, per thread, the address of its `PyThreadState` (refreshed as threads
 //! come and go). Here we follow the frame chain from the thread state, record (code object,
 //! instruction position) per frame, and store the stack once under its hash. Names, files and
-//! lines are resolved in user space.
+//! lines are resolved in user space. A walk reads the frames only; the code objects' `co_name`
+//! pointers, user space's check that a code object was not freed and its address reused, are
+//! read once per new stack, when it is stored.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -158,15 +160,13 @@ fn walk(cfg: &PyConfig, tstate: u64) -> u64 {
             break;
         };
         let code = if shim { 0 } else { code };
-        let name = if code == 0 {
-            0
-        } else {
-            read_u64(code.wrapping_add(cfg.code_name)).unwrap_or(0)
+        scratch.frames[i] = PyFrame {
+            code,
+            instr,
+            name: 0,
         };
-        scratch.frames[i] = PyFrame { code, instr, name };
         hash = (hash ^ code).wrapping_mul(FNV_PRIME);
         hash = (hash ^ instr).wrapping_mul(FNV_PRIME);
-        hash = (hash ^ name).wrapping_mul(FNV_PRIME);
         len = i + 1;
         frame = back;
     }
@@ -179,13 +179,38 @@ fn walk(cfg: &PyConfig, tstate: u64) -> u64 {
     }
     // 0 means "no Python stack".
     let key = hash | 1;
-    if PY_STACKS.get_ptr(&key).is_none() {
-        scratch.len = len as u32;
-        scratch.truncated = truncated as u32;
-        if PY_STACKS.insert(&key, scratch, 0).is_err() {
-            count(Counter::PyStacksFull);
-            return 0;
+    if PY_STACKS.get_ptr(&key).is_some() {
+        return key;
+    }
+    scratch.len = len as u32;
+    scratch.truncated = truncated as u32;
+    store_new(cfg.code_name, key)
+}
+
+/// Stores the walk in [`PY_SCRATCH`] under `key`, a stack not stored yet, after reading each
+/// of its code objects' `co_name` (once per stack, not once per frame of every walk): `key`,
+/// or 0 (counted) when the map is full. A function of its own, reading the length back from
+/// the map, so that the verifier checks its loop once, not once per length the walk can end at.
+#[inline(never)]
+fn store_new(code_name: u64, key: u64) -> u64 {
+    let Some(scratch) = PY_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch slot, filled by the walk that called this.
+    let scratch = unsafe { &mut *scratch };
+    let len = scratch.len as usize;
+    for i in 0..MAX_PY_FRAMES {
+        if i >= len {
+            break;
         }
+        let code = scratch.frames[i].code;
+        if code != 0 {
+            scratch.frames[i].name = read_u64(code.wrapping_add(code_name)).unwrap_or(0);
+        }
+    }
+    if PY_STACKS.insert(&key, scratch, 0).is_err() {
+        count(Counter::PyStacksFull);
+        return 0;
     }
     key
 }
