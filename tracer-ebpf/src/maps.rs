@@ -52,10 +52,10 @@ pub fn native_stack(ctx: &impl EbpfContext) -> u64 {
         count(Counter::StackError);
         return 0;
     };
-    let Some(len) = capture_stack(ctx, buf) else {
+    if capture_stack(ctx, buf).is_none() {
         return 0;
-    };
-    store_stack(buf, len)
+    }
+    store_stack(buf)
 }
 
 /// [`native_stack`] at an allocator's entry in process `tgid`, whose caller is `caller`,
@@ -76,10 +76,13 @@ pub fn native_stack_at_entry(ctx: &ProbeContext, tgid: u32, caller: u64) -> u64 
     if inside(caller) {
         // SAFETY: per-CPU scratch slot (as in capture_stack); `regs` points at the probed
         // task's saved registers.
-        unsafe { (*buf).ips[0] = (*ctx.regs).rip };
-        return store_stack(buf, 1);
+        unsafe {
+            (*buf).ips[0] = (*ctx.regs).rip;
+            (*buf).len = 1;
+        }
+        return store_stack(buf);
     }
-    let Some(mut len) = capture_stack(ctx, buf) else {
+    let Some(len) = capture_stack(ctx, buf) else {
         return 0;
     };
     for i in 1..MAX_NATIVE_FRAMES {
@@ -88,14 +91,16 @@ pub fn native_stack_at_entry(ctx: &ProbeContext, tgid: u32, caller: u64) -> u64 
         }
         // SAFETY: as above; `i` is within `ips`.
         if inside(unsafe { (*buf).ips[i] }) {
-            len = i + 1;
+            // SAFETY: as above.
+            unsafe { (*buf).len = (i + 1) as u32 };
             break;
         }
     }
-    store_stack(buf, len)
+    store_stack(buf)
 }
 
-/// Unwinds the current task's user stack into `buf`: the number of frames, or None (counted).
+/// Unwinds the current task's user stack into `buf`, its length included: the number of
+/// frames, or None (counted).
 #[inline(always)]
 fn capture_stack(ctx: &impl EbpfContext, buf: *mut NativeStack) -> Option<usize> {
     // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU; the helper
@@ -112,13 +117,20 @@ fn capture_stack(ctx: &impl EbpfContext, buf: *mut NativeStack) -> Option<usize>
         count(Counter::StackError);
         return None;
     }
-    Some((n as u64 / 8) as usize)
+    let len = (n as u64 / 8) as usize;
+    // SAFETY: as above.
+    unsafe { (*buf).len = len as u32 };
+    Some(len)
 }
 
-/// Stores the first `len` frames of `buf` in [`STACKS`] under their hash; returns the key, or
-/// 0 (counted) when the map is full.
+/// Stores the first `buf.len` frames of `buf` in [`STACKS`] under their hash; returns the key,
+/// or 0 (counted) when the map is full. The length is read back from the map, where the
+/// verifier knows no value: it checks this loop once, not once for each length a caller's cut
+/// can end at (that was most of attach's verification time).
 #[inline(always)]
-fn store_stack(buf: *mut NativeStack, len: usize) -> u64 {
+fn store_stack(buf: *mut NativeStack) -> u64 {
+    // SAFETY: per-CPU scratch slot (as in capture_stack).
+    let len = unsafe { core::ptr::read_volatile(&raw const (*buf).len) } as usize;
     let mut hash = FNV_OFFSET;
     for i in 0..MAX_NATIVE_FRAMES {
         if i >= len {
@@ -129,8 +141,6 @@ fn store_stack(buf: *mut NativeStack, len: usize) -> u64 {
     }
     let key = hash | 1;
     if STACKS.get_ptr(&key).is_none() {
-        // SAFETY: as above.
-        unsafe { (*buf).len = len as u32 };
         // SAFETY: as above.
         if STACKS.insert(&key, unsafe { &*buf }, 0).is_err() {
             count(Counter::StackCollision);

@@ -46,12 +46,6 @@ fn read_u64(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
-#[inline(always)]
-fn read_u8(addr: u64) -> Option<u8> {
-    // SAFETY: as above.
-    unsafe { bpf_probe_read_user(addr as *const u8) }.ok()
-}
-
 /// The u64 at `off` in a frame window. The fields are 8-byte aligned (user space checks), so
 /// the window is indexed as words: `(off / 8) % 16` is provably in bounds for the verifier.
 #[inline(always)]
@@ -66,33 +60,28 @@ fn window_u8(buf: &[u8; PY_FRAME_WINDOW], off: u64) -> u8 {
     buf[off as usize & (PY_FRAME_WINDOW - 1)]
 }
 
-/// (code, instruction, previous frame, is not Python code) of the frame at `frame`: one read
-/// of the frame's first bytes, or field by field when that read fails (a frame at the very
-/// end of a mapping).
+/// (code, instruction, previous frame, is not Python code) of the frame at `frame`, from one
+/// read of its first bytes; None when that read fails. A frame whose fields are readable but
+/// which ends less than a window before an unmapped page (the last block of a pymalloc arena,
+/// say) is so lost with its callers, counted as a read error. Reading such a frame field by
+/// field, as this once did, or retrying at its page's end, more than doubled the verifier's
+/// work on every program that walks Python frames, for a case that hardly ever happens.
 #[inline(always)]
 fn read_frame(
     cfg: &PyConfig,
     frame: u64,
     buf: &mut [u8; PY_FRAME_WINDOW],
 ) -> Option<(u64, u64, u64, bool)> {
-    let has_owner = cfg.frame_owner != NO_FIELD;
     // SAFETY: bpf_probe_read_user_buf tolerates any source address.
-    if unsafe { bpf_probe_read_user_buf(frame as *const u8, buf) }.is_ok() {
-        let shim = has_owner && u64::from(window_u8(buf, cfg.frame_owner)) >= cfg.owner_shim_min;
-        return Some((
-            window_u64(buf, cfg.frame_code) & !cfg.frame_code_tag_mask,
-            window_u64(buf, cfg.frame_instr),
-            window_u64(buf, cfg.frame_back),
-            shim,
-        ));
-    }
-    let code = read_u64(frame.wrapping_add(cfg.frame_code))? & !cfg.frame_code_tag_mask;
-    let instr = read_u64(frame.wrapping_add(cfg.frame_instr))?;
-    let back = read_u64(frame.wrapping_add(cfg.frame_back))?;
-    let shim = has_owner
-        && read_u8(frame.wrapping_add(cfg.frame_owner))
-            .is_some_and(|owner| u64::from(owner) >= cfg.owner_shim_min);
-    Some((code, instr, back, shim))
+    unsafe { bpf_probe_read_user_buf(frame as *const u8, buf) }.ok()?;
+    let shim = cfg.frame_owner != NO_FIELD
+        && u64::from(window_u8(buf, cfg.frame_owner)) >= cfg.owner_shim_min;
+    Some((
+        window_u64(buf, cfg.frame_code) & !cfg.frame_code_tag_mask,
+        window_u64(buf, cfg.frame_instr),
+        window_u64(buf, cfg.frame_back),
+        shim,
+    ))
 }
 
 /// The first frame of a thread.
@@ -149,7 +138,7 @@ fn walk(cfg: &PyConfig, tstate: u64) -> u64 {
     // The frame index is the loop counter on every path, so the verifier can prune states
     // from one iteration to the next; a C-stack shim frame is recorded with code 0 (user space
     // skips it) rather than skipped here, which would make the index path-dependent.
-    let mut len: usize = 0;
+    scratch.len = 0;
     let mut hash = FNV_OFFSET;
     for i in 0..MAX_PY_FRAMES {
         if frame == 0 || i >= max {
@@ -167,9 +156,13 @@ fn walk(cfg: &PyConfig, tstate: u64) -> u64 {
         };
         hash = (hash ^ code).wrapping_mul(FNV_PRIME);
         hash = (hash ^ instr).wrapping_mul(FNV_PRIME);
-        len = i + 1;
+        scratch.len = (i + 1) as u32;
         frame = back;
     }
+    // The length is read back from the map, where the verifier knows no value: it checks
+    // what follows once, not once for each frame the walk can stop at.
+    // SAFETY: a plain read of the per-CPU scratch slot.
+    let len = unsafe { core::ptr::read_volatile(&scratch.len) } as usize;
     if len == 0 {
         return 0;
     }
@@ -182,7 +175,6 @@ fn walk(cfg: &PyConfig, tstate: u64) -> u64 {
     if PY_STACKS.get_ptr(&key).is_some() {
         return key;
     }
-    scratch.len = len as u32;
     scratch.truncated = truncated as u32;
     store_new(cfg.code_name, key)
 }

@@ -109,6 +109,7 @@ fn prog_load(
     license: &CString,
     attach_type: u32,
 ) -> Result<OwnedFd> {
+    let stats = std::env::var_os("LEAKTRACE_VERIFIER_STATS").is_some_and(|v| v == "1");
     let load = |log: &mut Vec<u8>| {
         let mut attr = zeroed_attr();
         // SAFETY: writing plain integer fields of the PROG_LOAD member of the union.
@@ -122,12 +123,29 @@ fn prog_load(
             *dst = src as libc::c_char;
         }
         if !log.is_empty() {
-            a.log_level = 1;
+            a.log_level = if stats { 4 } else { 1 };
             a.log_size = log.len() as u32;
             a.log_buf = log.as_mut_ptr() as u64;
         }
         sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
     };
+    if stats {
+        // BPF_LOG_STATS only: the verifier's time and state counts of a program that loads.
+        let mut log = vec![0u8; 1 << 16];
+        let started = std::time::Instant::now();
+        let fd = load(&mut log);
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..end]);
+        eprintln!(
+            "leaktrace: verifier: {name}: {} ms wall; {}",
+            started.elapsed().as_millis(),
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+        if let Ok(fd) = fd {
+            // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
     match load(&mut Vec::new()) {
         // SAFETY: the kernel returned a new file descriptor that nothing else owns.
         Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
