@@ -13,10 +13,14 @@
 #   placed-perf, sampled-perf
 #                       the same as placed / sampled on perf-event uprobes
 #                       (LEAKTRACE_UPROBE_MULTI=0) rather than uprobe_multi links
-#   floor               empty bpftrace programs on malloc's and free's entries: one entry trap
-#                       plus one free trap, what an unsampled pair costs at best
-#   floor-ret           floor plus an empty uretprobe on malloc: the three traps of today's
-#                       unsampled pair
+#   floor               empty programs (`r0 = 0; exit`, --bench-empty-probes) on leaktrace's own
+#                       links at malloc's entry and at free+N (--bench-no-return-probe): one
+#                       entry trap plus one free trap, what an unsampled pair costs at best
+#   floor-ret           floor plus an empty return probe on malloc: the three traps of an exact
+#                       pair. (Empty bpftrace programs were the floor until Debian's bpftrace
+#                       0.17 on these machines measured 12 us a pair: its own overhead.)
+#   floor-sess          an empty session program (returns 1: no return probe) on malloc and an
+#                       empty free probe: what sampled mode's unsampled pair costs at best
 # MODES picks a subset (default: all).
 # Prints the median ns per malloc+free pair of each and the ratios. Needs root and a build of
 # leaktrace (./dev setup && cargo build --release). usage: bench/probe_cost.sh [ROUNDS] [PAIRS]
@@ -38,28 +42,15 @@ measure() {
     "$work/probe_cost" "$PAIRS" >"$out" &
     pid=$!
     until grep -q ready "$out" 2>/dev/null; do sleep 0.01; done
-    if [ "${mode%%-ret}" = floor ]; then
-        local libc prog
-        libc=$(awk '$6 ~ /libc\.so/ {print $6; exit}' "/proc/$pid/maps")
-        # At free's entry, not at free+N where leaktrace puts its probe: Debian's bpftrace
-        # 0.17 refuses symbol+offset (and address) probes, built without the disassembler
-        # that checks them.
-        prog="uprobe:$libc:malloc {} uprobe:$libc:free {}"
-        [ "$mode" = floor-ret ] && prog+=" uretprobe:$libc:malloc {}"
-        bpftrace -p "$pid" -e "$prog" >"$err" 2>&1 &
-        tracer=$!
-        # bpftrace 0.17 says "Attaching N probes..." before it attaches, and nothing after.
-        until grep -q "Attach" "$err" 2>/dev/null; do
-            kill -0 "$tracer" 2>/dev/null || { cat "$err" >&2; exit 1; }
-            sleep 0.02
-        done
-        sleep 1
-    elif [ "$mode" != untraced ]; then
+    if [ "$mode" != untraced ]; then
         local extra=() env=()
         case $mode in
             entry) extra=(--probe-at-entry) ;;
             sampled | sampled-perf | sampled-nosess) extra=(--mode sampled) ;;
             sampled-noret) extra=(--mode sampled --bench-no-return-probe) ;;
+            floor) extra=(--bench-empty-probes --bench-no-return-probe) ;;
+            floor-ret) extra=(--bench-empty-probes) env=(LEAKTRACE_UPROBE_SESSION=0) ;;
+            floor-sess) extra=(--bench-empty-probes) ;;
         esac
         case $mode in
             *-perf) env=(LEAKTRACE_UPROBE_MULTI=0) ;;
@@ -83,7 +74,7 @@ measure() {
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-MODES=${MODES:-untraced placed placed-nosess placed-perf entry sampled sampled-nosess sampled-perf sampled-noret floor floor-ret}
+MODES=${MODES:-untraced placed placed-nosess placed-perf entry sampled sampled-nosess sampled-perf sampled-noret floor floor-sess floor-ret}
 declare -A results
 for mode in $MODES; do results[$mode]=""; done
 for round in $(seq "$ROUNDS"); do
@@ -110,6 +101,9 @@ ratio placed placed-nosess
 ratio sampled sampled-nosess
 ratio sampled sampled-perf
 ratio sampled floor
+ratio sampled floor-sess
 ratio sampled floor-ret
 ratio sampled-noret floor
+ratio floor-sess floor
+ratio floor-ret floor
 ratio placed floor-ret

@@ -222,10 +222,14 @@ pub enum Counter {
     Sampled = 16,
     /// `--mode sampled`: allocator calls passed over without recording.
     Unsampled = 17,
+    /// Runs of the malloc family's return probe (the return half of a session, or the
+    /// uretprobe). With session links only tracked calls take it: in sampled mode about the
+    /// sampled calls, not every call.
+    ReturnRuns = 18,
 }
 
 /// Number of slots in [`MAP_COUNTERS`].
-pub const COUNTER_SLOTS: u32 = 18;
+pub const COUNTER_SLOTS: u32 = 19;
 
 /// Key of [`MAP_ALLOCS`].
 #[repr(C)]

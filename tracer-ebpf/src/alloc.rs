@@ -57,8 +57,15 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 /// at the entry and, unless the entry returned 1, at the return of the same call
 /// (`bpf_session_is_return` tells which). An untracked call (sampled mode's unsampled calls,
 /// nested calls) so costs one trap instead of two.
-#[uprobe]
-pub fn alloc_session(ctx: ProbeContext) -> u32 {
+///
+/// Written out rather than with `#[uprobe]`: that macro's wrapper returns 0 whatever the
+/// function returns, and a session entry returning 0 asks for the return trap, so every call
+/// paid it (a benchmark with empty programs showed it: `bench/probe_cost.sh`'s `floor-sess`).
+/// The section name is the one the macro gives a uprobe.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     if session_is_return() {
         on_return(ctx.regs);
         0
@@ -159,6 +166,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 /// The return half: completes this thread's pending call, if this is its return.
 #[inline(always)]
 fn on_return(regs: *mut pt_regs) {
+    count(Counter::ReturnRuns);
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `regs` points at the task's saved registers for the program's lifetime.
     let (sp, ret) = unsafe { ((*regs).rsp, (*regs).rax) };

@@ -178,6 +178,11 @@ pub struct TraceArgs {
     /// that needs the returned pointer is recorded).
     #[arg(long, hide = true)]
     pub bench_no_return_probe: bool,
+    /// Attach an empty program wherever a probe would go, on uprobe_multi links (benchmarks
+    /// only: the cost of the traps themselves; nothing is recorded). On session links the
+    /// entry asks for no return, as for an untracked call.
+    #[arg(long, hide = true)]
+    pub bench_empty_probes: bool,
     /// Python frames recorded per stack at most (the outermost are cut and counted).
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
     pub max_python_depth: u32,
@@ -255,6 +260,7 @@ impl TraceArgs {
             pymalloc: self.pymalloc,
             probe_at_entry: self.probe_at_entry,
             bench_no_return_probe: self.bench_no_return_probe,
+            bench_empty_probes: self.bench_empty_probes,
             sort: self.sort,
             flame: self.flame,
             live_view: false,

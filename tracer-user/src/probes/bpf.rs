@@ -142,6 +142,9 @@ pub struct Limits {
     pub probe_at_entry: bool,
     /// Attach no return probe (benchmarks: what the return trap costs).
     pub no_return_probe: bool,
+    /// Attach empty programs instead of leaktrace's, on uprobe_multi links (benchmarks: the
+    /// floor of the traps).
+    pub empty_probes: bool,
     /// Which programs to load: uprobes (exact) or tracepoints (growth).
     pub mode: crate::probes::mode::Mode,
     /// How uprobes are attached ([`ProbePath::choose`]).
@@ -292,6 +295,7 @@ impl Counters {
         (Counter::PyReadError, "python_frame_unreadable"),
         (Counter::Sampled, "sampled_calls"),
         (Counter::Unsampled, "unsampled_calls"),
+        (Counter::ReturnRuns, "return_probe_runs"),
     ];
 }
 
@@ -360,11 +364,25 @@ impl Tracer {
             _ if growth => ProbePath::PerfEvent,
             // Benchmarks of the missing return trap: plain entry links.
             ProbePath::Session if limits.no_return_probe => ProbePath::Multi,
+            ProbePath::PerfEvent if limits.empty_probes => {
+                anyhow::bail!("--bench-empty-probes needs uprobe_multi links (kernel 6.6+)")
+            }
             path => path,
         };
         // The uprobe_multi programs, before any map is taken out of `ebpf`. With sessions,
         // `alloc_session` replaces `alloc_enter` (one verification less).
         let multi_programs = match path {
+            // Benchmarks of the traps alone: an empty program wherever one of ours would go.
+            ProbePath::Session | ProbePath::Multi if limits.empty_probes => {
+                let mut programs = MULTI_PROGRAMS
+                    .iter()
+                    .map(|&name| Ok((name, uprobe_multi::empty_program()?)))
+                    .collect::<Result<StdHashMap<_, _>>>()?;
+                if path == ProbePath::Session {
+                    programs.insert(SESSION_PROGRAM, uprobe_multi::empty_session_program()?);
+                }
+                programs
+            }
             ProbePath::Session => {
                 let plain: Vec<&'static str> = MULTI_PROGRAMS
                     .iter()

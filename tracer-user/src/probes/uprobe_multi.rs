@@ -331,6 +331,22 @@ pub fn attach(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A uprobe_multi program that does nothing (`r0 = 0; exit`): `--bench-empty-probes` attaches
+/// it wherever a probe goes, to measure what the traps alone cost.
+pub fn empty_program() -> Result<OwnedFd> {
+    let insns = [insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)];
+    let license = CString::new("GPL").expect("no NUL");
+    prog_load("lt_empty", &insns, &license, BPF_TRACE_UPROBE_MULTI as u32)
+}
+
+/// The session counterpart of [`empty_program`]: `r0 = 1; exit`, an entry that asks for no
+/// return (what an untracked call's session costs, traps only).
+pub fn empty_session_program() -> Result<OwnedFd> {
+    let insns = [insn(0xb7, 0, 0, 0, 1), insn(0x95, 0, 0, 0, 0)];
+    let license = CString::new("GPL").expect("no NUL");
+    prog_load("lt_empty_sess", &insns, &license, BPF_TRACE_UPROBE_SESSION)
+}
+
 /// Whether this kernel creates uprobe_multi links for this process (cached): loads a two-instruction
 /// program with the uprobe_multi attach type and asks for a link on `/`, which a kernel that
 /// knows these links refuses with EBADF (not a regular file) after checking everything else.
@@ -406,14 +422,7 @@ mod tests {
     use aya_obj::generated::bpf_link_type::BPF_LINK_TYPE_UPROBE_MULTI;
 
     fn empty_program() -> OwnedFd {
-        let insns = [insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)];
-        prog_load(
-            "lt_test",
-            &insns,
-            &CString::new("GPL").unwrap(),
-            BPF_TRACE_UPROBE_MULTI as u32,
-        )
-        .unwrap()
+        super::empty_program().unwrap()
     }
 
     #[test]

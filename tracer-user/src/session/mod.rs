@@ -74,6 +74,8 @@ pub struct AttachOptions {
     pub probe_at_entry: bool,
     /// No return probes (benchmarks).
     pub bench_no_return_probe: bool,
+    /// Empty programs at every probe (benchmarks).
+    pub bench_empty_probes: bool,
     /// How tables, the live view and the summary rank stacks.
     pub sort: crate::output::view::SortBy,
     /// What flamegraphs and folded output measure.
@@ -211,6 +213,7 @@ fn trace(target: TargetProcess, opts: AttachOptions, child: Option<u32>) -> Resu
             sampling: opts.sampling,
             probe_at_entry: opts.probe_at_entry,
             no_return_probe: opts.bench_no_return_probe,
+            empty_probes: opts.bench_empty_probes,
             mode: opts.mode,
             path: probe_path,
         })
