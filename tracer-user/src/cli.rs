@@ -171,16 +171,14 @@ pub struct TraceArgs {
     /// In stacks with Python frames, leave out native frames.
     #[arg(long)]
     pub no_native: bool,
-    /// Put every probe on its function's first byte (benchmarks: shows what placement saves).
+    // Benchmark switches, hidden from --help: every probe at its function's first byte (what
+    // placement saves); no return probe (what the return trap costs; nothing that needs the
+    // returned pointer is recorded); empty programs on uprobe_multi links wherever a probe
+    // goes (the traps alone; on session links the entry asks for no return).
     #[arg(long, hide = true)]
     pub probe_at_entry: bool,
-    /// Attach no return probe (benchmarks only: measures what the return trap costs; nothing
-    /// that needs the returned pointer is recorded).
     #[arg(long, hide = true)]
     pub bench_no_return_probe: bool,
-    /// Attach an empty program wherever a probe would go, on uprobe_multi links (benchmarks
-    /// only: the cost of the traps themselves; nothing is recorded). On session links the
-    /// entry asks for no return, as for an untracked call.
     #[arg(long, hide = true)]
     pub bench_empty_probes: bool,
     /// Python frames recorded per stack at most (the outermost are cut and counted).
