@@ -171,10 +171,8 @@ pub struct TraceArgs {
     /// In stacks with Python frames, leave out native frames.
     #[arg(long)]
     pub no_native: bool,
-    // Benchmark switches, hidden from --help: every probe at its function's first byte (what
-    // placement saves); no return probe (what the return trap costs; nothing that needs the
-    // returned pointer is recorded); empty programs on uprobe_multi links wherever a probe
-    // goes (the traps alone; on session links the entry asks for no return).
+    // Hidden, for benchmarks (bench/README.md): probes at the first byte; no return probe;
+    // empty programs on uprobe_multi links (the traps alone).
     #[arg(long, hide = true)]
     pub probe_at_entry: bool,
     #[arg(long, hide = true)]
