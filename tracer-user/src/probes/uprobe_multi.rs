@@ -331,20 +331,27 @@ pub fn attach(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A two-instruction program, `r0 = r0_value; exit`, of `attach_type`: the feature check's,
+/// and the empty programs of `--bench-empty-probes`.
+fn returning(name: &str, r0_value: i32, attach_type: u32) -> Result<OwnedFd> {
+    let insns = [
+        insn(0xb7, 0, 0, 0, r0_value), // BPF_ALU64 | BPF_MOV | BPF_K
+        insn(0x95, 0, 0, 0, 0),        // BPF_JMP | BPF_EXIT
+    ];
+    let license = CString::new("GPL").expect("no NUL");
+    prog_load(name, &insns, &license, attach_type)
+}
+
 /// A uprobe_multi program that does nothing (`r0 = 0; exit`): `--bench-empty-probes` attaches
 /// it wherever a probe goes, to measure what the traps alone cost.
 pub fn empty_program() -> Result<OwnedFd> {
-    let insns = [insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)];
-    let license = CString::new("GPL").expect("no NUL");
-    prog_load("lt_empty", &insns, &license, BPF_TRACE_UPROBE_MULTI as u32)
+    returning("lt_empty", 0, BPF_TRACE_UPROBE_MULTI as u32)
 }
 
 /// The session counterpart of [`empty_program`]: `r0 = 1; exit`, an entry that asks for no
 /// return (what an untracked call's session costs, traps only).
 pub fn empty_session_program() -> Result<OwnedFd> {
-    let insns = [insn(0xb7, 0, 0, 0, 1), insn(0x95, 0, 0, 0, 0)];
-    let license = CString::new("GPL").expect("no NUL");
-    prog_load("lt_empty_sess", &insns, &license, BPF_TRACE_UPROBE_SESSION)
+    returning("lt_empty_sess", 1, BPF_TRACE_UPROBE_SESSION)
 }
 
 /// Whether this kernel creates uprobe_multi links for this process (cached): loads a two-instruction
@@ -356,18 +363,7 @@ pub fn supported() -> bool {
 }
 
 fn probe() -> Result<()> {
-    // r0 = 0; exit
-    let insns = [
-        insn(0xb7, 0, 0, 0, 0), // BPF_ALU64 | BPF_MOV | BPF_K
-        insn(0x95, 0, 0, 0, 0), // BPF_JMP | BPF_EXIT
-    ];
-    let license = CString::new("GPL").expect("no NUL");
-    let prog = prog_load(
-        "lt_probe_multi",
-        &insns,
-        &license,
-        BPF_TRACE_UPROBE_MULTI as u32,
-    )?;
+    let prog = returning("lt_probe_multi", 0, BPF_TRACE_UPROBE_MULTI as u32)?;
     link_on_root(prog.as_fd(), LinkKind::Entry)
 }
 
