@@ -12,13 +12,31 @@ const T: Duration = Duration::from_secs(60);
 /// Traces fixture `name` with `args` while it runs its scenario once; returns the report
 /// and the fixture's "done" line.
 fn trace(name: &str, args: &[&str], out: &str) -> (Value, String) {
+    trace_with(name, args, out, &[])
+}
+
+/// [`trace`] with `env` set for leaktrace.
+fn trace_with(name: &str, args: &[&str], out: &str, env: &[(&str, &str)]) -> (Value, String) {
     require_root();
     let fixture = Proc::spawn(&mut Command::new(fixture(name, &[])));
     fixture.stdout.wait_for("ready", T);
     let out = out_path(out);
-    let mut all = vec!["--interval", "1", "-o", out.to_str().unwrap()];
+    let pid = fixture.pid().to_string();
+    let mut all = vec![
+        "attach",
+        &pid,
+        "--interval",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ];
     all.extend_from_slice(args);
-    let mut tracer = attach(fixture.pid(), &all);
+    let mut tracer = Proc::spawn(
+        Command::new(leaktrace_bin())
+            .envs(env.iter().copied())
+            .args(&all),
+    );
+    tracer.stderr.wait_for("leaktrace: attached", T);
     fixture.signal(SIGUSR1);
     let done = fixture.stdout.wait_for("done", T);
     // Past the default --min-age of 1 s, and one live table.
@@ -286,4 +304,41 @@ fn a_full_native_stack_map_has_its_note_and_stacks_do_not_collide() {
 
 fn notes_have_stack_loss(r: &Value) -> bool {
     notes(r).iter().any(|n| n.contains("native stack"))
+}
+
+/// Exact mode records a session's small malloc in its return run alone (from the session
+/// cookie) and a large one from its pending entry: one call site reached with 64 B, 100 kB and
+/// 1 MiB (which glibc maps inside malloc) must come out as one stack holding every block once,
+/// with no mapping of its own, whether or not session uprobes are used.
+#[test]
+fn both_return_paths_give_one_stack_and_nested_maps_stay_nested() {
+    for (session, out) in [("1", "one-site-sess.json"), ("0", "one-site-nosess.json")] {
+        let env = [("LEAKTRACE_UPROBE_SESSION", session)];
+        let (report, done) = trace_with("one_site_sizes", &[], out, &env);
+        let n: u64 = done
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("fixture line: {done}"));
+        let site = stacks_from(&report, "one_site", &["malloc"]);
+        assert_eq!(site.len(), 1, "session {session}: {site:#?}");
+        assert_eq!(site[0]["live_allocs"], 3 * n, "session {session}");
+        assert_eq!(
+            site[0]["live_bytes"],
+            n * (64 + 100_000 + (1 << 20)),
+            "session {session}"
+        );
+        let counters = &report["counters"];
+        assert!(
+            counters["nested_allocator_calls"].as_u64().unwrap() >= n,
+            "session {session}: {counters:#}"
+        );
+        let mapped: Vec<_> = report["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| functions(s).iter().any(|f| f.contains("mmap")))
+            .collect();
+        assert!(mapped.is_empty(), "session {session}: {mapped:#?}");
+    }
 }

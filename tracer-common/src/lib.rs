@@ -49,6 +49,10 @@ pub const MAP_NATIVE_CUT: &str = "NATIVE_CUT";
 /// loading, user space rewrites each such call into a kfunc call (`BPF_PSEUDO_KFUNC_CALL`
 /// with the function's BTF id in the running kernel), which aya 0.14 cannot express.
 pub const KFUNC_MARKER_SESSION_IS_RETURN: u32 = 0x4c54_0001;
+/// Session uprobes: the marker for the kernel function `__u64 *bpf_session_cookie(void)`, the
+/// 8 bytes a session's entry run leaves for its return run (rewritten as
+/// [`KFUNC_MARKER_SESSION_IS_RETURN`] is).
+pub const KFUNC_MARKER_SESSION_COOKIE: u32 = 0x4c54_0002;
 
 /// Default capacity of [`MAP_ALLOCS`] (`--max-allocs`).
 pub const DEFAULT_MAX_ALLOCS: u32 = 500_000;

@@ -4,17 +4,22 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_func_ip, bpf_ktime_get_ns,
+        bpf_probe_read_user,
+    },
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
-use tracer_common::{cookie, sampling::NESTED_WATCH_BYTES, AllocKind, Counter, MapEventKind};
+use tracer_common::{
+    cookie, sampling::NESTED_WATCH_BYTES, AllocKind, Counter, MapEventKind, Pending, StackKey,
+};
 
 use crate::{
     maps::{
-        count, enter, enter_unrecorded, forget, record, sample_bytes, sampled, take_pending,
-        tgid_of,
+        count, enter, enter_unrecorded, forget, inside_outer_call, native_stack_of, record,
+        sample_bytes, sampled, stack_pointer, take_pending, tgid_of,
     },
     mmap::emit,
 };
@@ -49,7 +54,7 @@ fn mul(a: u64, b: u64) -> Option<u64> {
 /// program, and the Python walk inside it, is verified once.
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
-    on_entry(&ctx);
+    on_entry(&ctx, false);
     0
 }
 
@@ -66,14 +71,99 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 #[unsafe(link_section = "uprobe")]
 pub fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
     let ctx = ProbeContext::new(ctx);
+    let cookie = session_cookie();
     if session_is_return() {
-        on_return(ctx.regs);
-        0
-    } else if on_entry(&ctx) {
-        0
-    } else {
-        1
+        // SAFETY: the kernel's 8 bytes of this session, written by its entry run.
+        match unsafe { *cookie } {
+            0 => on_return(ctx.regs),
+            size_plus_one => on_cookie_return(&ctx, size_plus_one - 1),
+        }
+        return 0;
     }
+    let (cookie_value, ret) = match on_entry(&ctx, true) {
+        Entry::Untracked => (0, 1),
+        Entry::Pending => (0, 0),
+        // Below NESTED_WATCH_BYTES: no overflow.
+        Entry::Cookie(size) => (size + 1, 0),
+    };
+    // SAFETY: as above.
+    unsafe { *cookie = cookie_value };
+    ret
+}
+
+/// What an entry run left for the return run.
+#[derive(Clone, Copy)]
+enum Entry {
+    /// Nothing: the call is not tracked.
+    Untracked,
+    /// The thread's entry in `PENDING`.
+    Pending,
+    /// Nothing but the size, in the session cookie: a session's small malloc-like call, which
+    /// the return run completes alone ([`on_cookie_return`]). Those make up most calls, and
+    /// the pending entry's insert, lookup and delete were a third of an exact pair's map work.
+    Cookie(u64),
+}
+
+/// Kinds whose return needs nothing of the entry but the size (the pointer is the return
+/// value, nothing is freed): realloc, posix_memalign and the mmap family keep their pending
+/// entry, and so do pymalloc's functions, whose own large calls are served by malloc and must
+/// stay known as outer calls.
+#[inline(always)]
+fn completes_from_cookie(kind: u32) -> bool {
+    const MALLOC: u32 = AllocKind::Malloc as u32;
+    const CALLOC: u32 = AllocKind::Calloc as u32;
+    const ALIGNED_ALLOC: u32 = AllocKind::AlignedAlloc as u32;
+    const MEMALIGN: u32 = AllocKind::Memalign as u32;
+    const VALLOC: u32 = AllocKind::Valloc as u32;
+    const PVALLOC: u32 = AllocKind::Pvalloc as u32;
+    matches!(
+        kind,
+        MALLOC | CALLOC | ALIGNED_ALLOC | MEMALIGN | VALLOC | PVALLOC
+    )
+}
+
+/// The return run of an [`Entry::Cookie`] call: everything the entry would have computed,
+/// computed here from the same values. The caller is the address returned to; the probed
+/// function's address is `bpf_get_func_ip`; `rbp` is the entry's (callee-saved); the entry's
+/// stack pointer is 8 below (the return address was popped); the thread's Python frames have
+/// not moved (an allocator runs no Python).
+#[inline(always)]
+fn on_cookie_return(ctx: &ProbeContext, size: u64) {
+    count(Counter::ReturnRuns);
+    // SAFETY: `regs` points at the task's saved registers for the program's lifetime.
+    let (ret, caller, sp, fp) = unsafe {
+        let r = &*ctx.regs;
+        (r.rax, r.rip, r.rsp, r.rbp)
+    };
+    if ret == 0 {
+        return;
+    }
+    // SAFETY: plain helper calls on this program's context.
+    let (c, ip, ts_ns) = unsafe {
+        (
+            bpf_get_attach_cookie(ctx.as_ptr()),
+            bpf_get_func_ip(ctx.as_ptr()),
+            bpf_ktime_get_ns(),
+        )
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = tgid_of(pid_tgid);
+    let native_stack = native_stack_of(tgid, caller, ip, sp.wrapping_sub(8), fp);
+    let pending = Pending {
+        sp: 0,
+        size,
+        arg: 0,
+        arg2: 0,
+        ts_ns,
+        stack: StackKey {
+            tgid,
+            kind: cookie::kind(c),
+            native_stack,
+            caller,
+            py_stack: crate::python::python_stack(pid_tgid),
+        },
+    };
+    record(ret, size, &pending);
 }
 
 /// The kernel function `bool bpf_session_is_return(void)`, called through the marker number
@@ -90,9 +180,21 @@ fn session_is_return() -> bool {
     unsafe { f() & 1 != 0 }
 }
 
-/// The entry half: whether this call was left pending for the return half.
+/// The kernel function `__u64 *bpf_session_cookie(void)`, linked as
+/// [`session_is_return`] is (see [`tracer_common::KFUNC_MARKER_SESSION_COOKIE`]).
 #[inline(always)]
-fn on_entry(ctx: &ProbeContext) -> bool {
+fn session_cookie() -> *mut u64 {
+    // SAFETY: as in session_is_return; the kfunc returns a pointer to this session's 8 bytes,
+    // never null.
+    let f: unsafe extern "C" fn() -> *mut u64 =
+        unsafe { core::mem::transmute(tracer_common::KFUNC_MARKER_SESSION_COOKIE as usize) };
+    unsafe { f() }
+}
+
+/// The entry half: what this call left for the return half. `session`: run by
+/// [`alloc_session`], whose return run can complete a call from the session cookie.
+#[inline(always)]
+fn on_entry(ctx: &ProbeContext, session: bool) -> Entry {
     // SAFETY: plain helper call on this program's context.
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     // The verifier forbids reading the context at a variable offset: load the arguments at
@@ -112,7 +214,7 @@ fn on_entry(ctx: &ProbeContext) -> bool {
             None => {
                 // glibc returns NULL with ENOMEM: nothing to track.
                 count(Counter::SizeOverflow);
-                return false;
+                return Entry::Untracked;
             }
         }
     }
@@ -123,10 +225,29 @@ fn on_entry(ctx: &ProbeContext) -> bool {
     if sample_bytes() != 0 {
         // Unsampled calls are only pending when large (watched for nested mmaps).
         if let Some(watched) = sample_decision(ctx, c, size, pick(cookie::ptr_arg(c))) {
-            return watched;
+            return if watched {
+                Entry::Pending
+            } else {
+                Entry::Untracked
+            };
         }
     }
-    enter(ctx, cookie::kind(c), size, pick(cookie::ptr_arg(c)), 0)
+    let kind = cookie::kind(c);
+    if session && size < NESTED_WATCH_BYTES && completes_from_cookie(kind) {
+        // Large calls keep a pending entry: glibc serves them with mmap, which must be seen
+        // as nested.
+        let sp = stack_pointer(ctx);
+        return if inside_outer_call(bpf_get_current_pid_tgid(), sp, true) {
+            Entry::Untracked
+        } else {
+            Entry::Cookie(size)
+        };
+    }
+    if enter(ctx, kind, size, pick(cookie::ptr_arg(c)), 0) {
+        Entry::Pending
+    } else {
+        Entry::Untracked
+    }
 }
 
 /// `--mode sampled`: None to record this call; for an unsampled one, whether it was left

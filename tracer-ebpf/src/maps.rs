@@ -36,6 +36,9 @@ pub static STACKS: HashMap<u64, NativeStack> =
 #[map]
 pub static STACK_SCRATCH: PerCpuArray<NativeStack> = PerCpuArray::with_max_entries(1, 0);
 
+/// The kernel's `EEXIST`, as map updates return it (negated).
+const EEXIST: i32 = 17;
+
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
@@ -58,42 +61,76 @@ pub fn native_stack(ctx: &impl EbpfContext) -> u64 {
     store_stack(buf)
 }
 
-/// [`native_stack`] at an allocator's entry in process `tgid`, whose caller is `caller`,
-/// cut where the process's interpreter has no frame pointers ([`NATIVE_CUT`]): when the
-/// caller is interpreter code, nothing is walked (the stack is the probed instruction, the
-/// caller comes from `[sp]`); else the walk is kept up to its first frame in the interpreter.
+/// The largest step between two frame pointers the entry walk follows: a frame of more
+/// than 1 MiB of locals ends the stack there.
+const MAX_FRAME_BYTES: u64 = 1 << 20;
+
+/// The probed task's user stack at an allocator's entry in process `tgid`, whose caller is
+/// `caller`, stored as in [`native_stack`]: the probed instruction, then the return address
+/// of each frame-pointer frame.
+///
+/// Walked here rather than with `bpf_get_stack`, each frame pointer checked before it is
+/// read: it must lie above the previous one (the first, above the stack pointer), by at most
+/// [`MAX_FRAME_BYTES`], 8-aligned. Code built without frame pointers leaves junk in the
+/// register, and `bpf_get_stack` follows it to an unmapped address: that fault cost about
+/// 0.8 us per call in the C loop of `bench/probe_cost.sh`, whose stack is one frame. Here
+/// junk ends the stack without a read.
+///
+/// Where the process's interpreter has no frame pointers ([`NATIVE_CUT`]) the stack also
+/// ends at its first frame in the interpreter; when the caller is interpreter code, nothing
+/// is walked (the caller comes from `[sp]`).
 #[inline(always)]
 pub fn native_stack_at_entry(ctx: &ProbeContext, tgid: u32, caller: u64) -> u64 {
+    // SAFETY: `regs` points at the probed task's saved registers for the program's lifetime.
+    let (ip, sp, fp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
+    native_stack_of(tgid, caller, ip, sp, fp)
+}
+
+/// [`native_stack_at_entry`] from the values it takes from the registers: the probed
+/// instruction `ip`, the stack pointer `sp` at the function's entry, the frame pointer `fp`.
+/// A session's return run passes the same values (its function's address, its entry stack
+/// pointer, and `rbp`, which the function saved and restored).
+#[inline(always)]
+pub fn native_stack_of(tgid: u32, caller: u64, ip: u64, sp: u64, mut fp: u64) -> u64 {
     // SAFETY: copied out at once.
-    let Some(cut) = (unsafe { NATIVE_CUT.get(&tgid) }).copied() else {
-        return native_stack(ctx);
-    };
+    let cut = (unsafe { NATIVE_CUT.get(&tgid) }).copied();
     let Some(buf) = STACK_SCRATCH.get_ptr_mut(0) else {
         count(Counter::StackError);
         return 0;
     };
-    let inside = |ip: u64| ip >= cut.start && ip < cut.end;
-    if inside(caller) {
-        // SAFETY: per-CPU scratch slot (as in capture_stack); `regs` points at the probed
-        // task's saved registers.
-        unsafe {
-            (*buf).ips[0] = (*ctx.regs).rip;
-            (*buf).len = 1;
-        }
-        return store_stack(buf);
-    }
-    let Some(len) = capture_stack(ctx, buf) else {
-        return 0;
+    let inside = |ip: u64| match cut {
+        Some(cut) => ip >= cut.start && ip < cut.end,
+        None => false,
     };
-    for i in 1..MAX_NATIVE_FRAMES {
-        if i >= len {
-            break;
-        }
-        // SAFETY: as above; `i` is within `ips`.
-        if inside(unsafe { (*buf).ips[i] }) {
-            // SAFETY: as above.
-            unsafe { (*buf).len = (i + 1) as u32 };
-            break;
+    // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU.
+    unsafe {
+        (*buf).ips[0] = ip;
+        (*buf).len = 1;
+    }
+    if !inside(caller) {
+        let mut below = sp;
+        for i in 1..MAX_NATIVE_FRAMES {
+            if fp <= below || fp - below > MAX_FRAME_BYTES || fp & 7 != 0 {
+                break;
+            }
+            // SAFETY: bpf_probe_read_user tolerates any address.
+            let Ok(frame) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+                break;
+            };
+            let ret = frame[1];
+            if ret == 0 {
+                break;
+            }
+            // SAFETY: as above; `i` is within `ips`.
+            unsafe {
+                (*buf).ips[i] = ret;
+                (*buf).len = (i + 1) as u32;
+            }
+            if inside(ret) {
+                break;
+            }
+            below = fp;
+            fp = frame[0];
         }
     }
     store_stack(buf)
@@ -264,21 +301,8 @@ const STALE_PENDING_NS: u64 = 250_000_000;
 pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) -> bool {
     let pid_tgid = bpf_get_current_pid_tgid();
     let sp = stack_pointer(ctx);
-    // SAFETY: the value is copied out before the map can change under it.
-    if let Some(outer) = unsafe { PENDING.get(&pid_tgid) } {
-        // A deeper stack pointer (or the same one, for a tail call) means we are inside the
-        // outer call, which accounts for this memory itself; unless the outer call is older
-        // than any allocator call lasts: its return was missed (a longjmp out of it) and this
-        // call, deeper than the abandoned one, is the thread's next own call.
-        // SAFETY: plain helper call, made only on this rare path.
-        if sp <= outer.sp
-            && (outer.ts_ns == 0
-                || unsafe { bpf_ktime_get_ns() }.wrapping_sub(outer.ts_ns) < STALE_PENDING_NS)
-        {
-            count(Counter::Nested);
-            return false;
-        }
-        count(Counter::MissedReturn);
+    if inside_outer_call(pid_tgid, sp, false) {
+        return false;
     }
     // At the first instruction(s) of the function `[sp]` holds the return address: the
     // caller's frame, which frame-pointer unwinding from here would skip.
@@ -305,6 +329,35 @@ pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) -> b
         return false;
     }
     true
+}
+
+/// Whether this thread's call at stack pointer `sp` is made from inside another tracked
+/// allocator call (counted), which accounts for this memory itself. A pending call that is not
+/// an outer one was abandoned (its return missed): counted, and with `drop_stale` removed (a
+/// caller that leaves no pending entry of its own, which would replace it).
+#[inline(always)]
+pub fn inside_outer_call(pid_tgid: u64, sp: u64, drop_stale: bool) -> bool {
+    // SAFETY: the value is copied out before the map can change under it.
+    let Some(outer) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
+        return false;
+    };
+    // A deeper stack pointer (or the same one, for a tail call) means we are inside the outer
+    // call; unless the outer call is older than any allocator call lasts: its return was
+    // missed (a longjmp out of it) and this call, deeper than the abandoned one, is the
+    // thread's next own call.
+    // SAFETY: plain helper call, made only on this rare path.
+    if sp <= outer.sp
+        && (outer.ts_ns == 0
+            || unsafe { bpf_ktime_get_ns() }.wrapping_sub(outer.ts_ns) < STALE_PENDING_NS)
+    {
+        count(Counter::Nested);
+        return true;
+    }
+    count(Counter::MissedReturn);
+    if drop_stale {
+        let _ = PENDING.remove(&pid_tgid);
+    }
+    false
 }
 
 /// Takes this thread's pending call if `ret_sp` is its matching return.
@@ -383,16 +436,23 @@ pub fn record(addr: u64, size: u64, pending: &Pending) {
         _pad: 0,
         addr,
     };
-    // A block we still hold at this address was freed behind our back: retire it first.
-    forget_key(&key);
     let info = AllocInfo {
         size,
         ts_ns: pending.ts_ns,
         stack: pending.stack,
     };
-    if ALLOCS.insert(&key, &info, 0).is_err() {
-        count(Counter::AllocMapFull);
-        return;
+    // One map operation when the address is new (almost always). A block we still hold at
+    // this address was freed behind our back: retire it, then insert.
+    if let Err(e) = ALLOCS.insert(&key, &info, BPF_NOEXIST as u64) {
+        if e != -EEXIST {
+            count(Counter::AllocMapFull);
+            return;
+        }
+        forget_key(&key);
+        if ALLOCS.insert(&key, &info, BPF_NOEXIST as u64).is_err() {
+            count(Counter::AllocMapFull);
+            return;
+        }
     }
     add_totals(&pending.stack, size, 1);
     count(Counter::AllocsSeen);

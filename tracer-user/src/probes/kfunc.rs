@@ -35,6 +35,14 @@ pub fn session_is_return_id() -> Result<u32> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The BTF id of `bpf_session_cookie` in the running kernel, looked up once per process.
+pub fn session_cookie_id() -> Result<u32> {
+    static ID: std::sync::OnceLock<std::result::Result<u32, String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| vmlinux_func_id("bpf_session_cookie").map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 /// The BTF type id of the function (`BTF_KIND_FUNC`) called `name` in the running kernel.
 pub fn vmlinux_func_id(name: &str) -> Result<u32> {
     let path = Path::new(VMLINUX_BTF);
@@ -200,15 +208,20 @@ mod tests {
     }
 
     #[test]
-    fn this_kernel_has_the_session_kfunc() {
-        // Kernel 6.18 on this machine kind; the id agrees with aya-obj's full parse.
-        let id = vmlinux_func_id("bpf_session_is_return").unwrap();
-        assert_eq!(session_is_return_id().unwrap(), id);
+    fn this_kernel_has_the_session_kfuncs() {
+        // Kernel 6.18 on this machine kind; the ids agree with aya-obj's full parse.
         let btf = aya_obj::btf::Btf::from_sys_fs().unwrap();
-        let expected = btf
-            .id_by_type_name_kind("bpf_session_is_return", aya_obj::btf::BtfKind::Func)
-            .unwrap();
-        assert_eq!(id, expected);
+        for (name, cached) in [
+            ("bpf_session_is_return", session_is_return_id().unwrap()),
+            ("bpf_session_cookie", session_cookie_id().unwrap()),
+        ] {
+            let id = vmlinux_func_id(name).unwrap();
+            assert_eq!(cached, id, "{name}");
+            let expected = btf
+                .id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func)
+                .unwrap();
+            assert_eq!(id, expected, "{name}");
+        }
     }
 
     #[test]

@@ -207,7 +207,7 @@ fn map_fd(map: &Map) -> BorrowedFd<'_> {
 
 /// Loads the programs `names` of `object` as uprobe_multi programs, their map references
 /// resolved to the maps of `ebpf` (which loaded the same object), and those of `sessions` as
-/// session programs, their `bpf_session_is_return` calls linked. Call before any map is taken
+/// session programs, their `bpf_session_is_return` and `bpf_session_cookie` calls linked. Call before any map is taken
 /// out of `ebpf`.
 pub fn load_programs(
     object: &[u8],
@@ -229,10 +229,13 @@ pub fn load_programs(
         .context("cannot resolve the eBPF programs' maps")?;
     obj.relocate_calls(&text_sections)
         .context("cannot link the eBPF programs' calls")?;
-    let session_id = if sessions.is_empty() {
-        0
+    let (session_id, cookie_id) = if sessions.is_empty() {
+        (0, 0)
     } else {
-        crate::probes::kfunc::session_is_return_id()?
+        (
+            crate::probes::kfunc::session_is_return_id()?,
+            crate::probes::kfunc::session_cookie_id()?,
+        )
     };
     // Each program's instructions and attach type, then every load at once: the verifier takes
     // most of attach's time (about 0.4 s for each program that walks Python frames, measured
@@ -250,6 +253,8 @@ pub fn load_programs(
             if crate::probes::kfunc::patch_calls(&mut insns, marker, session_id) == 0 {
                 bail!("eBPF program {name} never calls bpf_session_is_return");
             }
+            let marker = tracer_common::KFUNC_MARKER_SESSION_COOKIE;
+            crate::probes::kfunc::patch_calls(&mut insns, marker, cookie_id);
             BPF_TRACE_UPROBE_SESSION
         } else {
             BPF_TRACE_UPROBE_MULTI as u32
@@ -377,8 +382,8 @@ fn link_on_root(prog: BorrowedFd<'_>, kind: LinkKind) -> Result<()> {
     }
 }
 
-/// Whether this kernel runs session uprobe programs that call `bpf_session_is_return`
-/// (cached; needs [`supported`]).
+/// Whether this kernel runs session uprobe programs that call `bpf_session_is_return` and
+/// `bpf_session_cookie` (cached; needs [`supported`]).
 pub fn session_supported() -> bool {
     static SUPPORTED: OnceLock<bool> = OnceLock::new();
     *SUPPORTED.get_or_init(|| session_probe().is_ok())
@@ -386,14 +391,19 @@ pub fn session_supported() -> bool {
 
 fn session_probe() -> Result<()> {
     let id = crate::probes::kfunc::session_is_return_id()?;
+    let cookie_id = crate::probes::kfunc::session_cookie_id()?;
     let marker = tracer_common::KFUNC_MARKER_SESSION_IS_RETURN;
-    // call bpf_session_is_return; r0 &= 1; exit
+    let cookie = tracer_common::KFUNC_MARKER_SESSION_COOKIE;
+    // call bpf_session_cookie; r1 = *(u64 *)r0; call bpf_session_is_return; r0 &= 1; exit
     let mut insns = [
+        insn(0x85, 0, 0, 0, cookie as i32), // BPF_JMP | BPF_CALL
+        insn(0x79, 1, 0, 0, 0),             // BPF_LDX | BPF_MEM | BPF_DW
         insn(0x85, 0, 0, 0, marker as i32), // BPF_JMP | BPF_CALL
         insn(0x57, 0, 0, 0, 1),             // BPF_ALU64 | BPF_AND | BPF_K
         insn(0x95, 0, 0, 0, 0),             // BPF_JMP | BPF_EXIT
     ];
     crate::probes::kfunc::patch_calls(&mut insns, marker, id);
+    crate::probes::kfunc::patch_calls(&mut insns, cookie, cookie_id);
     let license = CString::new("GPL").expect("no NUL");
     let prog = prog_load("lt_probe_sess", &insns, &license, BPF_TRACE_UPROBE_SESSION)?;
     link_on_root(prog.as_fd(), LinkKind::Session)
