@@ -2,7 +2,10 @@
 # Request throughput of the demo FastAPI app (demo/app.py, uvicorn, 127.0.0.1 only) untraced,
 # traced by leaktrace (exact mode), traced without Python frames (--no-python: what the frame
 # walk costs), traced with --pymalloc, sampled (--mode sampled, default 512 KiB), and growth
-# mode (--mode growth: page-fault tracepoints, no uprobes), interleaved in one run. MODES picks
+# mode (--mode growth: page-fault tracepoints, no uprobes), interleaved in one run; the trap
+# floor: empty programs on leaktrace's links (floor-sess: a session program that skips the
+# return, sampled mode's unsampled calls; floor-ret: entry, return and free, every call of
+# exact mode), with --no-python. MODES picks
 # a subset. A mode with the suffix `-other` (e.g. `exact-other`) runs the same mode with
 # OTHER=<another leaktrace build>: two builds side by side in one run.
 # Load: wrk, 1 thread, 8 connections, bounded by time. Prints requests/s per mode (median of
@@ -34,7 +37,11 @@ measure() {
         [ "$mode" = sampled ] && extra=(--mode sampled)
         [ "$mode" = sampled-noret ] && extra=(--mode sampled --bench-no-return-probe)
         [ "$mode" = growth ] && extra=(--mode growth)
-        "$lt" attach "$app" --interval 3600 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$work/lt.err" &
+        local env=()
+        # The trap floor on the server: empty programs on the same links (bench/probe_cost.sh).
+        [ "$mode" = floor-sess ] && extra=(--no-python --bench-empty-probes) && ready="leaktrace: attached"
+        [ "$mode" = floor-ret ] && extra=(--no-python --bench-empty-probes) && ready="leaktrace: attached" && env=(LEAKTRACE_UPROBE_SESSION=0)
+        env "${env[@]}" "$lt" attach "$app" --interval 3600 -o "$work/r.json" "${extra[@]}" >/dev/null 2>"$work/lt.err" &
         tracer=$!
         echo "$tracer" >"$work/tracer.pid"
         until grep -q "$ready" "$work/lt.err"; do
