@@ -90,25 +90,27 @@ pub fn native_stack_at_entry(ctx: &ProbeContext, tgid: u32, caller: u64) -> u64 
 /// instruction `ip`, the stack pointer `sp` at the function's entry, the frame pointer `fp`.
 /// A session's return run passes the same values (its function's address, its entry stack
 /// pointer, and `rbp`, which the function saved and restored).
-#[inline(always)]
-pub fn native_stack_of(tgid: u32, caller: u64, ip: u64, sp: u64, mut fp: u64) -> u64 {
+///
+/// A function of its own, the cut a plain range (empty without one): the verifier checks its
+/// loop once per caller, with one state per frame, not once per state of the caller.
+#[inline(never)]
+pub fn native_stack_of(tgid: u32, caller: u64, ip: u64, sp: u64, fp: u64) -> u64 {
     // SAFETY: copied out at once.
-    let cut = (unsafe { NATIVE_CUT.get(&tgid) }).copied();
+    let (start, end) = match unsafe { NATIVE_CUT.get(&tgid) } {
+        Some(cut) => (cut.start, cut.end),
+        None => (0, 0),
+    };
     let Some(buf) = STACK_SCRATCH.get_ptr_mut(0) else {
         count(Counter::StackError);
         return 0;
-    };
-    let inside = |ip: u64| match cut {
-        Some(cut) => ip >= cut.start && ip < cut.end,
-        None => false,
     };
     // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU.
     unsafe {
         (*buf).ips[0] = ip;
         (*buf).len = 1;
     }
-    if !inside(caller) {
-        let mut below = sp;
+    if caller < start || caller >= end {
+        let (mut below, mut fp) = (sp, fp);
         for i in 1..MAX_NATIVE_FRAMES {
             if fp <= below || fp - below > MAX_FRAME_BYTES || fp & 7 != 0 {
                 break;
@@ -126,7 +128,7 @@ pub fn native_stack_of(tgid: u32, caller: u64, ip: u64, sp: u64, mut fp: u64) ->
                 (*buf).ips[i] = ret;
                 (*buf).len = (i + 1) as u32;
             }
-            if inside(ret) {
+            if ret >= start && ret < end {
                 break;
             }
             below = fp;
