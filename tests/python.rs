@@ -1073,3 +1073,58 @@ fn jit_compiled_code_keeps_its_frames_callers_and_lines() {
         );
     }
 }
+
+/// `--no-python` records no Python frames, but its native stacks still end at an interpreter
+/// built without frame pointers (pyenv's, Debian's 3.11), as exact mode's do: interpreter
+/// frames only at the root of each stack, never a walk past them into junk.
+#[test]
+fn no_python_native_stacks_end_at_the_interpreter() {
+    require_root();
+    let py = every_python()
+        .into_iter()
+        .find(|p| p.minor == 11 && !p.static_build && p.chroot.is_none())
+        .expect("a shared 3.11 (pyenv)");
+    let target = Proc::spawn(py.command().arg(py.fixture("py_threads.py")));
+    target.stdout.wait_for("ready", T);
+    let out = out_path(&format!("{}-no-python.json", file_label(&py.label)));
+    let mut tracer = attach(
+        target.pid(),
+        &[
+            "-o",
+            out.to_str().unwrap(),
+            "--min-age",
+            "0.5",
+            "--no-python",
+        ],
+    );
+    tracer.stderr.wait_for(
+        "--no-python: native stacks only, ending at the interpreter (it has no frame pointers)",
+        T,
+    );
+    target.signal(SIGUSR1);
+    target.stdout.wait_for("done", T);
+    std::thread::sleep(Duration::from_millis(800));
+    tracer.signal(SIGINT);
+    assert_eq!(tracer.wait(T), 0, "{}", tracer.stderr.text());
+    let report = read_json(&out);
+    let stacks = report["stacks"].as_array().unwrap();
+    let mut reached = 0;
+    for s in stacks {
+        let frames = s["frames"].as_array().unwrap();
+        assert!(frames.iter().all(|f| f["kind"] == "native"), "{s:#}");
+        let in_interp: Vec<bool> = frames
+            .iter()
+            .map(|f| {
+                f["module"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("libpython3.11")
+            })
+            .collect();
+        // The interpreter's frames (one address, its inlined callers) are a prefix.
+        let prefix = in_interp.iter().take_while(|&&b| b).count();
+        assert!(in_interp[prefix..].iter().all(|&b| !b), "{s:#}");
+        reached += usize::from(prefix > 0);
+    }
+    assert!(reached > 0, "no stack reached the interpreter: {stacks:#?}");
+}

@@ -125,12 +125,19 @@ impl Targets {
         let Some(proc) = self.procs.get_mut(&pid) else {
             return Ok(());
         };
-        if !self.python.enabled || proc.python_search_done {
+        if proc.python_search_done {
             return Ok(());
         }
         let Some(maps) = maps else {
             return Ok(());
         };
+        if !self.python.enabled {
+            // As below: a worker that maps its C library and no interpreter runs no Python.
+            let settled = maps.find_file(is_libc_name).is_some()
+                && maps.find_file(|n| n.contains("python")).is_none();
+            let retry = started_by_us || (!is_root && !settled);
+            return self.cut_native_only(pid, maps, tracer, retry);
+        }
         match Interpreter::discover(pid, maps, &mut self.interp_files) {
             Ok(interp) => {
                 tracer.set_python(pid, &interp.config(self.python.max_depth))?;
@@ -193,6 +200,41 @@ impl Targets {
                 proc.python_search_done = true;
                 eprintln!("leaktrace: warning: {why}: tracing native stacks only")
             }
+        }
+        Ok(())
+    }
+
+    /// `--no-python`: no Python frames, but native stacks still end at an interpreter without
+    /// frame pointers, as with them: past it a frame-pointer walk finds only junk (and the
+    /// comparison of the two modes would count that walk against Python frames). A process
+    /// whose interpreter may still be mapped later (`retry`) is looked at again.
+    fn cut_native_only(
+        &mut self,
+        pid: u32,
+        maps: &ProcMaps,
+        tracer: &mut Tracer,
+        retry: bool,
+    ) -> Result<()> {
+        let found = Interpreter::discover(pid, maps, &mut self.interp_files);
+        if matches!(found, Err(NotPython::Absent)) && retry {
+            return Ok(());
+        }
+        if let Some(proc) = self.procs.get_mut(&pid) {
+            proc.python_search_done = true;
+        }
+        let Ok(interp) = found else {
+            return Ok(());
+        };
+        if let Some(text) = (!interp.frame_pointers)
+            .then(|| interp_text(maps, &interp.module))
+            .flatten()
+        {
+            tracer.set_native_cut(pid, text)?;
+            eprintln!(
+                "leaktrace: pid {pid}: Python {} in `{}`, --no-python: native stacks only, ending at the interpreter (it has no frame pointers)",
+                interp.version(),
+                interp.module
+            );
         }
         Ok(())
     }
