@@ -12,7 +12,7 @@
 //! `Documentation/bpf/btf.rst`): a few milliseconds for the 100k-odd types of a kernel, where a
 //! full parse takes far longer.
 
-use std::path::Path;
+use std::{path::Path, sync::OnceLock};
 
 use anyhow::{bail, Context, Result};
 use aya_obj::generated::bpf_insn;
@@ -29,16 +29,19 @@ const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
 /// The BTF id of `bpf_session_is_return` in the running kernel, looked up once per process
 /// (the support probe and the program load both need it).
 pub fn session_is_return_id() -> Result<u32> {
-    static ID: std::sync::OnceLock<std::result::Result<u32, String>> = std::sync::OnceLock::new();
-    ID.get_or_init(|| vmlinux_func_id("bpf_session_is_return").map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
+    static ID: OnceLock<std::result::Result<u32, String>> = OnceLock::new();
+    cached_func_id(&ID, "bpf_session_is_return")
 }
 
 /// The BTF id of `bpf_session_cookie` in the running kernel, looked up once per process.
 pub fn session_cookie_id() -> Result<u32> {
-    static ID: std::sync::OnceLock<std::result::Result<u32, String>> = std::sync::OnceLock::new();
-    ID.get_or_init(|| vmlinux_func_id("bpf_session_cookie").map_err(|e| format!("{e:#}")))
+    static ID: OnceLock<std::result::Result<u32, String>> = OnceLock::new();
+    cached_func_id(&ID, "bpf_session_cookie")
+}
+
+/// [`vmlinux_func_id`] of `name`, looked up once into `cell` (the error too).
+fn cached_func_id(cell: &OnceLock<std::result::Result<u32, String>>, name: &str) -> Result<u32> {
+    cell.get_or_init(|| vmlinux_func_id(name).map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }

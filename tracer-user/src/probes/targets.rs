@@ -141,15 +141,8 @@ impl Targets {
         match Interpreter::discover(pid, maps, &mut self.interp_files) {
             Ok(interp) => {
                 tracer.set_python(pid, &interp.config(self.python.max_depth))?;
-                // Without frame pointers in the interpreter, a native walk that reaches it
-                // goes astray: end it there (the Python frames take over).
-                let cut = (!interp.frame_pointers)
-                    .then(|| interp_text(maps, &interp.module))
-                    .flatten();
-                if let Some(text) = cut {
-                    tracer.set_native_cut(pid, text)?;
-                }
-                let native_note = if cut.is_some() {
+                // The Python frames take over where the native walk ends.
+                let native_note = if cut_native_at(pid, &interp, maps, tracer)? {
                     " (native stacks end at the interpreter: it has no frame pointers)"
                 } else {
                     ""
@@ -225,11 +218,7 @@ impl Targets {
         let Ok(interp) = found else {
             return Ok(());
         };
-        if let Some(text) = (!interp.frame_pointers)
-            .then(|| interp_text(maps, &interp.module))
-            .flatten()
-        {
-            tracer.set_native_cut(pid, text)?;
+        if cut_native_at(pid, &interp, maps, tracer)? {
             eprintln!(
                 "leaktrace: pid {pid}: Python {} in `{}`, --no-python: native stacks only, ending at the interpreter (it has no frame pointers)",
                 interp.version(),
@@ -406,6 +395,23 @@ impl Targets {
         }
         gone
     }
+}
+
+/// Ends process `pid`'s native stacks at its interpreter when that has no frame pointers (a
+/// native walk that reaches it goes astray); whether it did.
+fn cut_native_at(
+    pid: u32,
+    interp: &Interpreter,
+    maps: &ProcMaps,
+    tracer: &mut Tracer,
+) -> Result<bool> {
+    let cut = (!interp.frame_pointers)
+        .then(|| interp_text(maps, &interp.module))
+        .flatten();
+    if let Some(text) = cut {
+        tracer.set_native_cut(pid, text)?;
+    }
+    Ok(cut.is_some())
 }
 
 /// `[start, end)` of the executable mappings of `module` (the interpreter's code) in `maps`.

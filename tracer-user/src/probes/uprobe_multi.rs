@@ -207,8 +207,8 @@ fn map_fd(map: &Map) -> BorrowedFd<'_> {
 
 /// Loads the programs `names` of `object` as uprobe_multi programs, their map references
 /// resolved to the maps of `ebpf` (which loaded the same object), and those of `sessions` as
-/// session programs, their `bpf_session_is_return` and `bpf_session_cookie` calls linked. Call before any map is taken
-/// out of `ebpf`.
+/// session programs, their `bpf_session_is_return` and `bpf_session_cookie` calls linked.
+/// Call before any map is taken out of `ebpf`.
 pub fn load_programs(
     object: &[u8],
     ebpf: &Ebpf,
