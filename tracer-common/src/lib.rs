@@ -70,6 +70,11 @@ pub const MAX_NATIVE_FRAMES: usize = 120;
 /// Bytes of a Python frame read at once by the walker: every frame field it needs must lie
 /// within them (user space checks the layout against it).
 pub const PY_FRAME_WINDOW: usize = 128;
+/// Bytes the walker reads at once when it needs a frame not in what it read last: the frame's
+/// [`PY_FRAME_WINDOW`] bytes and up to this much less that before them, within the frame's page.
+/// A caller frame there (3.11+ frames of one thread sit next to each other in its data stack,
+/// the caller below) then costs no read of its own. A power of two, at most a page.
+pub const PY_WALK_WINDOW: usize = 512;
 /// Python frames kept per stack at most (`--max-python-depth` may lower it).
 pub const MAX_PY_FRAMES: usize = 128;
 /// Default capacity of [`MAP_PY_STACKS`].
