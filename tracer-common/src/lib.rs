@@ -74,7 +74,7 @@ pub const PY_FRAME_WINDOW: usize = 128;
 /// [`PY_FRAME_WINDOW`] bytes and up to this much less that before them, within the frame's page.
 /// A caller frame there (3.11+ frames of one thread sit next to each other in its data stack,
 /// the caller below) then costs no read of its own. A power of two, at most a page.
-pub const PY_WALK_WINDOW: usize = 512;
+pub const PY_WALK_WINDOW: usize = 1024;
 /// Python frames kept per stack at most (`--max-python-depth` may lower it).
 pub const MAX_PY_FRAMES: usize = 128;
 /// Default capacity of [`MAP_PY_STACKS`].
