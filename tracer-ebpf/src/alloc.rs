@@ -8,7 +8,8 @@ use aya_ebpf::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_func_ip, bpf_ktime_get_ns,
         bpf_probe_read_user,
     },
-    macros::{uprobe, uretprobe},
+    macros::{map, uprobe, uretprobe},
+    maps::PerCpuArray,
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
@@ -19,7 +20,7 @@ use tracer_common::{
 use crate::{
     maps::{
         count, enter, enter_unrecorded, forget, inside_outer_call, native_stack_of, record,
-        sample_bytes, sampled, stack_pointer, take_pending, tgid_of,
+        sample_bytes, sampled, stack_pointer, take_pending, tgid_of, PENDING,
     },
     mmap::emit,
 };
@@ -54,7 +55,7 @@ fn mul(a: u64, b: u64) -> Option<u64> {
 /// program, and the Python walk inside it, is verified once.
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
-    on_entry(&ctx, false);
+    on_entry(&ctx, None);
     0
 }
 
@@ -72,24 +73,98 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 pub fn alloc_session(ctx: *mut core::ffi::c_void) -> u32 {
     let ctx = ProbeContext::new(ctx);
     let cookie = session_cookie();
+    let Some(job) = SESSION_JOB.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU slot, used by one program run at a time on this CPU.
+    let job = unsafe { &mut *job };
     if session_is_return() {
         // SAFETY: the kernel's 8 bytes of this session, written by its entry run.
         match unsafe { *cookie } {
-            0 => on_return(ctx.regs),
-            size_plus_one => on_cookie_return(&ctx, size_plus_one - 1),
+            0 => {
+                on_return(ctx.regs);
+                return 0;
+            }
+            size_plus_one => {
+                if !cookie_job(&ctx, size_plus_one - 1, job) {
+                    return 0;
+                }
+            }
         }
+    } else {
+        let entry = on_entry(&ctx, Some(&mut *job));
+        let (cookie_value, ret) = match entry {
+            Entry::Untracked => (0, 1),
+            Entry::Pending | Entry::Job => (0, 0),
+            // Below NESTED_WATCH_BYTES: no overflow.
+            Entry::Cookie(size) => (size + 1, 0),
+        };
+        // SAFETY: as above.
+        unsafe { *cookie = cookie_value };
+        if !matches!(entry, Entry::Job) {
+            return ret;
+        }
+    }
+    finish_job(job)
+}
+
+/// The one place [`alloc_session`] captures stacks, for both of its jobs: a session's small
+/// call completed at its return ([`JOB_RECORD`]) and a call left pending at its entry
+/// ([`JOB_PENDING`]). Everything it needs comes from map memory, whose values the verifier
+/// does not track, so both paths reach the native and Python walks in the same state and the
+/// verifier checks them once, not once per path (the walk was most of attach's verification).
+#[inline(always)]
+fn finish_job(job: &mut SessionJob) -> u32 {
+    // SAFETY: plain reads of the per-CPU slot, written by this run.
+    let (tgid, caller, ip, sp, fp, pid_tgid) = unsafe {
+        (
+            core::ptr::read_volatile(&job.pending.stack.tgid),
+            core::ptr::read_volatile(&job.pending.stack.caller),
+            core::ptr::read_volatile(&job.ip),
+            core::ptr::read_volatile(&job.sp),
+            core::ptr::read_volatile(&job.fp),
+            core::ptr::read_volatile(&job.pid_tgid),
+        )
+    };
+    job.pending.stack.native_stack = native_stack_of(tgid, caller, ip, sp, fp);
+    job.pending.stack.py_stack = crate::python::python_stack(pid_tgid);
+    // SAFETY: as above.
+    if unsafe { core::ptr::read_volatile(&job.what) } == JOB_RECORD {
+        record(job.ret, job.pending.size, &job.pending);
         return 0;
     }
-    let (cookie_value, ret) = match on_entry(&ctx, true) {
-        Entry::Untracked => (0, 1),
-        Entry::Pending => (0, 0),
-        // Below NESTED_WATCH_BYTES: no overflow.
-        Entry::Cookie(size) => (size + 1, 0),
-    };
-    // SAFETY: as above.
-    unsafe { *cookie = cookie_value };
-    ret
+    if PENDING.insert(&job.pid_tgid, &job.pending, 0).is_err() {
+        count(Counter::PendingFull);
+        // No pending entry: the return run would find nothing.
+        return 1;
+    }
+    0
 }
+
+/// [`SessionJob::what`]: record the block at `ret` (a session's small call, at its return).
+const JOB_RECORD: u64 = 1;
+/// [`SessionJob::what`]: insert `pending` into `PENDING` under `pid_tgid` (a call tracked from
+/// its entry).
+const JOB_PENDING: u64 = 2;
+
+/// What a run of [`alloc_session`] hands to [`finish_job`], through map memory.
+#[repr(C)]
+pub struct SessionJob {
+    pending: Pending,
+    pid_tgid: u64,
+    /// The native stack's first frame (the probed function), the stack pointer at its entry,
+    /// and the frame pointer.
+    ip: u64,
+    sp: u64,
+    fp: u64,
+    /// [`JOB_RECORD`]: the block's address.
+    ret: u64,
+    /// [`JOB_RECORD`] or [`JOB_PENDING`].
+    what: u64,
+}
+
+#[map]
+pub static SESSION_JOB: PerCpuArray<SessionJob> = PerCpuArray::with_max_entries(1, 0);
 
 /// What an entry run left for the return run.
 #[derive(Clone, Copy)]
@@ -99,9 +174,12 @@ enum Entry {
     /// The thread's entry in `PENDING`.
     Pending,
     /// Nothing but the size, in the session cookie: a session's small malloc-like call, which
-    /// the return run completes alone ([`on_cookie_return`]). Those make up most calls, and
+    /// the return run completes alone ([`cookie_job`]). Those make up most calls, and
     /// the pending entry's insert, lookup and delete were a third of an exact pair's map work.
     Cookie(u64),
+    /// A session's call to track from its entry, prepared in [`SESSION_JOB`]: stacks, then
+    /// the pending entry, are [`finish_job`]'s.
+    Job,
 }
 
 /// Kinds whose return needs nothing of the entry but the size (the pointer is the return
@@ -122,13 +200,14 @@ fn completes_from_cookie(kind: u32) -> bool {
     )
 }
 
-/// The return run of an [`Entry::Cookie`] call: everything the entry would have computed,
-/// computed here from the same values. The caller is the address returned to; the probed
+/// The return run of an [`Entry::Cookie`] call, prepared in `job` for [`finish_job`] (false
+/// when there is nothing to record): everything the entry would have computed, computed here
+/// from the same values. The caller is the address returned to; the probed
 /// function's address is `bpf_get_func_ip`; `rbp` is the entry's (callee-saved); the entry's
 /// stack pointer is 8 below (the return address was popped); the thread's Python frames have
 /// not moved (an allocator runs no Python).
 #[inline(always)]
-fn on_cookie_return(ctx: &ProbeContext, size: u64) {
+fn cookie_job(ctx: &ProbeContext, size: u64, job: &mut SessionJob) -> bool {
     count(Counter::ReturnRuns);
     // SAFETY: `regs` points at the task's saved registers for the program's lifetime.
     let (ret, caller, sp, fp) = unsafe {
@@ -136,7 +215,7 @@ fn on_cookie_return(ctx: &ProbeContext, size: u64) {
         (r.rax, r.rip, r.rsp, r.rbp)
     };
     if ret == 0 {
-        return;
+        return false;
     }
     // SAFETY: plain helper calls on this program's context.
     let (c, ip, ts_ns) = unsafe {
@@ -147,23 +226,27 @@ fn on_cookie_return(ctx: &ProbeContext, size: u64) {
         )
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = tgid_of(pid_tgid);
-    let native_stack = native_stack_of(tgid, caller, ip, sp.wrapping_sub(8), fp);
-    let pending = Pending {
+    job.pending = Pending {
         sp: 0,
         size,
         arg: 0,
         arg2: 0,
         ts_ns,
         stack: StackKey {
-            tgid,
+            tgid: tgid_of(pid_tgid),
             kind: cookie::kind(c),
-            native_stack,
+            native_stack: 0,
             caller,
-            py_stack: crate::python::python_stack(pid_tgid),
+            py_stack: 0,
         },
     };
-    record(ret, size, &pending);
+    job.pid_tgid = pid_tgid;
+    job.ip = ip;
+    job.sp = sp.wrapping_sub(8);
+    job.fp = fp;
+    job.ret = ret;
+    job.what = JOB_RECORD;
+    true
 }
 
 /// The kernel function `bool bpf_session_is_return(void)`, called through the marker number
@@ -192,9 +275,10 @@ fn session_cookie() -> *mut u64 {
 }
 
 /// The entry half: what this call left for the return half. `session`: run by
-/// [`alloc_session`], whose return run can complete a call from the session cookie.
+/// [`alloc_session`], whose return run can complete a call from the session cookie, and
+/// which finishes a tracked call's entry itself ([`Entry::Job`]).
 #[inline(always)]
-fn on_entry(ctx: &ProbeContext, session: bool) -> Entry {
+fn on_entry(ctx: &ProbeContext, session: Option<&mut SessionJob>) -> Entry {
     // SAFETY: plain helper call on this program's context.
     let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     // The verifier forbids reading the context at a variable offset: load the arguments at
@@ -233,7 +317,7 @@ fn on_entry(ctx: &ProbeContext, session: bool) -> Entry {
         }
     }
     let kind = cookie::kind(c);
-    if session && size < NESTED_WATCH_BYTES && completes_from_cookie(kind) {
+    if session.is_some() && size < NESTED_WATCH_BYTES && completes_from_cookie(kind) {
         // Large calls keep a pending entry: glibc serves them with mmap, which must be seen
         // as nested.
         let sp = stack_pointer(ctx);
@@ -243,11 +327,61 @@ fn on_entry(ctx: &ProbeContext, session: bool) -> Entry {
             Entry::Cookie(size)
         };
     }
+    if let Some(job) = session {
+        return if prepare_entry_job(ctx, kind, size, pick(cookie::ptr_arg(c)), job) {
+            Entry::Job
+        } else {
+            Entry::Untracked
+        };
+    }
     if enter(ctx, kind, size, pick(cookie::ptr_arg(c)), 0) {
         Entry::Pending
     } else {
         Entry::Untracked
     }
+}
+
+/// [`crate::maps::enter`] up to its stacks, for [`finish_job`]: false (nothing prepared)
+/// for a call made from inside another tracked call.
+#[inline(always)]
+fn prepare_entry_job(
+    ctx: &ProbeContext,
+    kind: u32,
+    size: u64,
+    arg: u64,
+    job: &mut SessionJob,
+) -> bool {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let sp = stack_pointer(ctx);
+    if inside_outer_call(pid_tgid, sp, false) {
+        return false;
+    }
+    // At the first instruction(s) of the function `[sp]` holds the return address.
+    // SAFETY: bpf_probe_read_user tolerates any address.
+    let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    // SAFETY: `regs` points at the probed task's saved registers for the program's lifetime.
+    let (ip, fp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rbp) };
+    job.pending = Pending {
+        sp,
+        size,
+        arg,
+        arg2: 0,
+        // SAFETY: plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        stack: StackKey {
+            tgid: tgid_of(pid_tgid),
+            kind,
+            native_stack: 0,
+            caller,
+            py_stack: 0,
+        },
+    };
+    job.pid_tgid = pid_tgid;
+    job.ip = ip;
+    job.sp = sp;
+    job.fp = fp;
+    job.what = JOB_PENDING;
+    true
 }
 
 /// `--mode sampled`: None to record this call; for an unsampled one, whether it was left
