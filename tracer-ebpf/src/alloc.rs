@@ -19,8 +19,9 @@ use tracer_common::{
 
 use crate::{
     maps::{
-        count, enter, enter_unrecorded, forget, inside_outer_call, native_stack_of, record,
-        sample_bytes, sampled, stack_pointer, take_pending, tgid_of, PENDING,
+        count, enter, enter_unrecorded, forget, inside_outer_call, native_stack_of,
+        pending_at_entry, record, sample_bytes, sampled, stack_pointer, take_pending, tgid_of,
+        PENDING,
     },
     mmap::emit,
 };
@@ -351,34 +352,15 @@ fn prepare_entry_job(
     arg: u64,
     job: &mut SessionJob,
 ) -> bool {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let sp = stack_pointer(ctx);
-    if inside_outer_call(pid_tgid, sp, false) {
+    let Some((pid_tgid, pending)) = pending_at_entry(ctx, kind, size, arg, 0) else {
         return false;
-    }
-    // At the first instruction(s) of the function `[sp]` holds the return address.
-    // SAFETY: bpf_probe_read_user tolerates any address.
-    let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    };
     // SAFETY: `regs` points at the probed task's saved registers for the program's lifetime.
     let (ip, fp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rbp) };
-    job.pending = Pending {
-        sp,
-        size,
-        arg,
-        arg2: 0,
-        // SAFETY: plain helper call.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        stack: StackKey {
-            tgid: tgid_of(pid_tgid),
-            kind,
-            native_stack: 0,
-            caller,
-            py_stack: 0,
-        },
-    };
+    job.sp = pending.sp;
+    job.pending = pending;
     job.pid_tgid = pid_tgid;
     job.ip = ip;
-    job.sp = sp;
     job.fp = fp;
     job.what = JOB_PENDING;
     true

@@ -301,16 +301,38 @@ const STALE_PENDING_NS: u64 = 250_000_000;
 /// tracked allocator call (glibc's malloc calls mmap, reallocarray tail-calls realloc, ...).
 #[inline(always)]
 pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) -> bool {
+    let Some((pid_tgid, mut pending)) = pending_at_entry(ctx, kind, size, arg, arg2) else {
+        return false;
+    };
+    pending.stack.native_stack =
+        native_stack_at_entry(ctx, pending.stack.tgid, pending.stack.caller);
+    pending.stack.py_stack = crate::python::python_stack(pid_tgid);
+    if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
+        count(Counter::PendingFull);
+        return false;
+    }
+    true
+}
+
+/// The thread's `pid_tgid` and what [`enter`] keeps of a call, but for its stacks (left 0);
+/// None for a call made from inside another tracked allocator call.
+#[inline(always)]
+pub fn pending_at_entry(
+    ctx: &ProbeContext,
+    kind: u32,
+    size: u64,
+    arg: u64,
+    arg2: u64,
+) -> Option<(u64, Pending)> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let sp = stack_pointer(ctx);
     if inside_outer_call(pid_tgid, sp, false) {
-        return false;
+        return None;
     }
     // At the first instruction(s) of the function `[sp]` holds the return address: the
     // caller's frame, which frame-pointer unwinding from here would skip.
     // SAFETY: bpf_probe_read_user tolerates any address.
     let caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    let native_stack = native_stack_at_entry(ctx, tgid_of(pid_tgid), caller);
     let pending = Pending {
         sp,
         size,
@@ -321,16 +343,12 @@ pub fn enter(ctx: &ProbeContext, kind: u32, size: u64, arg: u64, arg2: u64) -> b
         stack: StackKey {
             tgid: tgid_of(pid_tgid),
             kind,
-            native_stack,
+            native_stack: 0,
             caller,
-            py_stack: crate::python::python_stack(pid_tgid),
+            py_stack: 0,
         },
     };
-    if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
-        count(Counter::PendingFull);
-        return false;
-    }
-    true
+    Some((pid_tgid, pending))
 }
 
 /// Whether this thread's call at stack pointer `sp` is made from inside another tracked
